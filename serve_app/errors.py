@@ -1,0 +1,124 @@
+"""Typed errors of Dream Lab. Each knows its HTTP status and the field it is about.
+
+The router maps them to HTTP in one place (`serve_app.http_errors`); the CLI prints their message.
+"""
+
+from __future__ import annotations
+
+
+class DreamLabError(Exception):
+    """Base error: a message for humans, the offending field (``param``) and an HTTP status."""
+
+    status_code: int = 400
+    error_type: str = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": self.error_type, "message": self.message, "param": self.param}
+
+    def __reduce__(self):  # keep message and param across Ray's pickling
+        return (_rebuild_error, (type(self), self.message, self.param, self.__dict__))
+
+
+def _rebuild_error(cls: type[DreamLabError], message: str, param: str | None, state: dict) -> DreamLabError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class RequestValidationError(DreamLabError):
+    """A request field has a bad value (diffusers' check_inputs style: names field and value)."""
+
+    status_code = 422
+
+
+class CheckpointError(DreamLabError):
+    """A checkpoint on disk cannot be used."""
+
+    status_code = 422
+    error_type = "checkpoint_error"
+
+
+class CheckpointNotFoundError(CheckpointError):
+    status_code = 404
+
+
+class NotACheckpointError(CheckpointError):
+    pass
+
+
+class CorruptCheckpointError(CheckpointError):
+    pass
+
+
+class PickleCheckpointError(CheckpointError):
+    pass
+
+
+class UnsupportedCheckpointError(CheckpointError):
+    pass
+
+
+class ConfigError(DreamLabError):
+    """A modes file or environment setting is wrong; the message names file, field and value."""
+
+    error_type = "config_error"
+
+
+class UnknownModeError(DreamLabError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class UnknownJobTypeError(DreamLabError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class JobFailedError(DreamLabError):
+    """A custom job raised; its message goes back to the client as JSON."""
+
+    status_code = 500
+    error_type = "job_error"
+
+
+class QueueFullError(DreamLabError):
+    status_code = 503
+    error_type = "overloaded_error"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(QueueFullError):
+    """The server drains: in-flight work finishes, new work is refused."""
+
+
+class InsufficientVRAMError(DreamLabError):
+    status_code = 507
+    error_type = "insufficient_storage_error"
+
+    def __init__(self, message: str, *, needed_bytes: int, free_bytes: int, budget_bytes: int) -> None:
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        self.budget_bytes = budget_bytes
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **super().to_dict(),
+            "needed_bytes": self.needed_bytes,
+            "free_bytes": self.free_bytes,
+            "budget_bytes": self.budget_bytes,
+        }
+
+
+class ModelNotReadyError(DreamLabError):
+    status_code = 503
+    error_type = "model_not_ready_error"
