@@ -1,0 +1,215 @@
+"""Tiny demo checkpoints: random weights, real architectures, real cross-attention widths.
+
+`write_demo_models(dir)` writes, for each family, a diffusers folder `tiny-<family>/` and a single-file
+`tiny-<family>.safetensors` in the original (LDM / A1111) key layout. Everything is made locally and
+deterministically (fixed seeds): no hub, no network. The text encoders keep the real hidden widths
+(768 CLIP-L, 1024 OpenCLIP-H, 1280 OpenCLIP-bigG) so the UNet's cross-attention dims are the real ones;
+depth and channel counts are tiny so a 64x64 image takes a fraction of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serve_app.families import Family
+
+logger = logging.getLogger(__name__)
+
+DEMO_PREFIX = "tiny-"
+_SEEDS = {Family.SD1: 1, Family.SD2: 2, Family.SDXL: 3, Family.SDXL_REFINER: 4}
+_TIME_EMBED = 8  # SDXL add-time embedding width per micro-conditioning number
+_TE2_PROJECTION = 32  # pooled text embedding width of the second SDXL text encoder
+
+
+def demo_name(family: Family) -> str:
+    return f"{DEMO_PREFIX}{family.value}"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def byte_level_clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A CLIP tokenizer whose vocabulary is the 256 bytes (and their end-of-word forms), no merges."""
+    from transformers import CLIPTokenizer
+
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for suffix in ("", "</w>"):
+        for ch in chars:
+            vocab[ch + suffix] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
+
+
+def _text_encoder_config(hidden: int, projection_dim: int = _TE2_PROJECTION, act: str = "quick_gelu") -> dict[str, Any]:
+    return dict(
+        vocab_size=514,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=hidden // 64,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=projection_dim,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+
+
+def _unet_config(family: Family, in_channels: int = 4) -> dict[str, Any]:
+    common: dict[str, Any] = dict(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=32,
+    )
+    if family is Family.SD1:
+        return dict(
+            common,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+    if family is Family.SD2:
+        return dict(
+            common,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=1024,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+        )
+    n_time_ids = 6 if family is Family.SDXL else 5  # the refiner drops target size, adds aesthetic score
+    return dict(
+        common,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2048 if family is Family.SDXL else 1280,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_TIME_EMBED,
+        projection_class_embeddings_input_dim=n_time_ids * _TIME_EMBED + _TE2_PROJECTION,
+    )
+
+
+def _vae_config(family: Family) -> dict[str, Any]:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.13025 if family.is_sdxl else 0.18215,
+    )
+
+
+_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+
+
+def build_demo_pipeline(family: Family):
+    """Build the tiny diffusers pipeline of `family` with deterministic random weights."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(_SEEDS[family])
+    unet = UNet2DConditionModel(**_unet_config(family))
+    vae = AutoencoderKL(**_vae_config(family))
+    scheduler = DDIMScheduler(**_SCHEDULER_CONFIG)
+    if family is Family.SD1:
+        te = CLIPTextModel(CLIPTextConfig(**_text_encoder_config(768)))
+        return StableDiffusionPipeline(
+            vae=vae, text_encoder=te, tokenizer=byte_level_clip_tokenizer(), unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    if family is Family.SD2:
+        te = CLIPTextModel(CLIPTextConfig(**_text_encoder_config(1024, act="gelu")))
+        return StableDiffusionPipeline(
+            vae=vae, text_encoder=te, tokenizer=byte_level_clip_tokenizer(pad_token="!"), unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_encoder_config(1280, act="gelu")))
+    if family is Family.SDXL:
+        te1 = CLIPTextModel(CLIPTextConfig(**_text_encoder_config(768)))
+        return StableDiffusionXLPipeline(
+            vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=byte_level_clip_tokenizer(),
+            tokenizer_2=byte_level_clip_tokenizer(pad_token="!"), unet=unet, scheduler=scheduler,
+        )
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=te2, tokenizer=None,
+        tokenizer_2=byte_level_clip_tokenizer(pad_token="!"), unet=unet, scheduler=scheduler,
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+
+
+def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tuple(Family)) -> list[Path]:
+    """Write every family's demo checkpoint as a diffusers folder and as a single file; return the paths.
+
+    Existing checkpoints are kept (the output is deterministic, so rewriting would change nothing).
+    """
+    from serve_app.single_file_writer import write_single_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for family in families:
+        folder = out / demo_name(family)
+        single = out / f"{demo_name(family)}.safetensors"
+        if folder.is_dir() and single.is_file():
+            written += [folder, single]
+            continue
+        pipe = build_demo_pipeline(family)
+        if not folder.is_dir():
+            pipe.save_pretrained(folder, safe_serialization=True)
+        if not single.is_file():
+            write_single_file(pipe, family, single)
+        logger.info("demo checkpoint %s written to %s", family.value, out)
+        written += [folder, single]
+    return written
+
+
+def demo_models_present(directory: str | Path) -> bool:
+    out = Path(directory)
+    return all(
+        (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in Family
+    )
+

@@ -1,0 +1,164 @@
+"""Generation requests: the native request schemas and their resolution against a mode's defaults and limits.
+
+`resolve_request` turns a client request into `GenerationParams` (every value filled in and checked),
+raising `RequestValidationError` that names the field and its value, in the style of diffusers'
+`check_inputs`. The router calls it before queueing (bad input never takes a queue slot) and the mode
+worker calls it again before running.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+
+from serve_app.errors import RequestValidationError
+from serve_app.families import Family
+from serve_app.modes_config import ModeConfig
+from serve_app.schedulers import SchedulerName
+from serve_app.strict_model import StrictModel
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+MAX_SEED = 2**32 - 1
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+
+class Txt2ImgRequest(StrictModel):
+    """Text-to-image. Fields left out take the mode's defaults."""
+
+    prompt: str = Field(description="What to draw.")
+    negative_prompt: str | None = Field(None, description="What to avoid.")
+    mode: str | None = Field(None, description="Mode name or alias; the default mode when left out.")
+    width: int | None = Field(None, description="Width in pixels, a multiple of 8 within the mode's limit.")
+    height: int | None = Field(None, description="Height in pixels, a multiple of 8 within the mode's limit.")
+    steps: int | None = Field(None, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale (0-50).")
+    seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
+    num_images: int | None = Field(None, description="Images to make (default 1).")
+    scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
+    output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """Image-to-image: `image` (base64, data URL allowed) is re-noised by `strength` and denoised."""
+
+    image: str = Field(description="Init image, base64 (PNG/JPEG/WebP), data URL allowed.")
+    strength: float | None = Field(None, description="How much to change the image, in (0, 1].")
+
+
+@dataclass
+class GenerationParams:
+    """A fully resolved, validated generation: what the pipeline is called with."""
+
+    kind: Literal["txt2img", "img2img"]
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seeds: list[int]
+    scheduler: str
+    output_format: str
+    init_image: Image.Image | None = None
+    strength: float | None = None
+
+
+def _invalid(field: str, value: object, why: str) -> RequestValidationError:
+    return RequestValidationError(f"`{field}` {why}, got {value!r}", param=field)
+
+
+def decode_image(data: str, field: str = "image") -> Image.Image:
+    """Decode a base64 (or data URL) image, naming the field on failure."""
+    payload = data.split(",", 1)[1] if data.startswith("data:") else data
+    if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise RequestValidationError(f"`{field}` is larger than {MAX_IMAGE_BYTES} bytes", param=field)
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except (binascii.Error, ValueError) as exc:
+        raise RequestValidationError(f"`{field}` is not valid base64 ({exc})", param=field) from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RequestValidationError(f"`{field}` is not a decodable PNG/JPEG/WebP image", param=field) from exc
+    return img.convert("RGB")
+
+
+def _check_size(field: str, value: int, limit: int) -> None:
+    if value < 8 or value % 8:
+        raise _invalid(field, value, "must be a positive multiple of 8")
+    if value > limit:
+        raise _invalid(field, value, f"must be at most {limit} for this mode")
+
+
+def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family) -> GenerationParams:
+    """Fill defaults from `mode` and check every value against its limits."""
+    d, lim = mode.defaults, mode.limits
+    is_img2img = isinstance(req, Img2ImgRequest)
+    if not is_img2img and not family.txt2img:
+        raise RequestValidationError(
+            f"`mode` {mode.name!r} is an {family.value} checkpoint, which only does img2img", param="mode")
+    if len(req.prompt) > lim.max_prompt_chars:
+        raise _invalid("prompt", f"{req.prompt[:40]}... ({len(req.prompt)} chars)",
+                       f"must be at most {lim.max_prompt_chars} characters")
+    init_image = decode_image(req.image) if is_img2img else None
+    if init_image is not None:
+        width = req.width or max(8, init_image.width // 8 * 8)
+        height = req.height or max(8, init_image.height // 8 * 8)
+    else:
+        width, height = req.width or d.width, req.height or d.height
+    _check_size("width", width, lim.max_width)
+    _check_size("height", height, lim.max_height)
+    steps = d.steps if req.steps is None else req.steps
+    if not 1 <= steps <= lim.max_steps:
+        raise _invalid("steps", steps, f"must be between 1 and {lim.max_steps}")
+    guidance = d.guidance_scale if req.guidance_scale is None else req.guidance_scale
+    if not 0.0 <= guidance <= 50.0:
+        raise _invalid("guidance_scale", guidance, "must be between 0 and 50")
+    num_images = 1 if req.num_images is None else req.num_images
+    if not 1 <= num_images <= lim.max_num_images:
+        raise _invalid("num_images", num_images, f"must be between 1 and {lim.max_num_images}")
+    seed = secrets.randbelow(MAX_SEED - 64) if req.seed is None else req.seed
+    if not 0 <= seed <= MAX_SEED - num_images + 1:
+        raise _invalid("seed", seed, f"must be between 0 and {MAX_SEED}")
+    strength = None
+    if is_img2img:
+        strength = d.strength if req.strength is None else req.strength
+        if not 0.0 < strength <= 1.0:
+            raise _invalid("strength", strength, "must be in (0, 1]")
+        if init_image.size != (width, height):
+            init_image = init_image.resize((width, height), Image.LANCZOS)
+    return GenerationParams(
+        kind="img2img" if is_img2img else "txt2img",
+        prompt=req.prompt,
+        negative_prompt=d.negative_prompt if req.negative_prompt is None else req.negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        seeds=[seed + i for i in range(num_images)],
+        scheduler=req.scheduler or mode.scheduler,
+        output_format=req.output_format,
+        init_image=init_image,
+        strength=strength,
+    )
+
+
+def parse_request(model: type[StrictModel], payload: object) -> StrictModel:
+    """Validate a raw payload (a job's JSON) into `model`, naming the first bad field and its value."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f", got {value!r}"
+        raise RequestValidationError(f"`{field}`: {err['msg']}{shown}", param=field) from exc

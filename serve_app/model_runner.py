@@ -1,0 +1,188 @@
+"""One mode's model: load, generate, unload. The mode worker deployment is a thin wrapper around this.
+
+Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
+scheduler is swapped in under the same lock.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.errors import DreamLabError, ModelNotReadyError
+from serve_app.families import Family
+from serve_app.generation_request import GenerationParams
+from serve_app.modes_config import ModeConfig
+from serve_app.pipeline_loader import (
+    LoadedPipelines,
+    free_device_memory,
+    load_pipelines,
+    pick_device,
+    torch_dtype_for,
+)
+from serve_app.schedulers import make_scheduler
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
+
+
+class ModelState(str, Enum):
+    COLD = "cold"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class GenerationCancelledError(DreamLabError):
+    status_code = 499
+    error_type = "cancelled"
+
+
+@dataclass
+class GeneratedImage:
+    data: bytes
+    seed: int
+    format: str
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    width: int
+    height: int
+    steps: int
+    scheduler: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def encode_image(image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, format="PNG")
+    else:
+        image.save(buf, format=fmt.upper(), quality=90)
+    return buf.getvalue()
+
+
+class ModelRunner:
+    """Owns one checkpoint's pipelines on one device."""
+
+    def __init__(
+        self,
+        mode: ModeConfig,
+        checkpoint: Path,
+        *,
+        device: torch.device | None = None,
+        loader: Loader = load_pipelines,
+    ) -> None:
+        self.mode = mode
+        self.info = inspect_checkpoint(checkpoint)
+        self.family = mode.family or self.info.family
+        self.device = device or pick_device()
+        self.dtype = torch_dtype_for(mode.dtype, self.device)
+        self._loader = loader
+        self._pipes: LoadedPipelines | None = None
+        self._scheduler_config: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self.state = ModelState.COLD
+        self.last_error: str | None = None
+        self.last_used = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipes is not None
+
+    def load(self) -> bool:
+        """Load the pipelines; False (a no-op) when they are already loaded."""
+        with self._lock:
+            if self._pipes is not None:
+                return False
+            self.state = ModelState.LOADING
+            started = time.perf_counter()
+            try:
+                self._pipes = self._loader(self.info, self.family, self.dtype, self.device)
+            except Exception as exc:
+                self.state = ModelState.FAILED
+                self.last_error = str(exc)
+                raise
+            self._scheduler_config = dict(self._pipes.base.scheduler.config)
+            self.state = ModelState.READY
+            self.last_used = time.time()
+            logger.info("mode %s loaded (%s, %s on %s) in %.2fs", self.mode.name, self.family.value,
+                        self.dtype, self.device, time.perf_counter() - started)
+            return True
+
+    def unload(self) -> bool:
+        """Drop the pipelines and free their memory; False when nothing was loaded."""
+        with self._lock:
+            if self._pipes is None:
+                return False
+            self._pipes = None
+            free_device_memory(self.device)
+            self.state = ModelState.COLD
+            logger.info("mode %s unloaded", self.mode.name)
+            return True
+
+    def pipelines(self) -> LoadedPipelines:
+        """The loaded pipelines, for custom jobs; raises when the mode is not loaded."""
+        if self._pipes is None:
+            raise ModelNotReadyError(f"mode {self.mode.name!r} is not loaded (state {self.state.value})",
+                                     param="mode")
+        return self._pipes
+
+    def generate(self, params: GenerationParams, progress: ProgressFn | None = None,
+                 cancelled: CancelFn | None = None) -> GenerationResult:
+        """Run one resolved request; same params and seeds give the same image bytes."""
+        with self._lock:
+            pipes = self.pipelines()
+            pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
+            pipe.scheduler = make_scheduler(params.scheduler, self._scheduler_config)
+            n = len(params.seeds)
+
+            def on_step_end(p, step: int, timestep, kwargs: dict) -> dict:
+                if progress is not None:
+                    progress(step + 1, int(getattr(p, "_num_timesteps", params.steps)))
+                if cancelled is not None and cancelled():
+                    p._interrupt = True
+                return kwargs
+
+            call: dict[str, Any] = dict(
+                prompt=[params.prompt] * n,
+                negative_prompt=[params.negative_prompt] * n,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
+                callback_on_step_end=on_step_end,
+            )
+            if params.kind == "txt2img":
+                call.update(width=params.width, height=params.height)
+            else:
+                call.update(image=[params.init_image] * n, strength=params.strength)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                images = pipe(**call).images
+            inference_s = time.perf_counter() - started
+            if cancelled is not None and cancelled():
+                raise GenerationCancelledError("generation cancelled: the client went away")
+            self.last_used = time.time()
+        started = time.perf_counter()
+        encoded = [GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
+                   for img, seed in zip(images, params.seeds)]
+        return GenerationResult(
+            images=encoded, width=params.width, height=params.height, steps=params.steps,
+            scheduler=params.scheduler,
+            timings={"inference_s": round(inference_s, 4), "encode_s": round(time.perf_counter() - started, 4)},
+        )

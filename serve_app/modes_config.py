@@ -1,0 +1,226 @@
+"""Modes configuration: the strict schema of a modes YAML, environment settings and discovery.
+
+A modes file names every served mode:
+
+    default_mode: sd15
+    modes:
+      - name: sd15
+        checkpoint: sd15.safetensors     # relative to MODEL_ROOT
+        dtype: fp16
+        scheduler: dpmpp_2m
+        defaults: {width: 512, height: 512, steps: 25, guidance_scale: 7.0}
+        limits: {max_width: 1024, max_height: 1024, max_steps: 100, max_num_images: 4}
+        aliases: [sd1.5, default]
+
+Without a file, `MODEL` (a checkpoint under `MODEL_ROOT`) gives one mode named after it, and
+`discover: true` (or no file and no `MODEL`) adds every checkpoint found under `MODEL_ROOT`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from serve_app.checkpoint_inspect import is_checkpoint_candidate
+from serve_app.errors import ConfigError
+from serve_app.families import Family
+from serve_app.schedulers import SchedulerName
+from serve_app.strict_model import StrictModel
+
+logger = logging.getLogger(__name__)
+
+MODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEFAULT_MODEL_ROOT = "./models"
+
+
+class ModeDefaults(StrictModel):
+    """Values a request gets for the fields it leaves out."""
+
+    width: int = Field(512, ge=8, description="Image width in pixels (multiple of 8).")
+    height: int = Field(512, ge=8, description="Image height in pixels (multiple of 8).")
+    steps: int = Field(25, ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(7.0, ge=0.0, description="Classifier-free guidance scale.")
+    negative_prompt: str = Field("", description="Negative prompt used when a request gives none.")
+    strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img strength when a request gives none.")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int, info) -> int:
+        if v % 8:
+            raise ValueError(f"{info.field_name} must be a multiple of 8, got {v}")
+        return v
+
+
+class ModeLimits(StrictModel):
+    """Upper bounds a request must stay within."""
+
+    max_width: int = Field(1024, ge=8, description="Largest accepted width.")
+    max_height: int = Field(1024, ge=8, description="Largest accepted height.")
+    max_steps: int = Field(100, ge=1, description="Most denoising steps.")
+    max_num_images: int = Field(4, ge=1, description="Most images per request.")
+    max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt, in characters.")
+
+
+class ModeConfig(StrictModel):
+    """One served mode: a checkpoint plus how it is run."""
+
+    name: str = Field(description="Mode name clients ask for.", pattern=MODE_NAME_PATTERN)
+    checkpoint: str = Field(description="Diffusers folder or .safetensors file, relative to MODEL_ROOT.")
+    family: Family | None = Field(None, description="Override of the detected family (rarely needed).")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="Weights dtype; auto = fp16 on CUDA, fp32 on CPU.")
+    scheduler: SchedulerName = Field("euler", description="Default sampler of the mode.")
+    defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
+    limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
+    aliases: list[str] = Field(default_factory=list, description="Other names that select this mode.")
+    jobs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Custom job types: name -> import path `package.module:function`.")
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, v: list[str]) -> list[str]:
+        for alias in v:
+            if not re.match(MODE_NAME_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} must match {MODE_NAME_PATTERN}")
+        return v
+
+    @field_validator("jobs")
+    @classmethod
+    def _job_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, target in v.items():
+            if not re.match(r"^[A-Za-z0-9_-]+$", name):
+                raise ValueError(f"job type name {name!r} may hold only letters, digits, '_' and '-'")
+            if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", target):
+                raise ValueError(f"job {name!r}: import path {target!r} must look like 'package.module:function'")
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> ModeConfig:
+        d, lim = self.defaults, self.limits
+        for field, value, bound in (("width", d.width, lim.max_width), ("height", d.height, lim.max_height),
+                                    ("steps", d.steps, lim.max_steps)):
+            if value > bound:
+                raise ValueError(f"defaults.{field} {value} exceeds limits.max_{field} {bound}")
+        return self
+
+
+class ModesFile(StrictModel):
+    """The whole modes YAML."""
+
+    default_mode: str | None = Field(None, description="Mode used when a request names none (default: first).")
+    allow_absolute_paths: bool = Field(False, description="Allow checkpoints outside MODEL_ROOT by absolute path.")
+    discover: bool = Field(False, description="Also serve every checkpoint found under MODEL_ROOT.")
+    modes: list[ModeConfig] = Field(default_factory=list, description="The served modes.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModesFile:
+        seen: dict[str, str] = {}
+        for mode in self.modes:
+            for name in (mode.name, *mode.aliases):
+                if name in seen:
+                    raise ValueError(f"name {name!r} of mode {mode.name!r} is already used by mode {seen[name]!r}")
+                seen[name] = mode.name
+        if self.default_mode is not None and self.modes and self.default_mode not in seen:
+            raise ValueError(f"default_mode {self.default_mode!r} is not a mode or alias: {sorted(seen)}")
+        return self
+
+
+def model_root_from_env() -> Path:
+    return Path(os.environ.get("MODEL_ROOT", DEFAULT_MODEL_ROOT))
+
+
+def resolve_checkpoint(checkpoint: str, model_root: Path, *, allow_absolute: bool = False,
+                       source: str = "modes file", field: str = "checkpoint") -> Path:
+    """The real path of `checkpoint`, which must stay inside MODEL_ROOT (no `..`, no link out of it)."""
+    root = model_root.expanduser().resolve()
+    given = Path(checkpoint).expanduser()
+    if given.is_absolute():
+        if not allow_absolute:
+            raise ConfigError(
+                f"{source}: {field}: absolute path {checkpoint!r} is not allowed; put the checkpoint under "
+                f"MODEL_ROOT ({root}) or set allow_absolute_paths: true", param=field)
+        return given.resolve()
+    resolved = (root / given).resolve()
+    if not resolved.is_relative_to(root):
+        raise ConfigError(
+            f"{source}: {field}: {checkpoint!r} resolves to {resolved}, outside MODEL_ROOT ({root}); "
+            "'..' and links may not leave MODEL_ROOT", param=field)
+    return resolved
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, (dict, list)) else f" (value: {value!r})"
+        lines.append(f"{source}: {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_modes(data: object, source: str) -> ModesFile:
+    """Validate a modes mapping; errors name the source, the field path and the value."""
+    try:
+        return ModesFile.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(_format_validation_error(source, exc),
+                          param=".".join(str(p) for p in first["loc"]) or None) from exc
+
+
+def load_modes_file(path: str | Path) -> ModesFile:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: modes file not found", param="modes_file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}", param="modes_file") from exc
+    return parse_modes(data, str(p))
+
+
+def mode_name_for(path: Path) -> str:
+    """A mode name from a checkpoint's file or folder name."""
+    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
+    return name[:64]
+
+
+def discover_modes(model_root: Path) -> list[ModeConfig]:
+    """Every checkpoint directly under MODEL_ROOT (folders with model_index.json, .safetensors files)."""
+    root = model_root.expanduser()
+    if not root.is_dir():
+        return []
+    modes = []
+    for entry in sorted(root.iterdir()):
+        if is_checkpoint_candidate(entry):
+            modes.append(ModeConfig(name=mode_name_for(entry), checkpoint=entry.name))
+    return modes
+
+
+def modes_from_environment(modes_file: str | Path | None = None) -> tuple[ModesFile, Path]:
+    """The modes to serve and MODEL_ROOT: from a modes file, else from `MODEL`, else by discovery."""
+    root = model_root_from_env()
+    if modes_file is not None:
+        modes = load_modes_file(modes_file)
+    elif os.environ.get("MODEL"):
+        model = os.environ["MODEL"]
+        resolve_checkpoint(model, root, source="environment", field="MODEL")
+        modes = ModesFile(modes=[ModeConfig(name=mode_name_for(Path(model)), checkpoint=model)])
+    else:
+        modes = ModesFile(discover=True)
+    if modes.discover:
+        taken = {n for m in modes.modes for n in (m.name, *m.aliases)}
+        extra = [m for m in discover_modes(root) if m.name not in taken]
+        modes = modes.model_copy(update={"modes": [*modes.modes, *extra]})
+    if not modes.modes:
+        raise ConfigError(f"no modes: the modes file names none and MODEL_ROOT ({root.resolve()}) holds no checkpoint",
+                          param="modes")
+    return modes, root
