@@ -1,4 +1,4 @@
-"""Write a diffusers Stable Diffusion pipeline as ONE `.safetensors` file in the original (LDM / A1111 / ComfyUI) layout.
+"""Write a diffusers Stable Diffusion pipeline as ONE `.safetensors` file in the original (LDM/A1111/ComfyUI) layout.
 
 This is the inverse of diffusers' single-file conversion (`diffusers.loaders.single_file_utils`):
 
@@ -219,7 +219,7 @@ def original_state_dict(pipe: Any, family: Family, dtype: torch.dtype = torch.fl
             parts.append((prefix, _clip_to_original(encoder)))
             continue
         if prefix == "cond_stage_model.model." and encoder.config.num_hidden_layers > _SD2_IGNORED_RESBLOCK:
-            logger.warning("diffusers ignores %sresblocks.%d on load: it will not round-trip", prefix, _SD2_IGNORED_RESBLOCK)
+            logger.warning("diffusers drops %sresblocks.%d on load: it won't round-trip", prefix, _SD2_IGNORED_RESBLOCK)
         parts.append((prefix, _openclip_to_original(encoder)))
     out: dict[str, torch.Tensor] = {}
     for prefix, state in parts:

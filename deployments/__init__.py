@@ -1,0 +1,1 @@
+"""Ray pieces of Dream Lab: router ingress, mode worker, VRAM registry."""

@@ -1,0 +1,280 @@
+"""The VRAM registry: the one place that decides whether a load fits on a device.
+
+It runs as the application's `VramRegistry` deployment (one replica, so its lifetime is the
+application's and an operator finds it in the dashboard under that name). It keeps, per device, the
+budget, the accounted use of registered models and the open reservations, and per model its mode,
+replica, footprint, estimate, state and last use.
+
+Eviction channel: the registry answers each mode replica's heartbeat with the commands for it
+(`unload`). A DeploymentHandle cannot address one replica, and a separate GPU actor per replica would
+add a hop (and a second copy of progress streaming) to every generation; the heartbeat already exists
+for liveness and for re-registration after a registry restart, so it carries eviction too. The loading
+side polls `reserve` until the victims have unloaded and unregistered.
+
+Memory is accounted, not sampled: `used` is the sum of the footprints the workers measured
+(`torch.cuda.memory_allocated` deltas on CUDA, parameter bytes on the CPU); the device's own report
+(`mem_get_info`) is shown beside it. Without CUDA each device gets a simulated size, so CPU tests run
+the same logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from serve_app.strict_model import StrictModel
+
+logger = logging.getLogger(__name__)
+
+GiB = 1024**3
+
+
+class RegistryConfig(StrictModel):
+    """Registry settings (the `registry` block of the application args)."""
+
+    simulated_vram_bytes: int = Field(8 * GiB, ge=0, description="Device size where no CUDA reports one.")
+    budget_bytes: int | None = Field(None, ge=0, description="Per-device budget; default: total - headroom.")
+    headroom_bytes: int = Field(512 * 1024**2, ge=0, description="Kept free on each device (CUDA context, fragmentation).")
+    heartbeat_interval_s: float = Field(0.5, gt=0, description="How often replicas report.")
+    dead_after_s: float = Field(6.0, gt=0, description="A replica silent this long is dropped.")
+    reservation_ttl_s: float = Field(300.0, gt=0, description="A reservation not turned into a registration expires.")
+
+
+ModelStateName = Literal["ready", "evicting"]
+
+
+@dataclass
+class ModelEntry:
+    mode: str
+    replica: str
+    device: str
+    footprint_bytes: int
+    estimate_bytes: int
+    state: ModelStateName
+    last_use: float
+    epoch: int = 0
+    inflight: int = 0
+
+
+@dataclass
+class Reservation:
+    replica: str
+    mode: str
+    device: str
+    bytes: int
+    expires: float
+
+
+@dataclass
+class DeviceEntry:
+    device: str
+    total_bytes: int
+    budget_bytes: int
+    reported_used_bytes: int | None = None
+    simulated: bool = True
+
+
+@dataclass
+class ReplicaSeen:
+    mode: str
+    device: str
+    last_heartbeat: float
+    inflight: int = 0
+
+
+class VramRegistry:
+    """Per-device VRAM accounting with reservations and LRU eviction. Plain class: Serve wraps it."""
+
+    def __init__(self, config: dict[str, Any] | RegistryConfig | None = None, clock=time.monotonic) -> None:
+        self.config = config if isinstance(config, RegistryConfig) else RegistryConfig.model_validate(config or {})
+        self._clock = clock
+        self.devices: dict[str, DeviceEntry] = {}
+        self.models: dict[str, ModelEntry] = {}  # by replica id
+        self.reservations: dict[str, Reservation] = {}
+        self.replicas: dict[str, ReplicaSeen] = {}
+        self.draining = False
+        self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
+
+    # -- devices -------------------------------------------------------------------------------------
+    def _device(self, device: str, total_bytes: int | None = None, reported_used: int | None = None) -> DeviceEntry:
+        entry = self.devices.get(device)
+        if entry is None:
+            simulated = total_bytes is None
+            total = self.config.simulated_vram_bytes if simulated else total_bytes
+            budget = self.config.budget_bytes if self.config.budget_bytes is not None else max(
+                0, total - (0 if simulated else self.config.headroom_bytes))
+            entry = self.devices[device] = DeviceEntry(device, total, min(budget, total), simulated=simulated)
+        if reported_used is not None:
+            entry.reported_used_bytes = reported_used
+        return entry
+
+    def _used(self, device: str) -> int:
+        return sum(m.footprint_bytes for m in self.models.values() if m.device == device)
+
+    def _reserved(self, device: str, exclude: str | None = None) -> int:
+        return sum(r.bytes for r in self.reservations.values() if r.device == device and r.replica != exclude)
+
+    def _free(self, device: str, exclude: str | None = None) -> int:
+        return self.devices[device].budget_bytes - self._used(device) - self._reserved(device, exclude)
+
+    # -- liveness ------------------------------------------------------------------------------------
+    def _sweep(self) -> None:
+        now = self._clock()
+        for rid in [r for r, seen in self.replicas.items() if now - seen.last_heartbeat > self.config.dead_after_s]:
+            logger.warning("replica %s (mode %s) silent for %.1fs: dropping its entries", rid,
+                           self.replicas[rid].mode, now - self.replicas[rid].last_heartbeat)
+            self._forget(rid)
+        for rid in [r for r, res in self.reservations.items() if res.expires < now]:
+            logger.warning("reservation of %s expired", rid)
+            del self.reservations[rid]
+        for rid in [r for r, (_, seen) in self.routers.items() if now - seen > self.config.dead_after_s]:
+            del self.routers[rid]
+
+    def _forget(self, replica: str) -> None:
+        self.replicas.pop(replica, None)
+        self.models.pop(replica, None)
+        self.reservations.pop(replica, None)
+
+    def _seen(self, replica: str, mode: str, device: str) -> ReplicaSeen:
+        seen = self.replicas.get(replica)
+        if seen is None:
+            seen = self.replicas[replica] = ReplicaSeen(mode, device, self._clock())
+        seen.last_heartbeat = self._clock()
+        return seen
+
+    # -- operations ----------------------------------------------------------------------------------
+    def can_fit(self, device: str, nbytes: int) -> dict[str, Any]:
+        self._sweep()
+        dev = self._device(device)
+        free = self._free(device)
+        return {"fits": nbytes <= free, "needed_bytes": nbytes, "free_bytes": free, "budget_bytes": dev.budget_bytes}
+
+    def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None = None,
+                reported_used: int | None = None) -> dict[str, Any]:
+        """Reserve `nbytes` on `device` for `replica`'s load.
+
+        Returns `granted`; or `evicting` (idle models, least recently used first, were told to unload: call
+        again); or `no_fit` with the numbers when even evicting every idle model would not make room.
+        """
+        self._sweep()
+        self._seen(replica, mode, device)
+        dev = self._device(device, total_bytes, reported_used)
+        free = self._free(device, exclude=replica)
+        numbers = {"needed_bytes": nbytes, "free_bytes": free, "budget_bytes": dev.budget_bytes}
+        if nbytes <= free:
+            self.reservations[replica] = Reservation(replica, mode, device, nbytes,
+                                                     self._clock() + self.config.reservation_ttl_s)
+            return {"status": "granted", **numbers}
+        if nbytes > dev.budget_bytes:
+            return {"status": "no_fit", **numbers}
+        evicting = [m for m in self.models.values() if m.device == device and m.state == "evicting"]
+        pending = sum(m.footprint_bytes for m in evicting)
+        idle = sorted((m for m in self.models.values()
+                       if m.device == device and m.state == "ready" and m.inflight == 0 and m.replica != replica),
+                      key=lambda m: m.last_use)
+        victims: list[ModelEntry] = []
+        for model in idle:
+            if free + pending >= nbytes:
+                break
+            victims.append(model)
+            pending += model.footprint_bytes
+        if free + pending < nbytes:
+            busy = [m.mode for m in self.models.values() if m.device == device and m.inflight > 0]
+            return {"status": "no_fit", **numbers, "busy_modes": busy}
+        for model in victims:
+            model.state = "evicting"
+            logger.info("evicting mode %s (replica %s) from %s for mode %s", model.mode, model.replica, device, mode)
+        return {"status": "evicting", **numbers, "evicting": [m.mode for m in evicting + victims]}
+
+    def release(self, replica: str) -> None:
+        """Drop `replica`'s reservation (its load failed or was abandoned)."""
+        self.reservations.pop(replica, None)
+
+    def register(self, replica: str, mode: str, device: str, footprint_bytes: int, estimate_bytes: int,
+                 epoch: int = 0) -> None:
+        """A load finished: its reservation becomes a model entry with the measured footprint.
+
+        `epoch` counts the replica's loads and unloads, so a stale heartbeat cannot undo a newer state.
+        """
+        self._seen(replica, mode, device)
+        self._device(device)
+        self.reservations.pop(replica, None)
+        self.models[replica] = ModelEntry(mode, replica, device, footprint_bytes, estimate_bytes, "ready",
+                                          time.time(), epoch)
+        logger.info("registered mode %s on %s: %d bytes (estimate %d)", mode, device, footprint_bytes, estimate_bytes)
+
+    def unregister(self, replica: str, forget: bool = False) -> None:
+        """The model of `replica` is gone (unloaded); `forget` also drops the replica (it stops)."""
+        self.models.pop(replica, None)
+        self.reservations.pop(replica, None)
+        if forget:
+            self.replicas.pop(replica, None)
+
+    def heartbeat(self, replica: str, report: dict[str, Any]) -> dict[str, Any]:
+        """Liveness + state report of a replica; answers the commands for it and the drain flag.
+
+        A report of a loaded model the registry does not know (it restarted) re-registers it.
+        """
+        self._sweep()
+        seen = self._seen(replica, report["mode"], report["device"])
+        seen.inflight = report.get("inflight", 0)
+        self._device(report["device"], report.get("total_bytes"), report.get("reported_used_bytes"))
+        model = self.models.get(replica)
+        epoch = report.get("epoch", 0)
+        if model is not None and model.epoch > epoch:
+            pass  # a report older than the last registration
+        elif report.get("loaded"):
+            if model is None:
+                self.register(replica, report["mode"], report["device"], report["footprint_bytes"],
+                              report.get("estimate_bytes", report["footprint_bytes"]), epoch)
+                model = self.models[replica]
+            model.inflight = seen.inflight
+            if report.get("last_use"):
+                model.last_use = max(model.last_use, report["last_use"])
+        elif model is not None:
+            self.models.pop(replica)
+            model = None
+        commands = ["unload"] if model is not None and model.state == "evicting" else []
+        return {"commands": commands, "draining": self.draining}
+
+    # -- draining --------------------------------------------------------------------------------------
+    def set_draining(self, draining: bool = True) -> None:
+        self.draining = draining
+        logger.warning("draining %s", "started" if draining else "cancelled")
+
+    def router_poll(self, router: str, inflight: int) -> bool:
+        self.routers[router] = (inflight, self._clock())
+        return self.draining
+
+    def inflight(self) -> dict[str, int]:
+        self._sweep()
+        return {"routers": sum(n for n, _ in self.routers.values()),
+                "replicas": sum(s.inflight for s in self.replicas.values())}
+
+    # -- reporting ------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        self._sweep()
+        devices = []
+        for name, dev in sorted(self.devices.items()):
+            used, reserved = self._used(name), self._reserved(name)
+            devices.append({
+                "device": name,
+                "total_bytes": dev.total_bytes,
+                "budget_bytes": dev.budget_bytes,
+                "used_bytes": used,
+                "reserved_bytes": reserved,
+                "free_bytes": dev.budget_bytes - used - reserved,
+                "reported_used_bytes": dev.reported_used_bytes,
+                "simulated": dev.simulated,
+                "models": [asdict(m) for m in self.models.values() if m.device == name],
+            })
+        return {"devices": devices, "draining": self.draining,
+                "replicas": {rid: {"mode": s.mode, "device": s.device, "inflight": s.inflight}
+                             for rid, s in self.replicas.items()}}
+
+    def check_health(self) -> None:
+        """Serve health check: the registry is a plain in-memory object, alive when it answers."""
