@@ -57,6 +57,7 @@ class ModelEntry:
     state: ModelStateName
     last_use: float
     epoch: int = 0
+    measured_bytes: int = 0
     inflight: int = 0
 
 
@@ -84,6 +85,7 @@ class ReplicaSeen:
     device: str
     last_heartbeat: float
     inflight: int = 0
+    state: str = "cold"
 
 
 class VramRegistry:
@@ -195,7 +197,7 @@ class VramRegistry:
         self.reservations.pop(replica, None)
 
     def register(self, replica: str, mode: str, device: str, footprint_bytes: int, estimate_bytes: int,
-                 epoch: int = 0) -> None:
+                 epoch: int = 0, measured_bytes: int = 0) -> None:
         """A load finished: its reservation becomes a model entry with the measured footprint.
 
         `epoch` counts the replica's loads and unloads, so a stale heartbeat cannot undo a newer state.
@@ -204,7 +206,7 @@ class VramRegistry:
         self._device(device)
         self.reservations.pop(replica, None)
         self.models[replica] = ModelEntry(mode, replica, device, footprint_bytes, estimate_bytes, "ready",
-                                          time.time(), epoch)
+                                          time.time(), epoch, measured_bytes)
         logger.info("registered mode %s on %s: %d bytes (estimate %d)", mode, device, footprint_bytes, estimate_bytes)
 
     def unregister(self, replica: str, forget: bool = False) -> None:
@@ -222,6 +224,7 @@ class VramRegistry:
         self._sweep()
         seen = self._seen(replica, report["mode"], report["device"])
         seen.inflight = report.get("inflight", 0)
+        seen.state = report.get("state", seen.state)
         self._device(report["device"], report.get("total_bytes"), report.get("reported_used_bytes"))
         model = self.models.get(replica)
         epoch = report.get("epoch", 0)
@@ -230,7 +233,8 @@ class VramRegistry:
         elif report.get("loaded"):
             if model is None:
                 self.register(replica, report["mode"], report["device"], report["footprint_bytes"],
-                              report.get("estimate_bytes", report["footprint_bytes"]), epoch)
+                              report.get("estimate_bytes", report["footprint_bytes"]), epoch,
+                              report.get("measured_bytes", 0))
                 model = self.models[replica]
             model.inflight = seen.inflight
             if report.get("last_use"):
@@ -273,7 +277,7 @@ class VramRegistry:
                 "models": [asdict(m) for m in self.models.values() if m.device == name],
             })
         return {"devices": devices, "draining": self.draining,
-                "replicas": {rid: {"mode": s.mode, "device": s.device, "inflight": s.inflight}
+                "replicas": {rid: {"mode": s.mode, "device": s.device, "inflight": s.inflight, "state": s.state}
                              for rid, s in self.replicas.items()}}
 
     def check_health(self) -> None:

@@ -72,7 +72,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_shutdown(args: argparse.Namespace) -> int:
     from deployments.drain_shutdown import drain_and_shutdown
 
-    drain_and_shutdown(address=args.address, url=args.url, timeout_s=args.timeout)
+    drain_and_shutdown(address=args.address, timeout_s=args.timeout)
     return 0
 
 
@@ -112,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shutdown", help="drain-first stop of a running Dream Lab (then Serve shuts down)")
     p.add_argument("--address", default="auto", help="Ray cluster address")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the app's HTTP address")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for in-flight work")
     p.set_defaults(func=_cmd_shutdown)
     return parser

@@ -13,7 +13,7 @@ from typing import Any
 
 from serve_app.errors import ConfigError, UnknownJobTypeError
 from serve_app.generation_request import Img2ImgRequest, Txt2ImgRequest, parse_request, resolve_request
-from serve_app.model_runner import GenerationResult, ModelRunner, ProgressFn
+from serve_app.model_runner import CancelFn, GenerationResult, ModelRunner, ProgressFn
 from serve_app.pipeline_loader import LoadedPipelines
 
 
@@ -21,6 +21,7 @@ from serve_app.pipeline_loader import LoadedPipelines
 class JobContext:
     runner: ModelRunner
     progress: ProgressFn | None = None
+    cancelled: CancelFn | None = None
 
     @property
     def pipelines(self) -> LoadedPipelines:
@@ -32,12 +33,12 @@ JobFn = Callable[[JobContext, dict[str, Any]], Any]
 
 def txt2img_job(ctx: JobContext, payload: dict[str, Any]) -> GenerationResult:
     req = parse_request(Txt2ImgRequest, payload)
-    return ctx.runner.generate(resolve_request(req, ctx.runner.mode, ctx.runner.family), ctx.progress)
+    return ctx.runner.generate(resolve_request(req, ctx.runner.mode, ctx.runner.family), ctx.progress, ctx.cancelled)
 
 
 def img2img_job(ctx: JobContext, payload: dict[str, Any]) -> GenerationResult:
     req = parse_request(Img2ImgRequest, payload)
-    return ctx.runner.generate(resolve_request(req, ctx.runner.mode, ctx.runner.family), ctx.progress)
+    return ctx.runner.generate(resolve_request(req, ctx.runner.mode, ctx.runner.family), ctx.progress, ctx.cancelled)
 
 
 BUILTIN_JOBS: dict[str, JobFn] = {"txt2img": txt2img_job, "img2img": img2img_job}

@@ -136,6 +136,16 @@ class ModelRunner:
             logger.info("mode %s unloaded", self.mode.name)
             return True
 
+    def parameter_bytes(self) -> int:
+        """Bytes of every parameter and buffer of the loaded pipeline (its footprint without CUDA)."""
+        if self._pipes is None:
+            return 0
+        total = 0
+        for module in self._pipes.base.components.values():
+            if isinstance(module, torch.nn.Module):
+                total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+        return total
+
     def pipelines(self) -> LoadedPipelines:
         """The loaded pipelines, for custom jobs; raises when the mode is not loaded."""
         if self._pipes is None:

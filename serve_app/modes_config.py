@@ -36,6 +36,7 @@ from serve_app.strict_model import StrictModel
 logger = logging.getLogger(__name__)
 
 MODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RESERVED_NAMES = {"Router", "VramRegistry"}  # deployment names of the application's own pieces
 DEFAULT_MODEL_ROOT = "./models"
 
 
@@ -79,9 +80,17 @@ class ModeConfig(StrictModel):
     defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     aliases: list[str] = Field(default_factory=list, description="Other names that select this mode.")
+    load_on_start: bool = Field(True, description="Load when a replica starts (else on the first request).")
     jobs: dict[str, str] = Field(
         default_factory=dict,
         description="Custom job types: name -> import path `package.module:function`.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_NAMES:
+            raise ValueError(f"mode name {v!r} is reserved (a deployment of the application has it)")
+        return v
 
     @field_validator("aliases")
     @classmethod
@@ -205,9 +214,10 @@ def discover_modes(model_root: Path) -> list[ModeConfig]:
     return modes
 
 
-def modes_from_environment(modes_file: str | Path | None = None) -> tuple[ModesFile, Path]:
+def modes_from_environment(modes_file: str | Path | None = None,
+                           model_root: Path | None = None) -> tuple[ModesFile, Path]:
     """The modes to serve and MODEL_ROOT: from a modes file, else from `MODEL`, else by discovery."""
-    root = model_root_from_env()
+    root = model_root or model_root_from_env()
     if modes_file is not None:
         modes = load_modes_file(modes_file)
     elif os.environ.get("MODEL"):
@@ -219,7 +229,7 @@ def modes_from_environment(modes_file: str | Path | None = None) -> tuple[ModesF
     if modes.discover:
         taken = {n for m in modes.modes for n in (m.name, *m.aliases)}
         extra = [m for m in discover_modes(root) if m.name not in taken]
-        modes = modes.model_copy(update={"modes": [*modes.modes, *extra]})
+        modes = modes.model_copy(update={"modes": [*modes.modes, *extra], "discover": False})
     if not modes.modes:
         raise ConfigError(f"no modes: the modes file names none and MODEL_ROOT ({root.resolve()}) holds no checkpoint",
                           param="modes")

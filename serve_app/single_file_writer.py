@@ -185,9 +185,7 @@ def _text_model_state(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _clip_to_original(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
     """HF CLIP layout, relative to `...transformer.`: every key lives under `text_model.`."""
-    if hasattr(encoder, "text_model"):
-        return dict(encoder.state_dict())
-    return {f"text_model.{k}": v for k, v in encoder.state_dict().items()}
+    return {f"text_model.{k}": v for k, v in _text_model_state(encoder).items()}
 
 
 def _openclip_to_original(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -218,7 +216,7 @@ def original_state_dict(pipe: Any, family: Family, dtype: torch.dtype = torch.fl
         if layout == "clip":
             parts.append((prefix, _clip_to_original(encoder)))
             continue
-        if prefix == "cond_stage_model.model." and encoder.config.num_hidden_layers > _SD2_IGNORED_RESBLOCK:
+        if family is Family.SD2 and encoder.config.num_hidden_layers > _SD2_IGNORED_RESBLOCK:
             logger.warning("diffusers drops %sresblocks.%d on load: it won't round-trip", prefix, _SD2_IGNORED_RESBLOCK)
         parts.append((prefix, _openclip_to_original(encoder)))
     out: dict[str, torch.Tensor] = {}

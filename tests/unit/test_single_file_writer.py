@@ -20,8 +20,6 @@ from serve_app.single_file_writer import (
     write_single_file,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
-
 TEXT_PREFIXES = {
     Family.SD1: ("cond_stage_model.transformer.text_model.",),
     Family.SD2: ("cond_stage_model.model.",),

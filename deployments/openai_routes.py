@@ -1,0 +1,5 @@
+"""OpenAI images API front end (a Router mixin)."""
+
+
+class OpenAIRoutes:
+    pass

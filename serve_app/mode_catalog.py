@@ -1,0 +1,55 @@
+"""The served modes as the router sees them: names, aliases, the default, and what each checkpoint is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.errors import UnknownModeError
+from serve_app.modes_config import ModeConfig, ModesFile, resolve_checkpoint
+from serve_app.vram_estimate import estimate_vram
+
+
+@dataclass
+class ServedMode:
+    config: ModeConfig
+    info: CheckpointInfo
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def family(self):
+        return self.config.family or self.info.family
+
+    def estimate_bytes(self) -> int:
+        d = self.config.defaults
+        dtype = "fp32" if self.config.dtype == "auto" else self.config.dtype
+        return estimate_vram(self.info, dtype, d.width, d.height, self.config.limits.max_num_images).total_bytes
+
+
+class ModeCatalog:
+    """Mode selection: explicit name, alias, or the default; unknown names list the valid ones."""
+
+    def __init__(self, modes: ModesFile, model_root: Path) -> None:
+        self.modes: dict[str, ServedMode] = {}
+        for m in modes.modes:
+            path = resolve_checkpoint(m.checkpoint, model_root, allow_absolute=modes.allow_absolute_paths,
+                                      source=f"mode {m.name}")
+            self.modes[m.name] = ServedMode(m, inspect_checkpoint(path))
+        self.aliases = {a: m.name for m in modes.modes for a in m.aliases}
+        self.default = self.aliases.get(modes.default_mode or "", modes.default_mode) or modes.modes[0].name
+
+    def names(self) -> list[str]:
+        return list(self.modes)
+
+    def select(self, name: str | None, param: str = "mode") -> ServedMode:
+        if name is None or name == "":
+            return self.modes[self.default]
+        key = self.aliases.get(name, name)
+        if key not in self.modes:
+            valid = ", ".join([*self.modes, *self.aliases])
+            raise UnknownModeError(f"unknown mode {name!r}; valid modes and aliases: {valid}", param=param)
+        return self.modes[key]
