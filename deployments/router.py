@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
 
 from serve_app.api_schemas import JobRequest
 from serve_app.errors import DreamLabError, ShuttingDownError
@@ -272,3 +273,7 @@ async def _validation_error(request: Request, exc: FastAPIValidationError):
 @http_app.exception_handler(DreamLabError)
 async def _dreamlab_error(request: Request, exc: DreamLabError):
     return error_response(exc)
+
+
+# Applied at import so every replica process (which re-imports this module) wires the routes to the class.
+RouterIngress = serve.ingress(http_app)(Router)

@@ -54,9 +54,8 @@ def build_app(args: dict[str, Any] | None = None):
     """Build the Dream Lab application from its Serve-config `args`."""
     from ray import serve
 
-    from deployments.http_app import http_app
     from deployments.mode_worker import ModeWorker
-    from deployments.router import Router
+    from deployments.router import RouterIngress
     from deployments.vram_registry import VramRegistry
 
     a = parse_app_args(args)
@@ -71,12 +70,12 @@ def build_app(args: dict[str, Any] | None = None):
     modes, root = modes_from_environment(a.modes_file, root)
     registry_cfg = a.registry.model_dump()
     registry = serve.deployment(VramRegistry, name="VramRegistry").options(
-        num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(registry_cfg)
+        num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
+        logging_config={"enable_access_log": False}).bind(registry_cfg)  # heartbeats would flood the log
     handles = {}
     for mode in modes.modes:
         handles[mode.name] = serve.deployment(ModeWorker, name=mode.name).options(**MODE_DEPLOYMENT_DEFAULTS).bind(
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
-    router_cls = serve.ingress(http_app)(Router)
-    return serve.deployment(router_cls, name="Router").options(
+    return serve.deployment(RouterIngress, name="Router").options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
         modes.model_dump(mode="json"), str(root), handles, registry, registry_cfg)
