@@ -74,7 +74,10 @@ def build_app(args: dict[str, Any] | None = None):
         logging_config={"enable_access_log": False}).bind(registry_cfg)  # heartbeats would flood the log
     handles = {}
     for mode in modes.modes:
-        handles[mode.name] = serve.deployment(ModeWorker, name=mode.name).options(**MODE_DEPLOYMENT_DEFAULTS).bind(
+        options = {**MODE_DEPLOYMENT_DEFAULTS, **mode.deployment.model_dump(exclude_none=True)}
+        if "autoscaling_config" in options:
+            options.pop("num_replicas", None)
+        handles[mode.name] = serve.deployment(ModeWorker, name=mode.name).options(**options).bind(
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
     return serve.deployment(RouterIngress, name="Router").options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(

@@ -22,7 +22,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -68,6 +68,21 @@ class ModeLimits(StrictModel):
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt, in characters.")
 
 
+class ModeDeploymentOptions(StrictModel):
+    """Serve deployment options of a mode; a Serve config's `deployments:` entry (named after the mode)
+    overrides them the Serve way."""
+
+    num_replicas: int | Literal["auto"] | None = Field(None, description="Fixed replica count.")
+    autoscaling_config: dict[str, Any] | None = Field(None, description="Serve autoscaling (min_replicas 0 allowed).")
+    max_ongoing_requests: int | None = Field(None, ge=1, description="Requests a replica runs at once.")
+    max_queued_requests: int | None = Field(None, ge=-1, description="Queue bound per caller (default 64).")
+    graceful_shutdown_timeout_s: float | None = Field(None, ge=0, description="Drain time on stop/downscale.")
+    graceful_shutdown_wait_loop_s: float | None = Field(None, ge=0, description="Drain poll period.")
+    health_check_period_s: float | None = Field(None, gt=0, description="Seconds between health checks.")
+    health_check_timeout_s: float | None = Field(None, gt=0, description="Health check timeout.")
+    ray_actor_options: dict[str, Any] | None = Field(None, description="E.g. {num_gpus: 0.5, num_cpus: 1}.")
+
+
 class ModeConfig(StrictModel):
     """One served mode: a checkpoint plus how it is run."""
 
@@ -80,6 +95,8 @@ class ModeConfig(StrictModel):
     defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     aliases: list[str] = Field(default_factory=list, description="Other names that select this mode.")
+    deployment: ModeDeploymentOptions = Field(default_factory=ModeDeploymentOptions,
+                                              description="Serve deployment options of this mode.")
     load_on_start: bool = Field(True, description="Load when a replica starts (else on the first request).")
     jobs: dict[str, str] = Field(
         default_factory=dict,

@@ -1,0 +1,86 @@
+"""Serve tier: one real Ray (2 CPUs, 2 simulated GPUs) and one Serve instance for the whole session.
+
+The demo application is deployed from `configs/demo.yaml` the way `serve run` does (its `deployments:`
+overrides included), with its paths pointed at the session's demo checkpoints. Modules that need other
+shapes deploy their own small apps under their own route prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+PORT = 8123
+BASE_URL = f"http://127.0.0.1:{PORT}"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items):
+    """`serve.shutdown()` ends every app: the shutdown tests run last."""
+    items.sort(key=lambda item: item.get_closest_marker("shutdown") is not None)
+
+
+def wait_ready(url: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/readyz", timeout=10)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready: {last!r} {getattr(last, 'text', '')}")
+
+
+@pytest.fixture(scope="session")
+def ray_serve(demo_models_dir):
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy_app(name: str, modes: dict[str, Any], model_root: Path, tmp_dir: Path,
+               registry: dict[str, Any] | None = None, wait: bool = True) -> str:
+    """Deploy a Dream Lab app from a modes mapping under route prefix /<name>; returns its base URL."""
+    from ray import serve
+
+    from serve_app.app_builder import build_app
+
+    modes_file = tmp_dir / f"{name}_modes.yaml"
+    modes_file.write_text(yaml.safe_dump(modes))
+    app = build_app({"modes_file": str(modes_file), "model_root": str(model_root), "registry": registry or {}})
+    serve.run(app, name=name, route_prefix=f"/{name}")
+    url = f"{BASE_URL}/{name}"
+    if wait:
+        wait_ready(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def demo_url(ray_serve, demo_models_dir):
+    """The demo application of configs/demo.yaml, deployed through Serve's config path."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    app = config["applications"][0]
+    app["args"]["modes_file"] = str(REPO / app["args"]["modes_file"])
+    app["args"]["model_root"] = str(demo_models_dir)
+    client = serve_start(http_options={"host": "127.0.0.1", "port": PORT})
+    client.deploy_apps(ServeDeploySchema.model_validate(config))
+    client._wait_for_application_running(app["name"], timeout_s=300)
+    wait_ready(BASE_URL)
+    yield BASE_URL
