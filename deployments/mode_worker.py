@@ -83,6 +83,8 @@ class ModeWorker:
         self.progress = Progress()
         self._measured_bytes = 0
         self._load_lock = asyncio.Lock()
+        self._using = 0  # jobs past _ensure_loaded that still need the model
+        self._unloading = False
         self._stopping = False
         self._first_request = True
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
@@ -120,25 +122,32 @@ class ModeWorker:
                             self.mode.defaults.height, self.mode.limits.max_num_images)
         return self._measured_bytes + est.working_bytes
 
+    async def _registry(self, method: str, *args: Any, timeout_s: float = 10.0) -> Any:
+        """Call the registry with a timeout: while it restarts (or after it stopped) calls must not hang."""
+        return await asyncio.wait_for(getattr(self.registry, method).remote(*args), timeout_s)
+
     async def _reserve(self, nbytes: int) -> None:
-        deadline = time.monotonic() + self.registry_config.reservation_ttl_s
+        deadline = time.monotonic() + self.registry_config.reserve_timeout_s
         while True:
-            ans = await self.registry.reserve.remote(
-                self.replica_id, self.mode.name, self.device_id, nbytes, self.probe.total_bytes(),
-                self.probe.used_bytes())
+            ans = await self._registry("reserve", self.replica_id, self.mode.name, self.device_id, nbytes,
+                                       self.probe.total_bytes(), self.probe.used_bytes())
             if ans["status"] == "granted":
                 return
             if ans["status"] == "no_fit" or time.monotonic() > deadline:
                 raise InsufficientVRAMError(
                     f"mode {self.mode.name!r} does not fit on {self.device_id}: needs {ans['needed_bytes']} bytes, "
                     f"{ans['free_bytes']} free of a {ans['budget_bytes']}-byte budget"
-                    + (f" (busy: {', '.join(ans['busy_modes'])})" if ans.get("busy_modes") else ""),
+                    + (f" (still busy: {', '.join(ans['busy_modes'])})" if ans.get("busy_modes") else ""),
                     needed_bytes=ans["needed_bytes"], free_bytes=ans["free_bytes"], budget_bytes=ans["budget_bytes"])
             await asyncio.sleep(min(0.05, self.registry_config.heartbeat_interval_s / 4))
 
     async def _ensure_loaded(self) -> float | None:
-        """Load (reserve, load, measure, register) unless loaded; the load seconds, or None for a no-op."""
-        if self.runner.loaded:
+        """Load (reserve, load, measure, register) unless loaded; the load seconds, or None for a no-op.
+
+        The caller counts itself in `_using` right after this returns (no await in between), which keeps
+        an unload from pulling the model out from under its job.
+        """
+        if self.runner.loaded and not self._unloading:
             return None
         async with self._load_lock:
             if self.runner.loaded:
@@ -151,24 +160,33 @@ class ModeWorker:
                 await asyncio.to_thread(self.runner.load)
             except BaseException:
                 if self.registry is not None:
-                    await self.registry.release.remote(self.replica_id)
+                    await self._registry("release", self.replica_id)
                 raise
             measured = self.probe.allocated_bytes() - before
             self._measured_bytes = measured if self.probe.cuda else self.runner.parameter_bytes()
             self.epoch += 1
             if self.registry is not None:
-                await self.registry.register.remote(self.replica_id, self.mode.name, self.device_id,
-                                                    self._accounted_bytes(), self._estimate(), self.epoch,
-                                                    self._measured_bytes)
+                await self._registry("register", self.replica_id, self.mode.name, self.device_id,
+                                     self._accounted_bytes(), self._estimate(), self.epoch, self._measured_bytes)
             return time.perf_counter() - started
 
-    async def _unload(self, reason: str) -> bool:
-        async with self._load_lock:
-            unloaded = await asyncio.to_thread(self.runner.unload)
-            self.epoch += 1
-            self._measured_bytes = 0
-            if self.registry is not None:
-                await self.registry.unregister.remote(self.replica_id)
+    async def _unload(self, reason: str, only_if_idle: bool = False) -> bool:
+        """Unload after the jobs using the model finish; an eviction (`only_if_idle`) is skipped when busy
+        (the registry repeats it on the next heartbeat while the model stays marked for eviction)."""
+        if only_if_idle and self._using:
+            return False
+        self._unloading = True
+        try:
+            async with self._load_lock:
+                while self._using:
+                    await asyncio.sleep(0.01)
+                unloaded = await asyncio.to_thread(self.runner.unload)
+                self.epoch += 1
+                self._measured_bytes = 0
+                if self.registry is not None:
+                    await self._registry("unregister", self.replica_id)
+        finally:
+            self._unloading = False
         if unloaded:
             logger.info("mode %s unloaded on %s (%s)", self.mode.name, self.device_id, reason)
         return unloaded
@@ -177,9 +195,9 @@ class ModeWorker:
         while not self._stopping:
             if self.registry is not None:
                 try:
-                    ans = await self.registry.heartbeat.remote(self.replica_id, self._report())
+                    ans = await self._registry("heartbeat", self.replica_id, self._report())
                     if "unload" in ans["commands"]:
-                        await self._unload("evicted by the registry")
+                        await self._unload("evicted by the registry", only_if_idle=True)
                 except Exception as exc:  # the registry restarts: keep beating, it re-learns us
                     logger.warning("heartbeat of %s failed: %s", self.replica_id, exc)
             await asyncio.sleep(self.registry_config.heartbeat_interval_s)
@@ -189,6 +207,7 @@ class ModeWorker:
         fn = self.jobs.get(job_type)
         first, self._first_request = self._first_request, False
         load_s = await self._ensure_loaded()
+        self._using += 1
         self.progress = Progress(started=time.time(), job=job_type, total=int(payload.get("steps") or 0))
         try:
             result = await asyncio.to_thread(fn, ctx, payload)
@@ -201,6 +220,7 @@ class ModeWorker:
             logger.exception("[%s] job %s failed on mode %s", request_id, job_type, self.mode.name)
             raise JobFailedError(f"job {job_type!r} failed: {type(exc).__name__}: {exc}", param="job_type") from exc
         finally:
+            self._using -= 1
             self.progress = Progress()
         if isinstance(result, GenerationResult):
             if load_s is not None:
@@ -288,6 +308,6 @@ class ModeWorker:
         await asyncio.to_thread(self.runner.unload)
         if self.registry is not None:
             try:
-                await self.registry.unregister.remote(self.replica_id, True)
-            except Exception as exc:
+                await self._registry("unregister", self.replica_id, True, timeout_s=2.0)
+            except Exception as exc:  # the registry may already be gone (application deleted)
                 logger.warning("could not unregister %s: %s", self.replica_id, exc)

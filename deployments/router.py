@@ -78,7 +78,8 @@ class Router(OpenAIRoutes, A1111Routes):
     async def _poll_registry(self) -> None:
         while True:
             try:
-                self.draining = await self.registry.router_poll.remote(self.router_id, self.inflight)
+                self.draining = await asyncio.wait_for(
+                    self.registry.router_poll.remote(self.router_id, self.inflight), 5.0)
             except Exception as exc:
                 logger.warning("registry poll failed: %s", exc)
             await asyncio.sleep(0.2)

@@ -42,6 +42,7 @@ class RegistryConfig(StrictModel):
     heartbeat_interval_s: float = Field(0.5, gt=0, description="How often replicas report.")
     dead_after_s: float = Field(6.0, gt=0, description="A replica silent this long is dropped.")
     reservation_ttl_s: float = Field(300.0, gt=0, description="A reservation not turned into a registration expires.")
+    reserve_timeout_s: float = Field(120.0, gt=0, description="How long a load waits for evictions and busy models.")
 
 
 ModelStateName = Literal["ready", "evicting"]
@@ -160,7 +161,8 @@ class VramRegistry:
         """Reserve `nbytes` on `device` for `replica`'s load.
 
         Returns `granted`; or `evicting` (idle models, least recently used first, were told to unload: call
-        again); or `no_fit` with the numbers when even evicting every idle model would not make room.
+        again); or `waiting_busy` (it fits once models busy now go idle: call again); or `no_fit` with the
+        numbers when even evicting every model on the device would not make room.
         """
         self._sweep()
         self._seen(replica, mode, device)
@@ -184,9 +186,15 @@ class VramRegistry:
                 break
             victims.append(model)
             pending += model.footprint_bytes
+        busy = [m for m in self.models.values() if m.device == device and m.state == "ready" and m.inflight > 0]
         if free + pending < nbytes:
-            busy = [m.mode for m in self.models.values() if m.device == device and m.inflight > 0]
-            return {"status": "no_fit", **numbers, "busy_modes": busy}
+            later = sum(m.footprint_bytes for m in busy) + self._reserved(device, exclude=replica)
+            if free + pending + later < nbytes:
+                return {"status": "no_fit", **numbers}
+            # Fits once busy models (and loads in progress) go idle: evict what is idle now, poll again.
+            for model in victims:
+                model.state = "evicting"
+            return {"status": "waiting_busy", **numbers, "busy_modes": [m.mode for m in busy]}
         for model in victims:
             model.state = "evicting"
             logger.info("evicting mode %s (replica %s) from %s for mode %s", model.mode, model.replica, device, mode)

@@ -109,10 +109,12 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family) -> Ge
                        f"must be at most {lim.max_prompt_chars} characters")
     init_image = decode_image(req.image) if is_img2img else None
     if init_image is not None:
-        width = req.width or max(8, init_image.width // 8 * 8)
-        height = req.height or max(8, init_image.height // 8 * 8)
+        default_w, default_h = max(8, init_image.width // 8 * 8), max(8, init_image.height // 8 * 8)
     else:
-        width, height = req.width or d.width, req.height or d.height
+        default_w, default_h = d.width, d.height
+    # `is None`, not `or`: an explicit 0 is a bad value to report, not a request for the default
+    width = default_w if req.width is None else req.width
+    height = default_h if req.height is None else req.height
     _check_size("width", width, lim.max_width)
     _check_size("height", height, lim.max_height)
     steps = d.steps if req.steps is None else req.steps

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.errors import DreamLabError, ModelNotReadyError
+from serve_app.errors import DreamLabError, ModelNotReadyError, RequestValidationError
 from serve_app.families import Family
 from serve_app.generation_request import GenerationParams
 from serve_app.modes_config import ModeConfig
@@ -159,6 +159,10 @@ class ModelRunner:
         with self._lock:
             pipes = self.pipelines()
             pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
+            if pipe is None:
+                raise RequestValidationError(
+                    f"`mode` {self.mode.name!r} is an {self.family.value} checkpoint, which only does img2img",
+                    param="mode")
             pipe.scheduler = make_scheduler(params.scheduler, self._scheduler_config)
             n = len(params.seeds)
 

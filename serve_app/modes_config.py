@@ -40,6 +40,18 @@ RESERVED_NAMES = {"Router", "VramRegistry"}  # deployment names of the applicati
 DEFAULT_MODEL_ROOT = "./models"
 
 
+class _FieldError(ValueError):
+    """A cross-field check's error, with the path (below the validated model) and value it is about.
+
+    Pydantic gives a model validator's error the model's location; this carries the field's own.
+    """
+
+    def __init__(self, loc: tuple[str | int, ...], value: object, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.value = value
+
+
 class ModeDefaults(StrictModel):
     """Values a request gets for the fields it leaves out."""
 
@@ -133,7 +145,8 @@ class ModeConfig(StrictModel):
         for field, value, bound in (("width", d.width, lim.max_width), ("height", d.height, lim.max_height),
                                     ("steps", d.steps, lim.max_steps)):
             if value > bound:
-                raise ValueError(f"defaults.{field} {value} exceeds limits.max_{field} {bound}")
+                raise _FieldError(("defaults", field), value,
+                                  f"defaults.{field} {value} exceeds limits.max_{field} {bound}")
         return self
 
 
@@ -148,13 +161,16 @@ class ModesFile(StrictModel):
     @model_validator(mode="after")
     def _unique_names(self) -> ModesFile:
         seen: dict[str, str] = {}
-        for mode in self.modes:
-            for name in (mode.name, *mode.aliases):
+        for i, mode in enumerate(self.modes):
+            locs = [("modes", i, "name"), *(("modes", i, "aliases", j) for j in range(len(mode.aliases)))]
+            for loc, name in zip(locs, (mode.name, *mode.aliases)):
                 if name in seen:
-                    raise ValueError(f"name {name!r} of mode {mode.name!r} is already used by mode {seen[name]!r}")
+                    raise _FieldError(loc, name, f"name {name!r} of mode {mode.name!r} is already used by mode "
+                                                 f"{seen[name]!r}")
                 seen[name] = mode.name
         if self.default_mode is not None and self.modes and self.default_mode not in seen:
-            raise ValueError(f"default_mode {self.default_mode!r} is not a mode or alias: {sorted(seen)}")
+            raise _FieldError(("default_mode",), self.default_mode,
+                              f"default_mode {self.default_mode!r} is not a mode or alias: {sorted(seen)}")
         return self
 
 
@@ -181,13 +197,21 @@ def resolve_checkpoint(checkpoint: str, model_root: Path, *, allow_absolute: boo
     return resolved
 
 
+def _error_loc_value(err: dict[str, Any]) -> tuple[str, object]:
+    """The dotted field path and the value of one pydantic error (cross-field errors carry their own)."""
+    loc, value = tuple(err["loc"]), err.get("input")
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        loc, value = loc + cause.loc, cause.value
+    return ".".join(str(p) for p in loc), value
+
+
 def _format_validation_error(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        value = err.get("input")
+        loc, value = _error_loc_value(err)
         shown = "" if isinstance(value, (dict, list)) else f" (value: {value!r})"
-        lines.append(f"{source}: {loc}: {err['msg']}{shown}")
+        lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}{shown}")
     return "\n".join(lines)
 
 
@@ -196,9 +220,8 @@ def parse_modes(data: object, source: str) -> ModesFile:
     try:
         return ModesFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        first = exc.errors()[0]
         raise ConfigError(_format_validation_error(source, exc),
-                          param=".".join(str(p) for p in first["loc"]) or None) from exc
+                          param=_error_loc_value(exc.errors()[0])[0] or None) from exc
 
 
 def load_modes_file(path: str | Path) -> ModesFile:
@@ -224,10 +247,19 @@ def discover_modes(model_root: Path) -> list[ModeConfig]:
     root = model_root.expanduser()
     if not root.is_dir():
         return []
-    modes = []
+    modes: list[ModeConfig] = []
+    taken: set[str] = set()
     for entry in sorted(root.iterdir()):
         if is_checkpoint_candidate(entry):
-            modes.append(ModeConfig(name=mode_name_for(entry), checkpoint=entry.name))
+            # `x/` and `x.safetensors` side by side: the second keeps its suffix so both stay servable
+            name = mode_name_for(entry)
+            if name in taken:
+                name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry.name).strip("-._")[:64]
+            base, n = name, 2
+            while name in taken:
+                name, n = f"{base[:60]}-{n}", n + 1
+            taken.add(name)
+            modes.append(ModeConfig(name=name, checkpoint=entry.name))
     return modes
 
 

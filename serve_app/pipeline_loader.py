@@ -108,7 +108,8 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     pipe.set_progress_bar_config(disable=True)
     if main_cls is None:
         return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=pipe)
-    img2img = img2img_cls.from_pipe(pipe)
+    # from_pipe casts the shared modules to its own `dtype` (float32 when none is given): pass ours
+    img2img = img2img_cls.from_pipe(pipe, dtype=dtype)
     img2img.set_progress_bar_config(disable=True)
     return LoadedPipelines(family=family, device=device, dtype=dtype, txt2img=pipe, img2img=img2img)
 

@@ -1,4 +1,4 @@
-"""Serve tier: one real Ray (2 CPUs, 2 simulated GPUs) and one Serve instance for the whole session.
+"""Serve tier: one real Ray (2 CPUs, 1 simulated GPU) and one Serve instance for the whole session.
 
 The demo application is deployed from `configs/demo.yaml` the way `serve run` does (its `deployments:`
 overrides included), with its paths pointed at the session's demo checkpoints. Modules that need other
@@ -44,7 +44,7 @@ def ray_serve(demo_models_dir):
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     yield
