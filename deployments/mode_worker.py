@@ -18,7 +18,8 @@ from typing import Any
 
 from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
 from serve_app.jobs import JobContext, JobRegistry
-from serve_app.model_runner import GenerationResult, ModelRunner, ModelState
+from serve_app.generation_result import GenerationResult
+from serve_app.model_runner import ModelRunner, ModelState
 from serve_app.modes_config import ModeConfig, resolve_checkpoint
 from serve_app.pipeline_loader import dtype_name
 from serve_app.vram_estimate import estimate_vram

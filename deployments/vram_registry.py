@@ -134,7 +134,8 @@ class VramRegistry:
         for rid in [r for r, res in self.reservations.items() if res.expires < now]:
             logger.warning("reservation of %s expired", rid)
             del self.reservations[rid]
-        for rid in [r for r, (_, seen) in self.routers.items() if now - seen > self.config.dead_after_s]:
+        # Routers are forgotten late: a drain must not mistake a slow router for an idle one.
+        for rid in [r for r, (_, seen) in self.routers.items() if now - seen > 5 * self.config.dead_after_s]:
             del self.routers[rid]
 
     def _forget(self, replica: str) -> None:

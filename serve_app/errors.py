@@ -119,6 +119,13 @@ class InsufficientVRAMError(DreamLabError):
         }
 
 
+class GenerationCancelledError(DreamLabError):
+    """The client went away mid-generation; the replica stopped at the next step."""
+
+    status_code = 499
+    error_type = "cancelled"
+
+
 class ModelNotReadyError(DreamLabError):
     status_code = 503
     error_type = "model_not_ready_error"

@@ -13,7 +13,8 @@ from typing import Any
 
 from serve_app.errors import ConfigError, UnknownJobTypeError
 from serve_app.generation_request import Img2ImgRequest, Txt2ImgRequest, parse_request, resolve_request
-from serve_app.model_runner import CancelFn, GenerationResult, ModelRunner, ProgressFn
+from serve_app.generation_result import GenerationResult
+from serve_app.model_runner import CancelFn, ModelRunner, ProgressFn
 from serve_app.pipeline_loader import LoadedPipelines
 
 

@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,10 @@ from typing import Any
 import torch
 
 from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.errors import DreamLabError, ModelNotReadyError, RequestValidationError
+from serve_app.errors import GenerationCancelledError, ModelNotReadyError, RequestValidationError
 from serve_app.families import Family
 from serve_app.generation_request import GenerationParams
+from serve_app.generation_result import GeneratedImage, GenerationResult
 from serve_app.modes_config import ModeConfig
 from serve_app.pipeline_loader import (
     LoadedPipelines,
@@ -44,28 +44,6 @@ class ModelState(str, Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
-
-
-class GenerationCancelledError(DreamLabError):
-    status_code = 499
-    error_type = "cancelled"
-
-
-@dataclass
-class GeneratedImage:
-    data: bytes
-    seed: int
-    format: str
-
-
-@dataclass
-class GenerationResult:
-    images: list[GeneratedImage]
-    width: int
-    height: int
-    steps: int
-    scheduler: str
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def encode_image(image, fmt: str) -> bytes:

@@ -1,0 +1,189 @@
+"""Model-layer benchmark: header-only inspection of a >= 1 GB single file, and load time vs raw read time.
+
+    python benchmarks/bench_model_layer.py [--size-gb 1.1] [--runs 20] [--keep DIR]
+
+1. Writes a single-file checkpoint in the original (LDM) layout of at least `--size-gb` GB: the demo SDXL
+   file's tensors plus enough extra `model.diffusion_model.*` tensors to reach the size and a realistic
+   tensor count (the real SDXL base file has ~2,500). Tensor bytes are streamed from one reusable buffer,
+   so writing takes about as long as the disk needs. Then times `inspect_checkpoint` on it (median of
+   `--runs`), against a 50 ms target.
+2. For each demo checkpoint format of a family, times `ModelRunner.load` against reading every byte of the
+   checkpoint's files, and prints the ratio.
+
+Offline; everything is written under a temporary folder that is removed afterwards (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+INSPECT_TARGET_S = 0.050
+UNET = "model.diffusion_model."
+CHUNK = 16 * 1024 * 1024
+
+
+def _safetensors_dtype_bytes(dtype: str) -> int:
+    return {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "F64": 8, "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}[dtype]
+
+
+def write_big_single_file(source: Path, target: Path, size_bytes: int, min_tensors: int = 2600) -> tuple[int, int]:
+    """Copy `source`'s tensors into `target` and pad with UNet tensors until the file has `size_bytes`.
+
+    Returns (file bytes, tensor count). The header is built by hand (what `safetensors.save_file` writes:
+    8-byte little-endian length, JSON, then the tensors back to back), so no tensor is ever materialised.
+    """
+    with source.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+        data_start = 8 + n
+    metadata = header.pop("__metadata__", {})
+    entries: dict[str, dict] = {}
+    copies: list[tuple[int, int]] = []  # (source offset, length) in the order written
+    offset = 0
+    for name, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        begin, end = t["data_offsets"]
+        entries[name] = {"dtype": t["dtype"], "shape": t["shape"], "data_offsets": [offset, offset + end - begin]}
+        copies.append((data_start + begin, end - begin))
+        offset += end - begin
+    # padding: fp16 conv/linear weights of UNet-like shapes, as many as needed for the count and the size
+    n_pad = max(min_tensors - len(entries), 1)
+    remaining = max(size_bytes - offset, 0)
+    per = max(remaining // n_pad // 2 * 2, 2)
+    pad_sizes: list[int] = []
+    for i in range(n_pad):
+        elems = per // 2
+        name = f"{UNET}output_blocks.{i // 64}.{i % 64}.bench_pad.weight"
+        entries[name] = {"dtype": "F16", "shape": [elems], "data_offsets": [offset, offset + elems * 2]}
+        pad_sizes.append(elems * 2)
+        offset += elems * 2
+    header_out = dict(entries)
+    header_out["__metadata__"] = metadata
+    raw = json.dumps(header_out, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data start to 8 bytes
+    buf = (bytes(range(256)) * (CHUNK // 256))  # non-zero, so the file is not sparse
+    with source.open("rb") as src, target.open("wb") as out:
+        out.write(struct.pack("<Q", len(raw)))
+        out.write(raw)
+        for pos, length in copies:
+            src.seek(pos)
+            out.write(src.read(length))
+        mv = memoryview(buf)
+        for size in pad_sizes:
+            while size:
+                step = min(size, CHUNK)
+                out.write(mv[:step])
+                size -= step
+    return target.stat().st_size, len(entries)
+
+
+def median_time(fn, runs: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times
+
+
+def read_all_bytes(path: Path) -> int:
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
+    total = 0
+    for f in files:
+        with f.open("rb", buffering=0) as fh:
+            while chunk := fh.read(CHUNK):
+                total += len(chunk)
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=1.1, help="size of the big single file (GB, 1e9 bytes)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per measurement")
+    parser.add_argument("--load-runs", type=int, default=3, help="timed loads per checkpoint")
+    parser.add_argument("--family", default="sdxl", help="demo family for the load benchmark")
+    parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+
+    from serve_app.checkpoint_inspect import inspect_checkpoint
+    from serve_app.demo_models import write_demo_models
+    from serve_app.families import Family
+    from serve_app.model_runner import ModelRunner
+    from serve_app.modes_config import ModeConfig
+
+    from transformers.utils import logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="dreamlab-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work dir: {work}  (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    try:
+        started = time.perf_counter()
+        write_demo_models(work / "demo")
+        print(f"demo checkpoints ready in {time.perf_counter() - started:.1f}s")
+
+        # 1. inspection of a >= 1 GB single file reads its header only
+        big = work / "big-sdxl.safetensors"
+        started = time.perf_counter()
+        size, count = write_big_single_file(work / "demo" / "tiny-sdxl.safetensors", big, int(args.size_gb * 1e9))
+        write_s = time.perf_counter() - started
+        print(f"big single file: {size / 1e9:.2f} GB, {count} tensors, header "
+              f"{struct.unpack('<Q', big.open('rb').read(8))[0] / 1024:.0f} KiB, written in {write_s:.1f}s "
+              f"({size / 1e9 / write_s:.2f} GB/s)")
+        info = inspect_checkpoint(big)  # warm-up (imports, page cache of the header)
+        assert info.family is Family.SDXL and info.file_bytes == size, info
+        med, times = median_time(lambda: inspect_checkpoint(big), args.runs)
+        print(f"inspect_checkpoint(big): median {med * 1000:.2f} ms over {args.runs} runs "
+              f"(min {min(times) * 1000:.2f}, max {max(times) * 1000:.2f}); target {INSPECT_TARGET_S * 1000:.0f} ms; "
+              f"ratio to target {med / INSPECT_TARGET_S:.3f} ({'PASS' if med < INSPECT_TARGET_S else 'FAIL'})")
+        print(f"  for scale: reading all {size / 1e9:.2f} GB of it takes "
+              f"{median_time(lambda: read_all_bytes(big), 1)[0]:.2f}s (page cache warm)")
+        big.unlink()
+
+        # 2. load time vs the time to read the checkpoint's bytes
+        family = Family(args.family)
+        for name in (f"tiny-{family.value}", f"tiny-{family.value}.safetensors"):
+            path = work / "demo" / name
+            nbytes = read_all_bytes(path)  # warms the page cache, as a load right after a download would see it
+            read_med, _ = median_time(lambda: read_all_bytes(path), args.runs)
+            mode = ModeConfig(name="bench", checkpoint=str(path))
+            runner = ModelRunner(mode, path, device=torch.device("cpu"))
+            runner.load()  # warm-up: imports, config materialisation
+            runner.unload()
+            loads = []
+            for _ in range(args.load_runs):
+                started = time.perf_counter()
+                runner.load()
+                loads.append(time.perf_counter() - started)
+                runner.unload()
+            load_med = statistics.median(loads)
+            print(f"{name}: {nbytes / 1e6:.1f} MB on disk; ModelRunner.load median {load_med * 1000:.0f} ms "
+                  f"over {args.load_runs}; raw read of all bytes median {read_med * 1000:.2f} ms over {args.runs} "
+                  f"({nbytes / 1e9 / read_med:.2f} GB/s); load/read ratio {load_med / read_med:.0f}x")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

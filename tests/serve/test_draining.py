@@ -1,0 +1,112 @@
+"""Draining: generations in flight during a downscale and during `dreamlab shutdown` all finish with 200;
+a killed replica is replaced and its registry entry disappears within a bounded time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.serve
+
+LONG = {"prompt": "slow", "steps": 80, "seed": 1}
+
+
+def _modes(replicas: int) -> dict:
+    return {"modes": [{
+        "name": "slow", "checkpoint": "tiny-sd1",
+        "defaults": {"width": 64, "height": 64, "steps": 4},
+        "limits": {"max_steps": 500},
+        "deployment": {"num_replicas": replicas, "max_ongoing_requests": 1, "graceful_shutdown_timeout_s": 120},
+    }]}
+
+
+@pytest.fixture(scope="module")
+def drain_app(ray_serve, demo_models_dir, tmp_path_factory):
+    from tests.serve.conftest import deploy_app
+
+    tmp = tmp_path_factory.mktemp("drain")
+    registry = {"dead_after_s": 3.0, "heartbeat_interval_s": 0.3}
+    url = deploy_app("drain", _modes(2), demo_models_dir, tmp, registry=registry)
+    redeploy = lambda replicas: deploy_app("drain", _modes(replicas), demo_models_dir, tmp,  # noqa: E731
+                                           registry=registry, wait=False)
+    return url, redeploy
+
+
+def _replicas(url: str) -> dict:
+    return httpx.get(f"{url}/v1/registry", timeout=30).json()["replicas"]
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _start_long_requests(url: str, n: int):
+    pool = ThreadPoolExecutor(n)
+    futures = [pool.submit(httpx.post, f"{url}/v1/txt2img", json=LONG, timeout=300) for _ in range(n)]
+    _wait_for(lambda: sum(r["inflight"] for r in _replicas(url).values()) >= n, 60, f"{n} requests in flight")
+    return pool, futures
+
+
+def test_downscale_lets_in_flight_generations_finish(drain_app):
+    url, redeploy = drain_app
+    assert len(_replicas(url)) == 2
+    pool, futures = _start_long_requests(url, 2)
+    redeploy(1)  # Serve stops one replica: it drains first
+    assert [f.result().status_code for f in futures] == [200, 200]
+    pool.shutdown()
+    _wait_for(lambda: len(_replicas(url)) == 1, 60, "the stopped replica to leave the registry")
+    models = [m for d in httpx.get(f"{url}/v1/registry").json()["devices"] for m in d["models"]]
+    assert len(models) == 1
+
+
+def test_killed_replica_is_replaced_and_its_entry_dropped(drain_app):
+    import ray
+
+    url, _ = drain_app
+    (old_id,) = _replicas(url)
+    actor_name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if "drain#slow#" in a["name"] and a["name"].endswith(old_id))
+    ray.kill(ray.get_actor(actor_name, namespace="serve"), no_restart=True)
+    started = time.monotonic()
+    _wait_for(lambda: old_id not in _replicas(url), 30, "the killed replica's entry to disappear")
+    dropped_after = time.monotonic() - started
+    assert dropped_after < 30
+    new = _wait_for(lambda: [r for r in _replicas(url) if r != old_id], 180, "a replacement replica")
+    assert new
+    r = httpx.post(f"{url}/v1/txt2img", json={"prompt": "after the kill"}, timeout=300)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.shutdown
+def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app):
+    import ray
+
+    from deployments.drain_shutdown import drain_and_shutdown
+
+    url, redeploy = drain_app
+    redeploy(2)
+    _wait_for(lambda: len(_replicas(url)) == 2, 180, "two replicas")
+    pool, futures = _start_long_requests(url, 2)
+    stopper = threading.Thread(target=drain_and_shutdown, kwargs={"timeout_s": 120})
+    stopper.start()
+    time.sleep(1.0)  # the drain flag has reached the routers
+    refused = httpx.post(f"{url}/v1/txt2img", json={"prompt": "late"}, timeout=60)
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
+    assert [f.result().status_code for f in futures] == [200, 200]
+    pool.shutdown()
+    stopper.join(timeout=180)
+    assert not stopper.is_alive()
+    leftovers = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith("SERVE_REPLICA")]
+    assert leftovers == []
