@@ -36,10 +36,6 @@ UNET = "model.diffusion_model."
 CHUNK = 16 * 1024 * 1024
 
 
-def _safetensors_dtype_bytes(dtype: str) -> int:
-    return {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "F64": 8, "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}[dtype]
-
-
 def write_big_single_file(source: Path, target: Path, size_bytes: int, min_tensors: int = 2600) -> tuple[int, int]:
     """Copy `source`'s tensors into `target` and pad with UNet tensors until the file has `size_bytes`.
 

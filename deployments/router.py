@@ -67,6 +67,8 @@ class Router(OpenAIRoutes, A1111Routes):
         self.inflight = 0
         self.draining = False
         self.current_default = self.catalog.default
+        self.started_at = time.time()
+        self.live_progress: dict[str, dict[str, Any]] = {}  # request id -> step, total, started, eta_s
         self._poller: asyncio.Task | None = None
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -78,11 +80,19 @@ class Router(OpenAIRoutes, A1111Routes):
     async def _poll_registry(self) -> None:
         while True:
             try:
-                self.draining = await asyncio.wait_for(
-                    self.registry.router_poll.remote(self.router_id, self.inflight), 5.0)
+                ans = await asyncio.wait_for(self.registry.router_poll.remote(self.router_id, self.inflight), 5.0)
+                self.draining = ans["draining"]
+                if ans["default_mode"] in self.catalog.modes:
+                    self.current_default = ans["default_mode"]
             except Exception as exc:
                 logger.warning("registry poll failed: %s", exc)
             await asyncio.sleep(0.2)
+
+    async def set_default_mode(self, name: str) -> None:
+        """Switch the application's default mode (shared with every router through the registry)."""
+        self.current_default = name
+        if self.registry is not None:
+            await self.registry.set_default_mode.remote(name)
 
     def _admit(self) -> None:
         """Count a request in flight; refuse it while the application drains."""
@@ -107,10 +117,14 @@ class Router(OpenAIRoutes, A1111Routes):
     def _handle(self, mode: ServedMode):
         return self.handles[mode.name]
 
-    async def _generate(self, body: Txt2ImgRequest, request_id: str, default_mode: str | None = None):
+    def _select(self, name: str | None, param: str = "mode") -> ServedMode:
+        """The named mode (or alias), or the application's current default mode."""
+        return self.catalog.select(name or self.current_default, param=param)
+
+    async def _generate(self, body: Txt2ImgRequest, request_id: str):
         """Select the mode, validate against it, forward; returns (mode, worker result, seconds)."""
         started = time.perf_counter()
-        mode = self.catalog.select(body.mode or default_mode)
+        mode = self._select(body.mode)
         resolve_request(body, mode.config, mode.family)  # bad input fails here, before it takes a queue slot
         job = "img2img" if isinstance(body, Img2ImgRequest) else "txt2img"
         payload = body.model_dump(exclude_none=True, exclude={"mode"})
@@ -150,7 +164,7 @@ class Router(OpenAIRoutes, A1111Routes):
         except ShuttingDownError as exc:
             return error_response(exc, request_id)
         try:
-            mode = self.catalog.select(body.mode)
+            mode = self._select(body.mode)
             resolve_request(body, mode.config, mode.family)
         except Exception as exc:
             self.inflight -= 1
@@ -185,7 +199,7 @@ class Router(OpenAIRoutes, A1111Routes):
         request_id = self._request_id(request)
         try:
             with self._accepting():
-                mode = self.catalog.select(body.mode)
+                mode = self._select(body.mode)
                 if job_type in ("txt2img", "img2img"):
                     body_model = Txt2ImgRequest if job_type == "txt2img" else Img2ImgRequest
                     from serve_app.generation_request import parse_request
@@ -224,7 +238,7 @@ class Router(OpenAIRoutes, A1111Routes):
     @http_app.post("/v1/modes/{name}/load", tags=["native"], summary="Load a mode (no-op when loaded)")
     async def load_mode(self, name: str):
         try:
-            mode = self.catalog.select(name, param="name")
+            mode = self._select(name, param="name")
             return await self._handle(mode).load.remote()
         except Exception as exc:
             return error_response(exc)
@@ -232,7 +246,7 @@ class Router(OpenAIRoutes, A1111Routes):
     @http_app.post("/v1/modes/{name}/unload", tags=["native"], summary="Unload a mode on one replica")
     async def unload_mode(self, name: str):
         try:
-            mode = self.catalog.select(name, param="name")
+            mode = self._select(name, param="name")
             return await self._handle(mode).unload.remote()
         except Exception as exc:
             return error_response(exc)

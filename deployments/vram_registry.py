@@ -100,6 +100,7 @@ class VramRegistry:
         self.reservations: dict[str, Reservation] = {}
         self.replicas: dict[str, ReplicaSeen] = {}
         self.draining = False
+        self.default_mode: str | None = None  # set by A1111 `sd_model_checkpoint`; None = the configured one
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
 
     # -- devices -------------------------------------------------------------------------------------
@@ -259,9 +260,13 @@ class VramRegistry:
         self.draining = draining
         logger.warning("draining %s", "started" if draining else "cancelled")
 
-    def router_poll(self, router: str, inflight: int) -> bool:
+    def router_poll(self, router: str, inflight: int) -> dict[str, Any]:
+        """A router reports its in-flight requests; it learns the drain flag and the default mode."""
         self.routers[router] = (inflight, self._clock())
-        return self.draining
+        return {"draining": self.draining, "default_mode": self.default_mode}
+
+    def set_default_mode(self, mode: str) -> None:
+        self.default_mode = mode
 
     def inflight(self) -> dict[str, int]:
         self._sweep()

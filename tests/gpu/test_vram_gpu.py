@@ -71,15 +71,20 @@ def test_generate_on_cuda_then_unload(demo_models_dir: Path, cuda_warm) -> None:
     from serve_app.generation_request import Txt2ImgRequest, resolve_request
 
     runner = _runner(demo_models_dir, "tiny-sdxl.safetensors")
+
+    def cycle() -> None:
+        runner.load()
+        try:
+            params = resolve_request(Txt2ImgRequest(prompt="a red fox", width=64, height=64, steps=2, seed=3),
+                                     runner.mode, runner.family)
+            result = runner.generate(params)
+            assert Image.open(io.BytesIO(result.images[0].data)).size == (64, 64)
+            assert runner.generate(params).images[0].data == result.images[0].data  # same seed, same bytes
+        finally:
+            runner.unload()
+
+    # the first cycle creates the kernel libraries' workspaces, which live as long as the process
+    cycle()
     baseline = _settle()
-    runner.load()
-    try:
-        params = resolve_request(Txt2ImgRequest(prompt="a red fox", width=64, height=64, steps=2, seed=3),
-                                 runner.mode, runner.family)
-        result = runner.generate(params)
-        assert Image.open(io.BytesIO(result.images[0].data)).size == (64, 64)
-        assert runner.generate(params).images[0].data == result.images[0].data
-    finally:
-        runner.unload()
-    # activations and per-call scratch are freed with the pipeline; only allocator workspaces may remain
-    assert _settle() - baseline <= 8 * 1024**2
+    cycle()
+    assert _settle() == baseline  # weights, activations and scratch all went with the pipeline

@@ -124,7 +124,8 @@ def test_schedulers_run(runner_for, scheduler: str, cls: str) -> None:
     runner = runner_for("tiny-sd1")
     steps: list[tuple[int, int]] = []
     req = Txt2ImgRequest(prompt="a lighthouse", seed=5, scheduler=scheduler, steps=3)
-    result = runner.generate(resolve_request(req, runner.mode, runner.family), progress=lambda s, t: steps.append((s, t)))
+    result = runner.generate(resolve_request(req, runner.mode, runner.family),
+                             progress=lambda s, t: steps.append((s, t)))
     assert result.scheduler == scheduler
     assert type(runner.pipelines().txt2img.scheduler).__name__ == cls
     assert _png(result.images[0].data).size == (WIDTH, HEIGHT)

@@ -93,7 +93,8 @@ def test_family_default_resolution(demo_models_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("checkpoint", "dtype"), [
-    ("tiny-sd1", "fp32"), ("tiny-sd2.safetensors", "fp16"), ("tiny-sdxl", "fp16"), ("tiny-sdxl-refiner.safetensors", "bf16"),
+    ("tiny-sd1", "fp32"), ("tiny-sd2.safetensors", "fp16"), ("tiny-sdxl", "fp16"),
+    ("tiny-sdxl-refiner.safetensors", "bf16"),
 ])
 def test_weights_term_matches_a_real_load(demo_models_dir: Path, checkpoint: str, dtype: str) -> None:
     """After a real load the pipeline holds the estimated weight bytes (plus tiny non-stored buffers)."""

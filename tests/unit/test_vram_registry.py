@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from deployments.vram_registry import RegistryConfig, VramRegistry
+from deployments.vram_registry import VramRegistry
 
 GiB = 1024**3
 DEV = "node-a:cuda:0"

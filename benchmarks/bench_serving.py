@@ -1,0 +1,178 @@
+"""Serving benchmark (a script, not a test): `python benchmarks/bench_serving.py [--requests N]`.
+
+Prints, on tiny demo models:
+  1. serving overhead at concurrency 1: client latency minus the replica's own pipeline + encode time
+     (p50/p99), and the in-process pipeline call for reference (target: overhead p50 <= 15 ms);
+  2. throughput at concurrency 8 with 1 replica and with 2 replicas;
+  3. cold start of a scaled-to-zero mode (first request vs a warm one);
+  4. mode switch by eviction on one simulated GPU whose budget fits one of two modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+
+PORT = 8124
+REQ = {"prompt": "benchmark", "width": 64, "height": 64, "steps": 2, "seed": 1}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def deploy(name: str, modes: dict, root: Path, tmp: Path, registry: dict | None = None) -> str:
+    from ray import serve
+
+    from serve_app.app_builder import build_app
+
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(modes))
+    serve.run(build_app({"modes_file": str(path), "model_root": str(root), "registry": registry or {}}),
+              name=name, route_prefix=f"/{name}")
+    return f"http://127.0.0.1:{PORT}/{name}"
+
+
+def mode(name: str, checkpoint: str, **extra) -> dict:
+    return {"name": name, "checkpoint": checkpoint, "defaults": {"width": 64, "height": 64, "steps": 2}, **extra}
+
+
+def in_process_latency(root: Path, n: int) -> float:
+    from serve_app.generation_request import Txt2ImgRequest, resolve_request
+    from serve_app.model_runner import ModelRunner
+    from serve_app.modes_config import ModeConfig
+
+    cfg = ModeConfig(**mode("sd1", "tiny-sd1"))
+    runner = ModelRunner(cfg, root / "tiny-sd1")
+    runner.load()
+    params = resolve_request(Txt2ImgRequest(**REQ), cfg, runner.family)
+    times = []
+    for _ in range(n + 3):
+        started = time.perf_counter()
+        runner.generate(params)
+        times.append(time.perf_counter() - started)
+    runner.unload()
+    return statistics.median(times[3:])
+
+
+def overhead(url: str, n: int) -> tuple[list[float], list[float]]:
+    latencies, overheads = [], []
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for i in range(n + 3):
+            started = time.perf_counter()
+            r = client.post("/v1/txt2img", json=REQ)
+            elapsed = time.perf_counter() - started
+            r.raise_for_status()
+            t = r.json()["timings"]
+            if i >= 3:
+                latencies.append(elapsed)
+                overheads.append(elapsed - t["inference_s"] - t["encode_s"])
+    return latencies, overheads
+
+
+def throughput(url: str, n: int, concurrency: int = 8) -> float:
+    async def run() -> float:
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            async def one(i: int) -> None:
+                async with sem:
+                    (await client.post("/v1/txt2img", json={**REQ, "seed": i})).raise_for_status()
+
+            await asyncio.gather(*(one(i) for i in range(concurrency)))  # warm every replica
+            started = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            return n / (time.perf_counter() - started)
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=40)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+    from ray import serve
+
+    from serve_app.demo_models import demo_models_present, write_demo_models
+
+    root = Path(os.environ.get("MODEL_ROOT", "./models")).resolve()
+    if not demo_models_present(root):
+        write_demo_models(root)
+    tmp = Path(tempfile.mkdtemp())
+    n = args.requests
+
+    inproc = in_process_latency(root, n)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    try:
+        url = deploy("one", {"modes": [mode("sd1", "tiny-sd1", deployment={"num_replicas": 1})]}, root, tmp)
+        lat, over = overhead(url, n)
+        print(f"in-process pipeline call p50      {inproc * 1000:8.1f} ms")
+        print(f"HTTP latency p50 / p99            {pct(lat, .5) * 1000:8.1f} / {pct(lat, .99) * 1000:.1f} ms")
+        print(f"serving overhead p50 / p99        {pct(over, .5) * 1000:8.1f} / {pct(over, .99) * 1000:.1f} ms"
+              f"   (target p50 <= 15 ms: {pct(over, .5) * 1000 / 15:.2f}x of target)")
+
+        tput1 = throughput(url, n)
+        url = deploy("one", {"modes": [mode("sd1", "tiny-sd1", deployment={"num_replicas": 2})]}, root, tmp)
+        time.sleep(5)
+        tput2 = throughput(url, n)
+        print(f"throughput c=8, 1 replica         {tput1:8.2f} img/s")
+        print(f"throughput c=8, 2 replicas        {tput2:8.2f} img/s   ({tput2 / tput1:.2f}x; 2 CPU cores shared)")
+        serve.delete("one")
+
+        zero = {"autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1,
+                                       "downscale_delay_s": 600}}
+        url = deploy("cold", {"modes": [mode("sd1", "tiny-sd1", deployment=zero)]}, root, tmp)
+        with httpx.Client(base_url=url, timeout=600) as client:
+            started = time.perf_counter()
+            client.post("/v1/txt2img", json=REQ).raise_for_status()
+            cold = time.perf_counter() - started
+            started = time.perf_counter()
+            client.post("/v1/txt2img", json=REQ).raise_for_status()
+            warm = time.perf_counter() - started
+        print(f"cold start (scaled to zero)       {cold:8.2f} s    (warm request {warm * 1000:.0f} ms)")
+        serve.delete("cold")
+
+        gpu = {"ray_actor_options": {"num_cpus": 0, "num_gpus": 0.4}}
+        modes = {"modes": [mode("a", "tiny-sd1", load_on_start=False, deployment=gpu),
+                           mode("b", "tiny-sdxl.safetensors", load_on_start=False, deployment=gpu)]}
+        from serve_app.mode_catalog import ModeCatalog
+        from serve_app.modes_config import ModesFile
+
+        est = {k: m.estimate_bytes() for k, m in ModeCatalog(ModesFile.model_validate(modes), root).modes.items()}
+        url = deploy("switch", modes, root, tmp,
+                     registry={"budget_bytes": max(est.values()) + 8 * 2**20, "heartbeat_interval_s": 0.2})
+        switches, warm_times = [], []
+        with httpx.Client(base_url=url, timeout=600) as client:
+            for m in ["a", "b"] * 2:  # first loads
+                client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
+            for m in ["a", "b"] * 4:
+                started = time.perf_counter()
+                client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
+                switches.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
+                warm_times.append(time.perf_counter() - started)
+        print(f"mode switch by eviction p50       {pct(switches, .5):8.2f} s    "
+              f"(warm request p50 {pct(warm_times, .5) * 1000:.0f} ms)")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
