@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,6 @@ from deployments.device_probe import DeviceProbe
 from deployments.vram_registry import RegistryConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """Live progress of the generation running on this replica (for `/sdapi/v1/progress`)."""
-
-    step: int = 0
-    total: int = 0
-    started: float = 0.0
-    job: str | None = None
-
-    def snapshot(self) -> dict[str, Any]:
-        elapsed = time.time() - self.started if self.job else 0.0
-        eta = elapsed / self.step * (self.total - self.step) if self.step else None
-        return {"job": self.job, "step": self.step, "total": self.total, "elapsed_s": round(elapsed, 3),
-                "eta_s": None if eta is None else round(eta, 3)}
 
 
 def _replica_id() -> str:
@@ -81,7 +64,6 @@ class ModeWorker:
         self.device_id = self.probe.device_id()
         self.inflight = 0
         self.epoch = 0
-        self.progress = Progress()
         self._measured_bytes = 0
         self._load_lock = asyncio.Lock()
         self._using = 0  # jobs past _ensure_loaded that still need the model
@@ -209,7 +191,6 @@ class ModeWorker:
         first, self._first_request = self._first_request, False
         load_s = await self._ensure_loaded()
         self._using += 1
-        self.progress = Progress(started=time.time(), job=job_type, total=int(payload.get("steps") or 0))
         try:
             result = await asyncio.to_thread(fn, ctx, payload)
         except DreamLabError:
@@ -222,7 +203,6 @@ class ModeWorker:
             raise JobFailedError(f"job {job_type!r} failed: {type(exc).__name__}: {exc}", param="job_type") from exc
         finally:
             self._using -= 1
-            self.progress = Progress()
         if isinstance(result, GenerationResult):
             if load_s is not None:
                 result.timings["load_s"] = round(load_s, 4)
@@ -234,8 +214,7 @@ class ModeWorker:
         """Run a job (txt2img, img2img or a custom type) to completion."""
         self.inflight += 1
         try:
-            ctx = JobContext(self.runner, progress=self._progress_hook(None))
-            return await self._run(job_type, payload, ctx, request_id)
+            return await self._run(job_type, payload, JobContext(self.runner), request_id)
         finally:
             self.inflight -= 1
 
@@ -250,7 +229,7 @@ class ModeWorker:
         events: asyncio.Queue[dict] = asyncio.Queue()
         cancelled = False
         ctx = JobContext(self.runner, progress=self._progress_hook(
-            lambda e: loop.call_soon_threadsafe(events.put_nowait, e)), cancelled=lambda: cancelled)
+            lambda event: loop.call_soon_threadsafe(events.put_nowait, event)), cancelled=lambda: cancelled)
         task = loop.create_task(self._run(job_type, payload, ctx, request_id))
         try:
             while True:
@@ -268,17 +247,19 @@ class ModeWorker:
             cancelled = True
             if not task.done():
                 await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieve it: after a disconnect the GenerationCancelledError is expected
             self.inflight -= 1
 
-    def _progress_hook(self, emit):
+    @staticmethod
+    def _progress_hook(emit):
+        """A per-step callback that emits progress events with elapsed time and ETA."""
         started = time.time()
 
         def hook(step: int, total: int) -> None:
-            self.progress.step, self.progress.total = step, total
-            if emit is not None:
-                elapsed = time.time() - started
-                emit({"event": "progress", "step": step, "total": total, "elapsed_s": round(elapsed, 4),
-                      "eta_s": round(elapsed / step * (total - step), 4)})
+            elapsed = time.time() - started
+            emit({"event": "progress", "step": step, "total": total, "elapsed_s": round(elapsed, 4),
+                  "eta_s": round(elapsed / step * (total - step), 4)})
 
         return hook
 
@@ -292,10 +273,6 @@ class ModeWorker:
         unloaded = await self._unload("operator request")
         return {"mode": self.mode.name, "status": "unloaded" if unloaded else "already_unloaded",
                 "replica": self.replica_id}
-
-    def status(self) -> dict[str, Any]:
-        return {**self._report(), "replica": self.replica_id, "family": self.runner.family.value,
-                "progress": self.progress.snapshot(), "last_error": self.runner.last_error}
 
     def check_health(self) -> None:
         """Unhealthy (Serve replaces the replica) when the pipeline broke while running."""

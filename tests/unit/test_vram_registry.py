@@ -294,8 +294,9 @@ def test_draining_flag_reaches_heartbeats(clock: FakeClock) -> None:
     assert reg.heartbeat("ra", _report("a", GiB))["draining"] is False
     reg.set_draining(True)
     assert reg.heartbeat("ra", _report("a", GiB))["draining"] is True
-    assert reg.router_poll("router-1", 3) is True
-    assert reg.inflight()["routers"] == 3
+    assert reg.router_poll("router-1", 3)["draining"] is True
+    reg.heartbeat("ra", _report("a", GiB, inflight=2))
+    assert reg.inflight() == {"routers": 3, "replicas": 2}  # what a drain waits for
 
 
 # -- the budget invariant under a long random protocol-following run -------------------------------------

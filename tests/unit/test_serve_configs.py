@@ -1,0 +1,63 @@
+"""Every YAML in configs/ parses, and every Serve config builds into the application it describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app.app_builder import MODE_DEPLOYMENT_DEFAULTS, build_app, parse_app_args
+from serve_app.errors import ConfigError
+from serve_app.modes_config import load_modes_file
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SERVE_CONFIGS = [p for p in CONFIGS if "applications" in (yaml.safe_load(p.read_text()) or {})]
+
+
+def test_configs_exist():
+    names = {p.name for p in SERVE_CONFIGS}
+    assert {"demo.yaml", "gpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_yaml_parses(path):
+    data = yaml.safe_load(path.read_text())
+    if path in SERVE_CONFIGS:
+        from ray.serve.schema import ServeDeploySchema
+
+        ServeDeploySchema.model_validate(data)
+    else:
+        assert load_modes_file(path).modes
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_serve_config_builds_the_application(path, demo_models_dir, monkeypatch):
+    from ray.serve._private.build_app import build_app as serve_build
+
+    monkeypatch.chdir(REPO)  # relative modes_file paths are relative to where `serve run` starts
+    config = yaml.safe_load(path.read_text())
+    for app_cfg in config["applications"]:
+        args = dict(app_cfg["args"])
+        if args.get("demo_models"):
+            args["model_root"] = str(demo_models_dir)  # don't write into the checkout
+        built = serve_build(build_app(args), name=app_cfg["name"])
+        modes = load_modes_file(REPO / args["modes_file"]).modes
+        names = {d.name for d in built.deployments}
+        assert names == {"Router", "VramRegistry", *(m.name for m in modes)}
+        assert built.ingress_deployment_name == "Router"
+        overridden = {d["name"] for d in app_cfg.get("deployments", [])}
+        assert overridden <= names, "a deployments: entry names no deployment of the app"
+        for d in built.deployments:
+            if d.name not in ("Router", "VramRegistry"):
+                assert d.max_queued_requests == MODE_DEPLOYMENT_DEFAULTS["max_queued_requests"]
+
+
+def test_bad_app_args_name_the_field():
+    with pytest.raises(ConfigError) as err:
+        parse_app_args({"registry": {"budget_bytes": -1}})
+    assert err.value.param == "registry.budget_bytes" and "-1" in err.value.message
+    with pytest.raises(ConfigError) as err:
+        parse_app_args({"modes_fiel": "x.yaml"})
+    assert err.value.param == "modes_fiel"
