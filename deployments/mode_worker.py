@@ -167,7 +167,7 @@ class ModeWorker:
                 self.epoch += 1
                 self._measured_bytes = 0
                 if self.registry is not None:
-                    await self._registry("unregister", self.replica_id)
+                    await self._registry("unregister", self.replica_id, False, self.epoch)
         finally:
             self._unloading = False
         if unloaded:

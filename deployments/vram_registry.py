@@ -87,6 +87,7 @@ class ReplicaSeen:
     last_heartbeat: float
     inflight: int = 0
     state: str = "cold"
+    epoch: int = 0  # newest load/unload epoch the registry has heard of from this replica
 
 
 class VramRegistry:
@@ -212,15 +213,18 @@ class VramRegistry:
 
         `epoch` counts the replica's loads and unloads, so a stale heartbeat cannot undo a newer state.
         """
-        self._seen(replica, mode, device)
+        seen = self._seen(replica, mode, device)
+        seen.epoch = max(seen.epoch, epoch)
         self._device(device)
         self.reservations.pop(replica, None)
         self.models[replica] = ModelEntry(mode, replica, device, footprint_bytes, estimate_bytes, "ready",
                                           time.time(), epoch, measured_bytes)
         logger.info("registered mode %s on %s: %d bytes (estimate %d)", mode, device, footprint_bytes, estimate_bytes)
 
-    def unregister(self, replica: str, forget: bool = False) -> None:
-        """The model of `replica` is gone (unloaded); `forget` also drops the replica (it stops)."""
+    def unregister(self, replica: str, forget: bool = False, epoch: int = 0) -> None:
+        """The model of `replica` is gone (unloaded at `epoch`); `forget` also drops the replica (it stops)."""
+        if replica in self.replicas:
+            self.replicas[replica].epoch = max(self.replicas[replica].epoch, epoch)
         self.models.pop(replica, None)
         self.reservations.pop(replica, None)
         if forget:
@@ -238,8 +242,8 @@ class VramRegistry:
         self._device(report["device"], report.get("total_bytes"), report.get("reported_used_bytes"))
         model = self.models.get(replica)
         epoch = report.get("epoch", 0)
-        if model is not None and model.epoch > epoch:
-            pass  # a report older than the last registration
+        if epoch < seen.epoch:
+            pass  # a report older than the last registration or unregistration
         elif report.get("loaded"):
             if model is None:
                 self.register(replica, report["mode"], report["device"], report["footprint_bytes"],

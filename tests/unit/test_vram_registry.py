@@ -339,3 +339,14 @@ def test_stats_never_exceed_the_budget(clock: FakeClock) -> None:
         _assert_within_budget(reg)
     # the run went through every path: grants, evictions (carried out), and waiting
     assert statuses.get("granted", 0) > 20 and statuses.get("evicting", 0) > 5 and unloads > 5, (statuses, unloads)
+
+
+def test_stale_loaded_heartbeat_after_unregister_does_not_reregister(clock: FakeClock) -> None:
+    reg = _registry(clock)
+    _load(reg, "r1", "sd1", 2 * GiB, epoch=1)
+    reg.unregister("r1", epoch=2)  # evicted: the worker's epoch moved on
+    ans = reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=True, epoch=1))  # sent before the unload
+    assert ans["commands"] == []
+    assert _device_stats(reg)["models"] == [] and _device_stats(reg)["used_bytes"] == 0
+    reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=False, epoch=2))
+    assert _device_stats(reg)["models"] == []
