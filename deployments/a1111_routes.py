@@ -49,8 +49,11 @@ def checkpoint_sha256(mode: ServedMode) -> str:
 class A1111Routes:
     """Routes of the A1111 API. Needs the Router's catalog, handles, admission control and default mode."""
 
-    def _a1111_title(self, mode: ServedMode) -> str:
-        return f"{mode.name} [{checkpoint_sha256(mode)[:10]}]"
+    @staticmethod
+    def _a1111_title(mode: ServedMode) -> str:
+        """The mode name itself: clients (webuiapi's util_set_model) then match it exactly. A1111-style
+        titles with a hash suffix (`sd1 [0123456789]`) are accepted too."""
+        return mode.name
 
     def _a1111_mode(self, checkpoint: str | None, param: str = CHECKPOINT_PARAM) -> ServedMode:
         """A mode from an A1111 checkpoint title, model name, file name, mode name or alias."""

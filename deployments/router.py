@@ -28,9 +28,9 @@ from serve_app.generation_request import Img2ImgRequest, Txt2ImgRequest, resolve
 from serve_app.http_errors import error_response
 from serve_app.mode_catalog import ModeCatalog, ServedMode
 from serve_app.modes_config import ModesFile
-from deployments.a1111_routes import A1111Routes
+from deployments.a1111_routes import A1111Routes, a1111_error
 from deployments.http_app import http_app
-from deployments.openai_routes import OpenAIRoutes
+from deployments.openai_routes import OpenAIRoutes, openai_error
 from deployments.vram_registry import RegistryConfig
 
 logger = logging.getLogger(__name__)
@@ -278,10 +278,10 @@ class Router(OpenAIRoutes, A1111Routes):
 
 @http_app.exception_handler(FastAPIValidationError)
 async def _validation_error(request: Request, exc: FastAPIValidationError):
-    if request.url.path.startswith("/sdapi"):
-        from deployments.a1111_routes import a1111_error
-
+    if "/sdapi/" in request.url.path:
         return a1111_error(exc)
+    if "/v1/images/" in request.url.path:
+        return openai_error(exc)
     return error_response(exc)
 
 

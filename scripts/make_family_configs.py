@@ -411,7 +411,11 @@ TOKENIZERS: dict[str, dict[str, str]] = {
 
 def bytes_to_unicode() -> dict[int, str]:
     """OpenAI CLIP's (and GPT-2's) reversible byte -> printable unicode character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(2**8):
