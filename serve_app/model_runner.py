@@ -97,6 +97,8 @@ class ModelRunner:
                 self.last_error = str(exc)
                 raise
             self._scheduler_config = dict(self._pipes.base.scheduler.config)
+            if self.mode.prediction_type is not None:
+                self._scheduler_config["prediction_type"] = self.mode.prediction_type
             self.state = ModelState.READY
             self.last_used = time.time()
             logger.info("mode %s loaded (%s, %s on %s) in %.2fs", self.mode.name, self.family.value,

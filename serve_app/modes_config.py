@@ -104,6 +104,9 @@ class ModeConfig(StrictModel):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="Weights dtype; auto = fp16 on CUDA, fp32 on CPU.")
     scheduler: SchedulerName = Field("euler", description="Default sampler of the mode.")
+    prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
+        None, description="Override of the checkpoint's prediction type (SD 2.x 512 base models: epsilon; "
+        "the shipped SD2 single-file config assumes the 768 v-prediction model).")
     defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     aliases: list[str] = Field(default_factory=list, description="Other names that select this mode.")

@@ -303,3 +303,15 @@ def test_failed_load_is_reported(demo_models_dir: Path) -> None:
     with pytest.raises(RuntimeError):
         runner.load()
     assert runner.state is ModelState.FAILED and runner.last_error == "disk on fire" and not runner.loaded
+
+
+def test_prediction_type_override_reaches_the_scheduler(demo_models_dir: Path, runner_for) -> None:
+    path = demo_models_dir / "tiny-sd2"
+    runner = ModelRunner(_mode(path, prediction_type="v_prediction"), path, device=torch.device("cpu"))
+    runner.load()
+    try:
+        overridden = _txt2img(runner, seed=3).images[0].data
+        assert runner.pipelines().txt2img.scheduler.config.prediction_type == "v_prediction"  # the one just used
+        assert overridden != _txt2img(runner_for("tiny-sd2"), seed=3).images[0].data
+    finally:
+        runner.unload()
