@@ -231,25 +231,24 @@ class Router(OpenAIRoutes, A1111Routes):
                 "measured_bytes": max((m["measured_bytes"] for m in loaded), default=None),
                 "estimated_bytes": mode.estimate_bytes(), "scheduler": mode.config.scheduler,
                 "defaults": mode.config.defaults.model_dump(), "limits": mode.config.limits.model_dump(),
-                "jobs": ["txt2img", "img2img", *mode.config.jobs] if mode.family.txt2img else ["img2img", *mode.config.jobs],
+                "jobs": [*(["txt2img"] if mode.family.txt2img else []), "img2img", *mode.config.jobs],
             })
         return {"default_mode": self.current_default, "modes": out}
 
-    @http_app.post("/v1/modes/{name}/load", tags=["native"], summary="Load a mode (no-op when loaded)")
-    async def load_mode(self, name: str):
+    async def _operator_action(self, name: str, action: str):
         try:
-            mode = self._select(name, param="name")
-            return await self._handle(mode).load.remote()
+            mode = self.catalog.select(name, param="name")
+            return await getattr(self._handle(mode), action).remote()
         except Exception as exc:
             return error_response(exc)
 
+    @http_app.post("/v1/modes/{name}/load", tags=["native"], summary="Load a mode (no-op when loaded)")
+    async def load_mode(self, name: str):
+        return await self._operator_action(name, "load")
+
     @http_app.post("/v1/modes/{name}/unload", tags=["native"], summary="Unload a mode on one replica")
     async def unload_mode(self, name: str):
-        try:
-            mode = self._select(name, param="name")
-            return await self._handle(mode).unload.remote()
-        except Exception as exc:
-            return error_response(exc)
+        return await self._operator_action(name, "unload")
 
     @http_app.get("/v1/registry", tags=["native"], summary="Per-device VRAM and the models on it")
     async def registry_stats(self):
