@@ -92,7 +92,7 @@ class A1111Routes:
     async def _a1111_generate(self, request: Request, body: A1111Txt2ImgRequest, job: str):
         request_id = self._request_id(request)
         try:
-            with self._accepting():
+            async with self._accepting():
                 mode = self._a1111_mode(body.checkpoint())
                 first_seed = body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED - 4096)
                 images: list[str] = []

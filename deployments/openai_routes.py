@@ -38,7 +38,7 @@ class OpenAIRoutes:
     async def openai_generations(self, request: Request, body: OpenAIImageRequest):
         request_id = self._request_id(request)
         try:
-            with self._accepting():
+            async with self._accepting():
                 self._select(body.model, param="model")  # an unknown model names `model`, OpenAI's field
                 mode, result, _ = await self._generate(body.to_native(), request_id)
         except Exception as exc:

@@ -72,21 +72,29 @@ class Router(OpenAIRoutes, A1111Routes):
         self._poller: asyncio.Task | None = None
 
     # -- plumbing ------------------------------------------------------------------------------------
-    def _ensure_poller(self) -> None:
-        """Report in-flight work to the registry and learn the drain flag from it (every 0.2 s)."""
+    async def _ensure_poller(self) -> None:
+        """Report in-flight work to the registry and learn the drain flag and default mode (every 0.2 s).
+
+        The first call polls once before returning, so a router's very first request already knows
+        whether the application drains."""
         if self._poller is None and self.registry is not None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        try:
+            ans = await asyncio.wait_for(self.registry.router_poll.remote(self.router_id, self.inflight), 5.0)
+        except Exception as exc:
+            logger.warning("registry poll failed: %s", exc)
+            return
+        self.draining = ans["draining"]
+        if ans["default_mode"] in self.catalog.modes:
+            self.current_default = ans["default_mode"]
 
     async def _poll_registry(self) -> None:
         while True:
-            try:
-                ans = await asyncio.wait_for(self.registry.router_poll.remote(self.router_id, self.inflight), 5.0)
-                self.draining = ans["draining"]
-                if ans["default_mode"] in self.catalog.modes:
-                    self.current_default = ans["default_mode"]
-            except Exception as exc:
-                logger.warning("registry poll failed: %s", exc)
             await asyncio.sleep(0.2)
+            await self._poll_once()
 
     async def set_default_mode(self, name: str) -> None:
         """Switch the application's default mode (shared with every router through the registry)."""
@@ -94,17 +102,17 @@ class Router(OpenAIRoutes, A1111Routes):
         if self.registry is not None:
             await self.registry.set_default_mode.remote(name)
 
-    def _admit(self) -> None:
+    async def _admit(self) -> None:
         """Count a request in flight; refuse it while the application drains."""
-        self._ensure_poller()
+        await self._ensure_poller()
         if self.draining:
             raise ShuttingDownError("Dream Lab is shutting down: in-flight work finishes, new work is refused",
                                     retry_after_s=30)
         self.inflight += 1
 
-    @contextlib.contextmanager
-    def _accepting(self):
-        self._admit()
+    @contextlib.asynccontextmanager
+    async def _accepting(self):
+        await self._admit()
         try:
             yield
         finally:
@@ -135,7 +143,7 @@ class Router(OpenAIRoutes, A1111Routes):
     async def _native_generation(self, request: Request, body: Txt2ImgRequest):
         request_id = self._request_id(request)
         try:
-            with self._accepting():
+            async with self._accepting():
                 mode, result, total_s = await self._generate(body, request_id)
         except Exception as exc:
             return error_response(exc, request_id)
@@ -160,7 +168,7 @@ class Router(OpenAIRoutes, A1111Routes):
         """Server-sent events: `progress` (step, total, elapsed_s, eta_s) per step, then `result` or `error`."""
         request_id = self._request_id(request)
         try:
-            self._admit()
+            await self._admit()
         except ShuttingDownError as exc:
             return error_response(exc, request_id)
         try:
@@ -198,7 +206,7 @@ class Router(OpenAIRoutes, A1111Routes):
     async def run_job(self, job_type: str, request: Request, body: JobRequest):
         request_id = self._request_id(request)
         try:
-            with self._accepting():
+            async with self._accepting():
                 mode = self._select(body.mode)
                 if job_type in ("txt2img", "img2img"):
                     body_model = Txt2ImgRequest if job_type == "txt2img" else Img2ImgRequest
@@ -262,7 +270,7 @@ class Router(OpenAIRoutes, A1111Routes):
 
     @http_app.get("/readyz", tags=["ops"], summary="Readiness: the default mode can serve")
     async def readyz(self):
-        self._ensure_poller()
+        await self._ensure_poller()
         if self.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         default = self.catalog.modes[self.current_default]
