@@ -21,10 +21,10 @@ import torch
 from serve_app.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 from serve_app.errors import UnsupportedCheckpointError
 from serve_app.families import Family
+from serve_app.family_configs import config_dir
 
 logger = logging.getLogger(__name__)
 
-FAMILY_CONFIGS_DIR = Path(__file__).parent / "family_configs"
 EMBEDDED_CONFIG_KEY = "dreamlab.diffusers_config"
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -74,11 +74,7 @@ def _pipeline_classes(family: Family) -> tuple[type | None, type]:
 def _config_dir(info: CheckpointInfo, family: Family) -> Path:
     embedded = info.metadata.get(EMBEDDED_CONFIG_KEY)
     if embedded is None:
-        shipped = FAMILY_CONFIGS_DIR / family.value
-        if not (shipped / "model_index.json").is_file():
-            raise UnsupportedCheckpointError(f"no shipped diffusers config for family {family.value}",
-                                             param="checkpoint")
-        return shipped
+        return Path(config_dir(family))
     from serve_app.single_file_writer import materialize_config_dir
 
     digest = hashlib.sha256(embedded.encode()).hexdigest()[:16]
