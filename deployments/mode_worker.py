@@ -187,6 +187,7 @@ class ModeWorker:
 
     # -- jobs ----------------------------------------------------------------------------------------
     async def _run(self, job_type: str, payload: dict[str, Any], ctx: JobContext, request_id: str) -> Any:
+        started = time.perf_counter()
         fn = self.jobs.get(job_type)
         first, self._first_request = self._first_request, False
         load_s = await self._ensure_loaded()
@@ -204,6 +205,7 @@ class ModeWorker:
         finally:
             self._using -= 1
         if isinstance(result, GenerationResult):
+            result.timings["job_s"] = round(time.perf_counter() - started, 4)
             if load_s is not None:
                 result.timings["load_s"] = round(load_s, 4)
             if first:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 def generation_json(result: Any, mode: ServedMode, request_id: str, total_s: float) -> dict[str, Any]:
     """A worker's GenerationResult as the native JSON response."""
-    worker_s = sum(v for k, v in result.timings.items() if k in ("inference_s", "encode_s", "load_s"))
+    worker_s = result.timings.get("job_s", 0.0)  # everything the replica did for this request
     return {
         "request_id": request_id,
         "mode": mode.name,
