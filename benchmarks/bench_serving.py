@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
