@@ -53,6 +53,6 @@ def drain_and_shutdown(address: str = "auto", timeout_s: float = 300.0) -> None:
     from ray import serve
 
     if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     drain(timeout_s)
     serve.shutdown()
