@@ -57,6 +57,9 @@ class ModeWorker:
                                         source=f"mode {self.mode.name}")
         self.runner = runner_factory(self.mode, checkpoint)
         self.jobs = JobRegistry(self.mode.jobs)
+        d, lim = self.mode.defaults, self.mode.limits  # estimated once: the checkpoint and mode do not change
+        self._vram = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), d.width, d.height,
+                                   lim.max_num_images)
         self.registry = registry
         self.registry_config = RegistryConfig.model_validate(registry_config or {})
         self.probe = probe or DeviceProbe()
@@ -78,11 +81,6 @@ class ModeWorker:
                     self.start_s)
 
     # -- memory accounting ---------------------------------------------------------------------------
-    def _estimate(self) -> int:
-        d, lim = self.mode.defaults, self.mode.limits
-        return estimate_vram(self.runner.info, dtype_name(self.runner.dtype), d.width, d.height,
-                             lim.max_num_images).total_bytes
-
     def _report(self) -> dict[str, Any]:
         return {
             "mode": self.mode.name,
@@ -93,7 +91,7 @@ class ModeWorker:
             "inflight": self.inflight,
             "footprint_bytes": self._accounted_bytes(),
             "measured_bytes": self._measured_bytes,
-            "estimate_bytes": self._estimate(),
+            "estimate_bytes": self._vram.total_bytes,
             "last_use": self.runner.last_used,
             "total_bytes": self.probe.total_bytes(),
             "reported_used_bytes": self.probe.used_bytes(),
@@ -101,9 +99,7 @@ class ModeWorker:
 
     def _accounted_bytes(self) -> int:
         """What this model holds: the measured load plus its working memory at the mode's limits."""
-        est = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), self.mode.defaults.width,
-                            self.mode.defaults.height, self.mode.limits.max_num_images)
-        return self._measured_bytes + est.working_bytes
+        return self._measured_bytes + self._vram.working_bytes
 
     async def _registry(self, method: str, *args: Any, timeout_s: float = 10.0) -> Any:
         """Call the registry with a timeout: while it restarts (or after it stopped) calls must not hang."""
@@ -137,7 +133,7 @@ class ModeWorker:
                 return None
             started = time.perf_counter()
             if self.registry is not None:
-                await self._reserve(self._estimate())
+                await self._reserve(self._vram.total_bytes)
             before = self.probe.allocated_bytes()
             try:
                 await asyncio.to_thread(self.runner.load)
@@ -150,7 +146,7 @@ class ModeWorker:
             self.epoch += 1
             if self.registry is not None:
                 await self._registry("register", self.replica_id, self.mode.name, self.device_id,
-                                     self._accounted_bytes(), self._estimate(), self.epoch, self._measured_bytes)
+                                     self._accounted_bytes(), self._vram.total_bytes, self.epoch, self._measured_bytes)
             return time.perf_counter() - started
 
     async def _unload(self, reason: str, only_if_idle: bool = False) -> bool:
