@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from serve_app.compat_schemas import A1111_SAMPLER_ALIASES, A1111_SAMPLERS, A1111Img2ImgRequest, A1111Txt2ImgRequest
 from serve_app.errors import UnknownModeError
-from serve_app.generation_request import MAX_SEED, resolve_request
+from serve_app.generation_request import MAX_SEED
 from serve_app.http_errors import error_facts
 from serve_app.mode_catalog import ServedMode
 from deployments.http_app import http_app
@@ -72,8 +72,7 @@ class A1111Routes:
 
     async def _run_with_progress(self, mode: ServedMode, native, job: str, request_id: str):
         """Run one generation through the streaming job, recording its steps for /sdapi/v1/progress."""
-        resolve_request(native, mode.config, mode.family)
-        payload = native.model_dump(exclude_none=True, exclude={"mode"})
+        payload = self._worker_payload(mode, native)
         started = time.time()
         self.live_progress[request_id] = {"step": 0, "total": native.steps or mode.config.defaults.steps,
                                           "started": started, "eta_s": None}

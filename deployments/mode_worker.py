@@ -21,7 +21,7 @@ from serve_app.generation_result import GenerationResult
 from serve_app.model_runner import ModelRunner, ModelState
 from serve_app.modes_config import ModeConfig, resolve_checkpoint
 from serve_app.pipeline_loader import dtype_name
-from serve_app.vram_estimate import estimate_vram
+from serve_app.vram_estimate import estimate_mode_vram
 from deployments.device_probe import DeviceProbe
 from deployments.vram_registry import RegistryConfig
 
@@ -57,9 +57,8 @@ class ModeWorker:
                                         source=f"mode {self.mode.name}")
         self.runner = runner_factory(self.mode, checkpoint)
         self.jobs = JobRegistry(self.mode.jobs)
-        d, lim = self.mode.defaults, self.mode.limits  # estimated once: the checkpoint and mode do not change
-        self._vram = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), d.width, d.height,
-                                   lim.max_num_images)
+        # estimated once: the checkpoint and the mode do not change
+        self._vram = estimate_mode_vram(self.runner.info, self.mode, dtype_name(self.runner.dtype))
         self.registry = registry
         self.registry_config = RegistryConfig.model_validate(registry_config or {})
         self.probe = probe or DeviceProbe()

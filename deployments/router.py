@@ -129,13 +129,19 @@ class Router(OpenAIRoutes, A1111Routes):
         """The named mode (or alias), or the application's current default mode."""
         return self.catalog.select(name or self.current_default, param=param)
 
+    @staticmethod
+    def _worker_payload(mode: ServedMode, body: Txt2ImgRequest) -> dict[str, Any]:
+        """Validate `body` against `mode` (bad input fails here, before it takes a queue slot) and return
+        what the worker's job gets."""
+        resolve_request(body, mode.config, mode.family)
+        return body.model_dump(exclude_none=True, exclude={"mode"})
+
     async def _generate(self, body: Txt2ImgRequest, request_id: str):
         """Select the mode, validate against it, forward; returns (mode, worker result, seconds)."""
         started = time.perf_counter()
         mode = self._select(body.mode)
-        resolve_request(body, mode.config, mode.family)  # bad input fails here, before it takes a queue slot
+        payload = self._worker_payload(mode, body)
         job = "img2img" if isinstance(body, Img2ImgRequest) else "txt2img"
-        payload = body.model_dump(exclude_none=True, exclude={"mode"})
         logger.info("[%s] %s on mode %s", request_id, job, mode.name)
         result = await self._handle(mode).run.remote(job, payload, request_id)
         return mode, result, time.perf_counter() - started
@@ -173,11 +179,10 @@ class Router(OpenAIRoutes, A1111Routes):
             return error_response(exc, request_id)
         try:
             mode = self._select(body.mode)
-            resolve_request(body, mode.config, mode.family)
+            payload = self._worker_payload(mode, body)
         except Exception as exc:
             self.inflight -= 1
             return error_response(exc, request_id)
-        payload = body.model_dump(exclude_none=True, exclude={"mode"})
         started = time.perf_counter()
         gen = self._handle(mode).options(stream=True).run_stream.remote("txt2img", payload, request_id)
 

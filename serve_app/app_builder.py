@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError
 
 from serve_app.errors import ConfigError
 from serve_app.modes_config import model_root_from_env, modes_from_environment
-from serve_app.strict_model import StrictModel
+from serve_app.strict_model import StrictModel, error_field
 from deployments.vram_registry import RegistryConfig
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,8 @@ def parse_app_args(args: dict[str, Any] | None) -> AppArgs:
         return AppArgs.model_validate(args or {})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"application args: {field}: {err['msg']} (value: {err.get('input')!r})",
-                          param=field) from exc
+        field, value = error_field(err)
+        raise ConfigError(f"application args: {field}: {err['msg']} (value: {value!r})", param=field) from exc
 
 
 def build_app(args: dict[str, Any] | None = None):

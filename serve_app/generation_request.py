@@ -22,7 +22,7 @@ from serve_app.errors import RequestValidationError
 from serve_app.families import Family
 from serve_app.modes_config import ModeConfig
 from serve_app.schedulers import SchedulerName
-from serve_app.strict_model import StrictModel
+from serve_app.strict_model import StrictModel, describe_error
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
@@ -159,8 +159,5 @@ def parse_request(model: type[StrictModel], payload: object) -> StrictModel:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f", got {value!r}"
-        raise RequestValidationError(f"`{field}`: {err['msg']}{shown}", param=field) from exc
+        field, message = describe_error(exc.errors()[0])
+        raise RequestValidationError(message, param=field or "body") from exc

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError as FastAPIValidationError
 from fastapi.responses import JSONResponse
 
 from serve_app.errors import DreamLabError, QueueFullError
+from serve_app.strict_model import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,8 @@ def error_facts(exc: BaseException, request_id: str = "-") -> tuple[int, dict[st
         return 503, {"type": "overloaded_error", "message": "the mode's queue is full; retry later",
                      "param": None}, {"Retry-After": "1"}
     if isinstance(exc, FastAPIValidationError):
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if p != "body"]
-        field = ".".join(loc) or None
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) or value is None else f", got {value!r}"
-        return 422, {"type": "invalid_request_error", "message": f"`{field}`: {err['msg']}{shown}",
-                     "param": field}, {}
+        field, message = describe_error(exc.errors()[0])
+        return 422, {"type": "invalid_request_error", "message": message, "param": field or None}, {}
     logger.error("[%s] internal error: %s: %s", request_id, type(exc).__name__, exc)
     return 500, {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}, {}
 

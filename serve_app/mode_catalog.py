@@ -8,7 +8,7 @@ from pathlib import Path
 from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.errors import UnknownModeError
 from serve_app.modes_config import ModeConfig, ModesFile, resolve_checkpoint
-from serve_app.vram_estimate import estimate_vram
+from serve_app.vram_estimate import estimate_mode_vram
 
 
 @dataclass
@@ -25,9 +25,8 @@ class ServedMode:
         return self.config.family or self.info.family
 
     def estimate_bytes(self) -> int:
-        d = self.config.defaults
-        dtype = "fp32" if self.config.dtype == "auto" else self.config.dtype
-        return estimate_vram(self.info, dtype, d.width, d.height, self.config.limits.max_num_images).total_bytes
+        dtype = "fp32" if self.config.dtype == "auto" else self.config.dtype  # the router cannot see the device
+        return estimate_mode_vram(self.info, self.config, dtype).total_bytes
 
 
 class ModeCatalog:

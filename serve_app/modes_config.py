@@ -31,25 +31,13 @@ from serve_app.checkpoint_inspect import is_checkpoint_candidate
 from serve_app.errors import ConfigError
 from serve_app.families import Family
 from serve_app.schedulers import SchedulerName
-from serve_app.strict_model import StrictModel
+from serve_app.strict_model import FieldError, StrictModel, error_field
 
 logger = logging.getLogger(__name__)
 
 MODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RESERVED_NAMES = {"Router", "VramRegistry"}  # deployment names of the application's own pieces
 DEFAULT_MODEL_ROOT = "./models"
-
-
-class _FieldError(ValueError):
-    """A cross-field check's error, with the path (below the validated model) and value it is about.
-
-    Pydantic gives a model validator's error the model's location; this carries the field's own.
-    """
-
-    def __init__(self, loc: tuple[str | int, ...], value: object, message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.value = value
 
 
 class ModeDefaults(StrictModel):
@@ -148,7 +136,7 @@ class ModeConfig(StrictModel):
         for field, value, bound in (("width", d.width, lim.max_width), ("height", d.height, lim.max_height),
                                     ("steps", d.steps, lim.max_steps)):
             if value > bound:
-                raise _FieldError(("defaults", field), value,
+                raise FieldError(("defaults", field), value,
                                   f"defaults.{field} {value} exceeds limits.max_{field} {bound}")
         return self
 
@@ -168,11 +156,11 @@ class ModesFile(StrictModel):
             locs = [("modes", i, "name"), *(("modes", i, "aliases", j) for j in range(len(mode.aliases)))]
             for loc, name in zip(locs, (mode.name, *mode.aliases)):
                 if name in seen:
-                    raise _FieldError(loc, name, f"name {name!r} of mode {mode.name!r} is already used by mode "
+                    raise FieldError(loc, name, f"name {name!r} of mode {mode.name!r} is already used by mode "
                                                  f"{seen[name]!r}")
                 seen[name] = mode.name
         if self.default_mode is not None and self.modes and self.default_mode not in seen:
-            raise _FieldError(("default_mode",), self.default_mode,
+            raise FieldError(("default_mode",), self.default_mode,
                               f"default_mode {self.default_mode!r} is not a mode or alias: {sorted(seen)}")
         return self
 
@@ -200,19 +188,10 @@ def resolve_checkpoint(checkpoint: str, model_root: Path, *, allow_absolute: boo
     return resolved
 
 
-def _error_loc_value(err: dict[str, Any]) -> tuple[str, object]:
-    """The dotted field path and the value of one pydantic error (cross-field errors carry their own)."""
-    loc, value = tuple(err["loc"]), err.get("input")
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, _FieldError):
-        loc, value = loc + cause.loc, cause.value
-    return ".".join(str(p) for p in loc), value
-
-
 def _format_validation_error(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc, value = _error_loc_value(err)
+        loc, value = error_field(err)
         shown = "" if isinstance(value, (dict, list)) else f" (value: {value!r})"
         lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}{shown}")
     return "\n".join(lines)
@@ -224,7 +203,7 @@ def parse_modes(data: object, source: str) -> ModesFile:
         return ModesFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc),
-                          param=_error_loc_value(exc.errors()[0])[0] or None) from exc
+                          param=error_field(exc.errors()[0])[0] or None) from exc
 
 
 def load_modes_file(path: str | Path) -> ModesFile:
