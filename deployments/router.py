@@ -67,6 +67,7 @@ class Router(OpenAIRoutes, A1111Routes):
         self.inflight = 0
         self.draining = False
         self.current_default = self.catalog.default
+        self._default_version = 0  # registry version of current_default (A1111 switches)
         self.started_at = time.time()
         self.live_progress: dict[str, dict[str, Any]] = {}  # request id -> step, total, started, eta_s
         self._poller: asyncio.Task | None = None
@@ -88,8 +89,9 @@ class Router(OpenAIRoutes, A1111Routes):
             logger.warning("registry poll failed: %s", exc)
             return
         self.draining = ans["draining"]
-        if ans["default_mode"] in self.catalog.modes:
-            self.current_default = ans["default_mode"]
+        # a poll sent before this router's own switch may answer after it: only newer versions count
+        if ans["default_version"] > self._default_version and ans["default_mode"] in self.catalog.modes:
+            self.current_default, self._default_version = ans["default_mode"], ans["default_version"]
 
     async def _poll_registry(self) -> None:
         while True:
@@ -100,7 +102,7 @@ class Router(OpenAIRoutes, A1111Routes):
         """Switch the application's default mode (shared with every router through the registry)."""
         self.current_default = name
         if self.registry is not None:
-            await self.registry.set_default_mode.remote(name)
+            self._default_version = await self.registry.set_default_mode.remote(name)
 
     async def _admit(self) -> None:
         """Count a request in flight; refuse it while the application drains."""

@@ -102,6 +102,7 @@ class VramRegistry:
         self.replicas: dict[str, ReplicaSeen] = {}
         self.draining = False
         self.default_mode: str | None = None  # set by A1111 `sd_model_checkpoint`; None = the configured one
+        self.default_version = 0
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
 
     # -- devices -------------------------------------------------------------------------------------
@@ -267,10 +268,14 @@ class VramRegistry:
     def router_poll(self, router: str, inflight: int) -> dict[str, Any]:
         """A router reports its in-flight requests; it learns the drain flag and the default mode."""
         self.routers[router] = (inflight, self._clock())
-        return {"draining": self.draining, "default_mode": self.default_mode}
+        return {"draining": self.draining, "default_mode": self.default_mode,
+                "default_version": self.default_version}
 
-    def set_default_mode(self, mode: str) -> None:
+    def set_default_mode(self, mode: str) -> int:
+        """Switch the application's default mode; the version lets routers ignore answers older than it."""
         self.default_mode = mode
+        self.default_version += 1
+        return self.default_version
 
     def inflight(self) -> dict[str, int]:
         self._sweep()

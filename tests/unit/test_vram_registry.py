@@ -350,3 +350,12 @@ def test_stale_loaded_heartbeat_after_unregister_does_not_reregister(clock: Fake
     assert _device_stats(reg)["models"] == [] and _device_stats(reg)["used_bytes"] == 0
     reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=False, epoch=2))
     assert _device_stats(reg)["models"] == []
+
+
+def test_default_mode_switches_are_versioned(clock: FakeClock) -> None:
+    reg = _registry(clock)
+    assert reg.router_poll("router-1", 0)["default_version"] == 0
+    assert reg.set_default_mode("sdxl") == 1
+    assert reg.set_default_mode("sd1") == 2
+    ans = reg.router_poll("router-1", 0)
+    assert (ans["default_mode"], ans["default_version"]) == ("sd1", 2)
