@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from serve_app.checkpoint_inspect import inspect_checkpoint
-    from serve_app.demo_models import write_demo_models
-    from serve_app.families import Family
-    from serve_app.model_runner import ModelRunner
-    from serve_app.modes_config import ModeConfig
+    from serve_app.model.checkpoint_inspect import inspect_checkpoint
+    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.families import Family
+    from serve_app.model.model_runner import ModelRunner
+    from serve_app.config.modes_file import ModeConfig
 
     from transformers.utils import logging as transformers_logging
 

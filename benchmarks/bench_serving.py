@@ -49,9 +49,9 @@ def mode(name: str, checkpoint: str, **extra) -> dict:
 
 
 def in_process_runner(root: Path):
-    from serve_app.generation_request import Txt2ImgRequest, resolve_request
-    from serve_app.model_runner import ModelRunner
-    from serve_app.modes_config import ModeConfig
+    from serve_app.api.request_resolution import Txt2ImgRequest, resolve_request
+    from serve_app.model.model_runner import ModelRunner
+    from serve_app.config.modes_file import ModeConfig
 
     cfg = ModeConfig(**mode("sd1", "tiny-sd1"))
     runner = ModelRunner(cfg, root / "tiny-sd1")
@@ -107,7 +107,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.demo_models import demo_models_present, write_demo_models
+    from serve_app.model.demo_models import demo_models_present, write_demo_models
 
     root = Path(os.environ.get("MODEL_ROOT", "./models")).resolve()
     if not demo_models_present(root):
@@ -153,8 +153,8 @@ def main() -> None:
         gpu = {"ray_actor_options": {"num_cpus": 0, "num_gpus": 0.4}}
         modes = {"modes": [mode("a", "tiny-sd1", load_on_start=False, deployment=gpu),
                            mode("b", "tiny-sdxl.safetensors", load_on_start=False, deployment=gpu)]}
-        from serve_app.mode_catalog import ModeCatalog
-        from serve_app.modes_config import ModesFile
+        from serve_app.api.mode_catalog import ModeCatalog
+        from serve_app.config.modes_file import ModesFile
 
         est = {k: m.estimate_bytes() for k, m in ModeCatalog(ModesFile.model_validate(modes), root).modes.items()}
         url = deploy("switch", modes, root, tmp,

@@ -1,7 +1,8 @@
-"""AUTOMATIC1111 `sdapi` front end, a mixin of the Router: modes appear as checkpoints.
+"""AUTOMATIC1111 `sdapi` front end: modes appear as checkpoints.
 
-Generation goes through the mode's streaming job, so the router sees every denoising step: that feed
-answers `/sdapi/v1/progress` (for the generations this router replica runs; one router replica by default).
+Generation goes through the mode's streaming generation, so the router sees every denoising step: that
+feed answers `/sdapi/v1/progress` (for the generations this router replica runs; one router replica by
+default).
 """
 
 from __future__ import annotations
@@ -10,31 +11,36 @@ import base64
 import hashlib
 import json
 import re
-import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
-
-from serve_app.compat_schemas import A1111_SAMPLER_ALIASES, A1111_SAMPLERS, A1111Img2ImgRequest, A1111Txt2ImgRequest
+from serve_app.api.a1111_schemas import (
+    A1111_SAMPLER_ALIASES,
+    A1111_SAMPLERS,
+    A1111GenerationResponse,
+    A1111Img2ImgRequest,
+    A1111Options,
+    A1111Progress,
+    A1111ProgressState,
+    A1111Sampler,
+    A1111Scheduler,
+    A1111SdModel,
+    A1111Txt2ImgRequest,
+)
+from serve_app.api.http_errors import FrontEnd, error_responses
+from serve_app.api.mode_catalog import ServedMode
 from serve_app.errors import UnknownModeError
-from serve_app.generation_request import MAX_SEED
-from serve_app.http_errors import error_facts
-from serve_app.mode_catalog import ServedMode
-from deployments.http_app import http_app
+from serve_app.model.generation import random_seed
+from deployments.http_app import current_request_id, http_app
+from deployments.protocol import GenerationResult
+from deployments.router_core import RouterCore, worker_errors
 
+A1111 = [FrontEnd.A1111.value]
 CHECKPOINT_PARAM = "override_settings.sd_model_checkpoint"
-
-
-def a1111_error(exc: BaseException, request_id: str = "-") -> JSONResponse:
-    """A1111's error shape: `{error, detail, body, errors}`."""
-    status, err, headers = error_facts(exc, request_id)
-    body = {"error": err["type"], "detail": err["message"], "body": "", "errors": err["message"]}
-    if err.get("param"):
-        body["param"] = err["param"]
-    return JSONResponse(body, status_code=status, headers=headers)
+GENERATION_ERRORS = error_responses(FrontEnd.A1111, 404, 422, 503, 507)
+ERRORS = error_responses(FrontEnd.A1111)
 
 
 def checkpoint_sha256(mode: ServedMode) -> str:
@@ -46,8 +52,18 @@ def checkpoint_sha256(mode: ServedMode) -> str:
     return digest.hexdigest()
 
 
-class A1111Routes:
-    """Routes of the A1111 API. Needs the Router's catalog, handles, admission control and default mode."""
+@dataclass
+class LiveProgress:
+    step: int
+    total: int
+    started: float
+    eta_s: float | None = None
+
+
+class A1111Routes(RouterCore):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.live_progress: dict[str, LiveProgress] = {}  # request id -> its steps, for /sdapi/v1/progress
 
     @staticmethod
     def _a1111_title(mode: ServedMode) -> str:
@@ -68,109 +84,104 @@ class A1111Routes:
                 except UnknownModeError:
                     continue
         titles = ", ".join(self._a1111_title(m) for m in self.catalog.modes.values())
-        raise UnknownModeError(f"checkpoint {checkpoint!r} not found; available: {titles}", param=param)
+        raise UnknownModeError(f"checkpoint {checkpoint[:80]!r} not found; available: {titles}", param=param)
 
-    async def _run_with_progress(self, mode: ServedMode, native, job: str, request_id: str):
-        """Run one generation through the streaming job, recording its steps for /sdapi/v1/progress."""
-        payload = self._worker_payload(mode, native)
-        started = time.time()
-        self.live_progress[request_id] = {"step": 0, "total": native.steps or mode.config.defaults.steps,
-                                          "started": started, "eta_s": None}
+    async def _run_with_progress(self, mode: ServedMode, body: A1111Txt2ImgRequest, seed: int) -> GenerationResult:
+        """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress."""
+        native = body.to_native(mode.name)
+        native.seed = seed
+        request = self.resolve(native, mode)
+        progress = self.live_progress.setdefault(request.request_id, LiveProgress(0, request.steps, time.time()))
         try:
-            gen = self._handle(mode).options(stream=True).run_stream.remote(job, payload, request_id)
-            async for event in gen:
-                if event["event"] == "progress":
-                    self.live_progress[request_id].update(step=event["step"], total=event["total"],
-                                                          eta_s=event["eta_s"])
-                else:
-                    return event["result"]
+            async for event in self.generate_stream(mode, request):
+                if isinstance(event, GenerationResult):
+                    return event
+                progress.step, progress.total, progress.eta_s = event.step, event.total, event.eta_s
             raise RuntimeError("the generation stream ended without a result")
         finally:
-            self.live_progress.pop(request_id, None)
+            self.live_progress.pop(request.request_id, None)
 
-    async def _a1111_generate(self, request: Request, body: A1111Txt2ImgRequest, job: str):
-        request_id = self._request_id(request)
-        try:
-            async with self._accepting():
-                mode = self._a1111_mode(body.checkpoint())
-                first_seed = body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED - 4096)
-                images: list[str] = []
-                seeds: list[int] = []
-                for batch in range(body.n_iter):
-                    native = body.to_native(mode.name)
-                    native.seed = first_seed + batch * body.batch_size
-                    result = await self._run_with_progress(mode, native, job, request_id)
-                    images += [base64.b64encode(img.data).decode() for img in result.images]
-                    seeds += [img.seed for img in result.images]
-        except Exception as exc:
-            return a1111_error(exc, request_id)
+    async def _a1111_generate(self, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
+        async with self.accepting():
+            mode = self._a1111_mode(body.checkpoint())
+            first_seed = body.seed if body.seed != -1 else random_seed(body.batch_size * body.n_iter)
+            images: list[str] = []
+            seeds: list[int] = []
+            for batch in range(body.n_iter):
+                result = await self._run_with_progress(mode, body, first_seed + batch * body.batch_size)
+                images += [base64.b64encode(img.data).decode() for img in result.images]
+                seeds += [img.seed for img in result.images]
         info = {
             "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": seeds[0],
             "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
             "height": result.height, "steps": result.steps, "sampler_name": body.sampler_name or result.scheduler,
             "cfg_scale": body.cfg_scale, "batch_size": body.batch_size, "n_iter": body.n_iter,
-            "sd_model_name": mode.name, "sd_model_hash": checkpoint_sha256(mode)[:10], "job_id": request_id,
+            "sd_model_name": mode.name, "sd_model_hash": checkpoint_sha256(mode)[:10], "job_id": current_request_id(),
         }
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+        return A1111GenerationResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 
-    @http_app.post("/sdapi/v1/txt2img", tags=["automatic1111"], summary="A1111: text to image")
-    async def sdapi_txt2img(self, request: Request, body: A1111Txt2ImgRequest):
-        return await self._a1111_generate(request, body, "txt2img")
+    @http_app.post("/sdapi/v1/txt2img", tags=A1111, summary="A1111: text to image",
+                   response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
+    async def sdapi_txt2img(self, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
+        return await self._a1111_generate(body)
 
-    @http_app.post("/sdapi/v1/img2img", tags=["automatic1111"], summary="A1111: image to image")
-    async def sdapi_img2img(self, request: Request, body: A1111Img2ImgRequest):
-        return await self._a1111_generate(request, body, "img2img")
+    @http_app.post("/sdapi/v1/img2img", tags=A1111, summary="A1111: image to image",
+                   response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
+    async def sdapi_img2img(self, body: A1111Img2ImgRequest) -> A1111GenerationResponse:
+        return await self._a1111_generate(body)
 
-    @http_app.get("/sdapi/v1/sd-models", tags=["automatic1111"], summary="A1111: checkpoints (the modes)")
-    async def sdapi_sd_models(self):
-        return [{"title": self._a1111_title(m), "model_name": m.name, "hash": checkpoint_sha256(m)[:10],
-                 "sha256": checkpoint_sha256(m), "filename": m.info.path, "config": None}
+    @http_app.get("/sdapi/v1/sd-models", tags=A1111, summary="A1111: checkpoints (the modes)",
+                  response_model=list[A1111SdModel], responses=ERRORS)
+    async def sdapi_sd_models(self) -> list[A1111SdModel]:
+        return [A1111SdModel(title=self._a1111_title(m), model_name=m.name, hash=checkpoint_sha256(m)[:10],
+                             sha256=checkpoint_sha256(m), filename=m.info.path)
                 for m in self.catalog.modes.values()]
 
-    @http_app.get("/sdapi/v1/options", tags=["automatic1111"], summary="A1111: options")
-    async def sdapi_get_options(self):
+    @http_app.get("/sdapi/v1/options", tags=A1111, summary="A1111: options", response_model=A1111Options, responses=ERRORS)
+    async def sdapi_get_options(self) -> A1111Options:
         mode = self.catalog.modes[self.current_default]
-        return {"sd_model_checkpoint": self._a1111_title(mode), "sd_checkpoint_hash": checkpoint_sha256(mode),
-                "samples_format": "png"}
+        return A1111Options(sd_model_checkpoint=self._a1111_title(mode), sd_checkpoint_hash=checkpoint_sha256(mode),
+                            samples_format="png")
 
-    @http_app.post("/sdapi/v1/options", tags=["automatic1111"],
-                   summary="A1111: set options (`sd_model_checkpoint` switches the default mode)")
-    async def sdapi_set_options(self, options: dict[str, Any]):
-        try:
-            if "sd_model_checkpoint" not in options:
-                return None
-            mode = self._a1111_mode(str(options["sd_model_checkpoint"]), param="sd_model_checkpoint")
-            if mode.name != self.current_default:  # switching to the current mode is a no-op
-                await self.set_default_mode(mode.name)
-                await self._handle(mode).load.remote()
-        except Exception as exc:
-            return a1111_error(exc)
+    @http_app.post("/sdapi/v1/options", tags=A1111, response_model=None,
+                   summary="A1111: set options (`sd_model_checkpoint` switches the default mode)",
+                   responses={**error_responses(FrontEnd.A1111, 404, 503, 507),
+                              200: {"content": {"application/json": {"schema": {"type": "null"}}}}})
+    async def sdapi_set_options(self, options: dict[str, Any]) -> None:
+        if "sd_model_checkpoint" not in options:
+            return None
+        mode = self._a1111_mode(str(options["sd_model_checkpoint"]), param="sd_model_checkpoint")
+        if mode.name != self.current_default:  # switching to the current mode is a no-op
+            await self.set_default_mode(mode.name)
+            with worker_errors(mode.name):
+                await self.handles[mode.name].load.remote()
         return None
 
-    @http_app.get("/sdapi/v1/progress", tags=["automatic1111"], summary="A1111: progress of the running job")
-    async def sdapi_progress(self):
+    @http_app.get("/sdapi/v1/progress", tags=A1111, summary="A1111: progress of the running job",
+                  response_model=A1111Progress, responses=ERRORS)
+    async def sdapi_progress(self) -> A1111Progress:
         if not self.live_progress:
-            return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
-                    "state": {"skipped": False, "interrupted": False, "job": "", "job_count": 0,
-                              "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}}
-        job, p = max(self.live_progress.items(), key=lambda kv: kv[1]["started"])
-        total = max(1, p["total"])
-        return {"progress": round(p["step"] / total, 4), "eta_relative": p["eta_s"] or 0.0, "current_image": None,
-                "textinfo": None,
-                "state": {"skipped": False, "interrupted": False, "job": job, "job_count": len(self.live_progress),
-                          "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(p["started"])),
-                          "job_no": 0, "sampling_step": p["step"], "sampling_steps": p["total"]}}
+            return A1111Progress(progress=0.0, eta_relative=0.0, state=A1111ProgressState(
+                skipped=False, interrupted=False, job="", job_count=0, job_timestamp="0", job_no=0, sampling_step=0,
+                sampling_steps=0))
+        job, p = max(self.live_progress.items(), key=lambda kv: kv[1].started)
+        return A1111Progress(
+            progress=round(p.step / max(1, p.total), 4), eta_relative=p.eta_s or 0.0,
+            state=A1111ProgressState(
+                skipped=False, interrupted=False, job=job, job_count=len(self.live_progress),
+                job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(p.started)), job_no=0,
+                sampling_step=p.step, sampling_steps=p.total))
 
-    @http_app.get("/sdapi/v1/samplers", tags=["automatic1111"], summary="A1111: samplers")
-    async def sdapi_samplers(self):
-        return [{"name": name, "aliases": A1111_SAMPLER_ALIASES[name], "options": {}} for name in A1111_SAMPLERS]
+    @http_app.get("/sdapi/v1/samplers", tags=A1111, summary="A1111: samplers", response_model=list[A1111Sampler], responses=ERRORS)
+    async def sdapi_samplers(self) -> list[A1111Sampler]:
+        return [A1111Sampler(name=name, aliases=A1111_SAMPLER_ALIASES[name], options={}) for name in A1111_SAMPLERS]
 
-    @http_app.get("/sdapi/v1/schedulers", tags=["automatic1111"], summary="A1111: schedule types")
-    async def sdapi_schedulers(self):
-        return [{"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0,
-                 "need_inner_model": False},
-                {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False}]
+    @http_app.get("/sdapi/v1/schedulers", tags=A1111, summary="A1111: schedule types",
+                  response_model=list[A1111Scheduler], responses=ERRORS)
+    async def sdapi_schedulers(self) -> list[A1111Scheduler]:
+        return [A1111Scheduler(name="automatic", label="Automatic", default_rho=-1.0, need_inner_model=False),
+                A1111Scheduler(name="karras", label="Karras", default_rho=7.0, need_inner_model=False)]
 
-    @http_app.get("/internal/ping", tags=["automatic1111"], summary="A1111: ping")
-    async def internal_ping(self):
+    @http_app.get("/internal/ping", tags=A1111, summary="A1111: ping", response_model=dict[str, Any], responses=ERRORS)
+    async def internal_ping(self) -> dict[str, Any]:
         return {}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import time
 
+from serve_app.config.app_args import REGISTRY_DEPLOYMENT
+
 logger = logging.getLogger(__name__)
 
-REGISTRY_DEPLOYMENT = "VramRegistry"
 
 
 def dreamlab_apps() -> list[str]:
@@ -33,10 +34,8 @@ def drain(timeout_s: float = 300.0, poll_s: float = 0.2, settle_polls: int = 3) 
     quiet = 0
     counts = {"routers": 0, "replicas": 0}
     while time.monotonic() < deadline:
-        counts = {"routers": 0, "replicas": 0}
-        for reg in registries:
-            for key, value in reg.inflight.remote().result().items():
-                counts[key] += value
+        answers = [reg.inflight.remote().result() for reg in registries]
+        counts = {"routers": sum(a.routers for a in answers), "replicas": sum(a.replicas for a in answers)}
         quiet = quiet + 1 if not any(counts.values()) else 0
         if quiet >= settle_polls:
             break

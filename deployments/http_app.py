@@ -1,12 +1,94 @@
-"""The FastAPI app every HTTP route of the Router is declared on (native and compatibility APIs)."""
+"""The FastAPI app every HTTP route of the Router is declared on, with the one error path.
 
-from fastapi import FastAPI
+- `RequestContextMiddleware` gives every request an id: the `X-Request-Id` it came with (Serve's proxy
+  sets one on every request and echoes it in the response), else a new one, which it then adds to the
+  response. Route code reads it with `current_request_id()`; it is in every log line of a request.
+- Errors are rendered once, here: Dream Lab's errors, FastAPI's validation errors and unknown routes by
+  exception handlers, anything else by the middleware (a 500 that says "internal error" and the request
+  id; the traceback goes to the log). The shape is the front end's of the route that failed: a route's
+  OpenAPI tag is its `FrontEnd`, so no URL text is matched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError as FastAPIValidationError
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import serve_app
+from serve_app.api.http_errors import FrontEnd, render_error
+from serve_app.errors import DreamLabError
+
+logger = logging.getLogger(__name__)
+
+_request_id: ContextVar[str] = ContextVar("dreamlab_request_id", default="-")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def current_request_id() -> str:
+    return _request_id.get()
+
+
+def front_end_of(scope: Scope) -> FrontEnd:
+    """The front end of the route a request matched (native when none matched)."""
+    for tag in getattr(scope.get("route"), "tags", None) or ():
+        try:
+            return FrontEnd(tag)
+        except ValueError:
+            continue
+    return FrontEnd.NATIVE
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = Headers(scope=scope).get("x-request-id")
+        request_id = incoming if incoming and _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+        token = _request_id.set(request_id)
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if incoming is None:  # with one, whoever sent it (Serve's proxy) puts it on the response
+                    MutableHeaders(scope=message).append("X-Request-Id", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # the response is under way (a stream): nothing left to tell the client
+                logger.exception("[%s] failed after the response started", request_id)
+                return
+            await render_error(exc, front_end_of(scope), request_id)(scope, receive, send_with_id)
+        finally:
+            _request_id.reset(token)
+
+
+async def _handled_error(request: Request, exc: Exception) -> JSONResponse:
+    return render_error(exc, front_end_of(request.scope), current_request_id())
+
 
 http_app = FastAPI(
     title="Dream Lab",
     version=serve_app.__version__,
     description="Stable Diffusion from many checkpoints at once: native API, OpenAI images API, "
-    "AUTOMATIC1111 sdapi. Errors are JSON: {\"error\": {\"type\", \"message\", \"param\"}}.",
+    "AUTOMATIC1111 sdapi. Errors are JSON in each API's own shape; every response carries `X-Request-Id`.",
 )
+http_app.add_middleware(RequestContextMiddleware)
+for _exc_type in (DreamLabError, FastAPIValidationError, HTTPException):
+    http_app.add_exception_handler(_exc_type, _handled_error)

@@ -1,9 +1,12 @@
 """The mode deployment: each replica is one GPU actor serving one mode's checkpoint.
 
-A thin wrapper around `serve_app.model_runner.ModelRunner` that adds the cluster lifecycle:
-reserve at the registry -> load -> measure what the load really took -> register; a heartbeat that
-reports liveness and state and receives eviction commands; jobs with progress streaming; and on
+A thin wrapper around `ModelRunner` that adds the cluster lifecycle: reserve at the registry -> load ->
+measure what the load really took -> register; a heartbeat that reports liveness and state and receives
+eviction commands; typed generation (`generate`, `generate_stream`) and custom jobs (`run`); and on
 shutdown (Serve drains in-flight requests first) unregister and free the memory.
+
+`ModeWorker` is a plain class with a sync constructor and an async `start`, so tests build it without
+Serve; `ModeWorkerDeployment` is what Serve runs (it starts in its async constructor).
 """
 
 from __future__ import annotations
@@ -11,21 +14,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from serve_app.config.app_args import RegistryConfig
+from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
 from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
-from serve_app.jobs import JobContext, JobRegistry
-from serve_app.generation_result import GenerationResult
-from serve_app.model_runner import ModelRunner, ModelState
-from serve_app.modes_config import ModeConfig, resolve_checkpoint
-from serve_app.pipeline_loader import dtype_name
-from serve_app.vram_estimate import estimate_mode_vram
+from serve_app.model.jobs import JobContext, JobRegistry
+from serve_app.model.model_runner import ModelRunner
+from serve_app.model.pipeline_loader import dtype_name
 from deployments.device_probe import DeviceProbe
-from deployments.vram_registry import RegistryConfig
+from deployments.protocol import (
+    GenerationRequest,
+    GenerationResult,
+    HeartbeatReport,
+    LoadAnswer,
+    ModelState,
+    ProgressEvent,
+    Registration,
+    ReserveStatus,
+    UnloadAnswer,
+)
+from deployments.registry_client import RegistryClient
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _replica_id() -> str:
@@ -34,89 +48,84 @@ def _replica_id() -> str:
 
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # constructed outside Serve (unit tests)
-        return f"local-{id(object())}"
+        return f"local-{id(object()):x}"
 
 
 class ModeWorker:
     """One replica of one mode. `registry` is the VramRegistry deployment handle (None: no accounting)."""
 
-    async def __init__(
+    def __init__(
         self,
-        mode: dict[str, Any],
+        mode: dict[str, Any] | ModeConfig,
         model_root: str,
         registry: Any = None,
         registry_config: dict[str, Any] | None = None,
         allow_absolute_paths: bool = False,
         *,
-        runner_factory: type[ModelRunner] = ModelRunner,
+        runner_factory: Callable[[ModeConfig, Path], ModelRunner] = ModelRunner,
         probe: DeviceProbe | None = None,
     ) -> None:
-        started = time.perf_counter()
+        self._created = time.perf_counter()
         self.mode = ModeConfig.model_validate(mode)
         checkpoint = resolve_checkpoint(self.mode.checkpoint, Path(model_root), allow_absolute=allow_absolute_paths,
                                         source=f"mode {self.mode.name}")
         self.runner = runner_factory(self.mode, checkpoint)
         self.jobs = JobRegistry(self.mode.jobs)
         # estimated once: the checkpoint and the mode do not change
-        self._vram = estimate_mode_vram(self.runner.info, self.mode, dtype_name(self.runner.dtype))
-        self.registry = registry
+        self._vram = self.mode.vram_estimate(self.runner.info, dtype_name(self.runner.dtype))
+        self.registry = RegistryClient(registry) if registry is not None else None
         self.registry_config = RegistryConfig.model_validate(registry_config or {})
         self.probe = probe or DeviceProbe()
         self.replica_id = _replica_id()
         self.device_id = self.probe.device_id()
         self.inflight = 0
         self.epoch = 0
+        self.start_s = 0.0
         self._measured_bytes = 0
         self._load_lock = asyncio.Lock()
         self._using = 0  # jobs past _ensure_loaded that still need the model
         self._unloading = False
         self._stopping = False
         self._first_request = True
+        self._heartbeat: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start the heartbeat and, when the mode says so, load."""
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
         if self.mode.load_on_start:
             await self._ensure_loaded()
-        self.start_s = time.perf_counter() - started
+        self.start_s = time.perf_counter() - self._created
         logger.info("replica %s of mode %s up on %s in %.2fs", self.replica_id, self.mode.name, self.device_id,
                     self.start_s)
 
     # -- memory accounting ---------------------------------------------------------------------------
-    def _report(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode.name,
-            "device": self.device_id,
-            "state": self.runner.state.value,
-            "loaded": self.runner.loaded,
-            "epoch": self.epoch,
-            "inflight": self.inflight,
-            "footprint_bytes": self._accounted_bytes(),
-            "measured_bytes": self._measured_bytes,
-            "estimate_bytes": self._vram.total_bytes,
-            "last_use": self.runner.last_used,
-            "total_bytes": self.probe.total_bytes(),
-            "reported_used_bytes": self.probe.used_bytes(),
-        }
+    def report(self) -> HeartbeatReport:
+        return HeartbeatReport(
+            mode=self.mode.name, device=self.device_id, state=self.runner.state, loaded=self.runner.loaded,
+            epoch=self.epoch, inflight=self.inflight, footprint_bytes=self._accounted_bytes(),
+            measured_bytes=self._measured_bytes, estimate_bytes=self._vram.total_bytes,
+            last_use=self.runner.last_used, total_bytes=self.probe.total_bytes(),
+            reported_used_bytes=self.probe.used_bytes())
 
     def _accounted_bytes(self) -> int:
         """What this model holds: the measured load plus its working memory at the mode's limits."""
         return self._measured_bytes + self._vram.working_bytes
 
-    async def _registry(self, method: str, *args: Any, timeout_s: float = 10.0) -> Any:
-        """Call the registry with a timeout: while it restarts (or after it stopped) calls must not hang."""
-        return await asyncio.wait_for(getattr(self.registry, method).remote(*args), timeout_s)
-
     async def _reserve(self, nbytes: int) -> None:
+        """Poll the registry until the load is granted (evictions and busy models may take a while)."""
+        assert self.registry is not None
         deadline = time.monotonic() + self.registry_config.reserve_timeout_s
         while True:
-            ans = await self._registry("reserve", self.replica_id, self.mode.name, self.device_id, nbytes,
-                                       self.probe.total_bytes(), self.probe.used_bytes())
-            if ans["status"] == "granted":
+            ans = await self.registry.reserve(self.replica_id, self.mode.name, self.device_id, nbytes,
+                                              self.probe.total_bytes(), self.probe.used_bytes())
+            if ans.status is ReserveStatus.GRANTED:
                 return
-            if ans["status"] == "no_fit" or time.monotonic() > deadline:
+            if ans.status is ReserveStatus.NO_FIT or time.monotonic() > deadline:
+                busy = f" (still busy: {', '.join(ans.busy_modes)})" if ans.busy_modes else ""
                 raise InsufficientVRAMError(
-                    f"mode {self.mode.name!r} does not fit on {self.device_id}: needs {ans['needed_bytes']} bytes, "
-                    f"{ans['free_bytes']} free of a {ans['budget_bytes']}-byte budget"
-                    + (f" (still busy: {', '.join(ans['busy_modes'])})" if ans.get("busy_modes") else ""),
-                    needed_bytes=ans["needed_bytes"], free_bytes=ans["free_bytes"], budget_bytes=ans["budget_bytes"])
+                    f"mode {self.mode.name!r} does not fit on {self.device_id}: needs {ans.needed_bytes} bytes, "
+                    f"{ans.free_bytes} free of a {ans.budget_bytes}-byte budget{busy}",
+                    needed_bytes=ans.needed_bytes, free_bytes=ans.free_bytes, budget_bytes=ans.budget_bytes)
             await asyncio.sleep(min(0.05, self.registry_config.heartbeat_interval_s / 4))
 
     async def _ensure_loaded(self) -> float | None:
@@ -138,14 +147,16 @@ class ModeWorker:
                 await asyncio.to_thread(self.runner.load)
             except BaseException:
                 if self.registry is not None:
-                    await self._registry("release", self.replica_id)
+                    await self.registry.release(self.replica_id)
                 raise
             measured = self.probe.allocated_bytes() - before
             self._measured_bytes = measured if self.probe.cuda else self.runner.parameter_bytes()
             self.epoch += 1
             if self.registry is not None:
-                await self._registry("register", self.replica_id, self.mode.name, self.device_id,
-                                     self._accounted_bytes(), self._vram.total_bytes, self.epoch, self._measured_bytes)
+                await self.registry.register(Registration(
+                    replica=self.replica_id, mode=self.mode.name, device=self.device_id,
+                    footprint_bytes=self._accounted_bytes(), estimate_bytes=self._vram.total_bytes,
+                    measured_bytes=self._measured_bytes, epoch=self.epoch))
             return time.perf_counter() - started
 
     async def _unload(self, reason: str, only_if_idle: bool = False) -> bool:
@@ -162,72 +173,96 @@ class ModeWorker:
                 self.epoch += 1
                 self._measured_bytes = 0
                 if self.registry is not None:
-                    await self._registry("unregister", self.replica_id, False, self.epoch)
+                    await self.registry.unregister(self.replica_id, False, self.epoch)
         finally:
             self._unloading = False
         if unloaded:
             logger.info("mode %s unloaded on %s (%s)", self.mode.name, self.device_id, reason)
         return unloaded
 
+    async def heartbeat_once(self) -> None:
+        """Report to the registry and obey its answer (an eviction)."""
+        if self.registry is None:
+            return
+        answer = await self.registry.heartbeat(self.replica_id, self.report())
+        if answer.unload:
+            await self._unload("evicted by the registry", only_if_idle=True)
+
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
-            if self.registry is not None:
-                try:
-                    ans = await self._registry("heartbeat", self.replica_id, self._report())
-                    if "unload" in ans["commands"]:
-                        await self._unload("evicted by the registry", only_if_idle=True)
-                except Exception as exc:  # the registry restarts: keep beating, it re-learns us
-                    logger.warning("heartbeat of %s failed: %s", self.replica_id, exc)
+            try:
+                await self.heartbeat_once()
+            except Exception as exc:  # the registry restarts: keep beating, it re-learns us
+                logger.warning("heartbeat of %s failed: %s", self.replica_id, exc)
             await asyncio.sleep(self.registry_config.heartbeat_interval_s)
 
-    # -- jobs ----------------------------------------------------------------------------------------
-    async def _run(self, job_type: str, payload: dict[str, Any], ctx: JobContext, request_id: str) -> Any:
-        started = time.perf_counter()
-        fn = self.jobs.get(job_type)
-        first, self._first_request = self._first_request, False
+    # -- work ----------------------------------------------------------------------------------------
+    async def _with_model(self, call: Callable[[], T], what: str, request_id: str,
+                          breaks_pipeline: bool) -> tuple[T, float | None]:
+        """Run `call` in a thread with the model loaded; (its result, the load seconds it waited for).
+
+        Dream Lab's own errors pass through; anything else is logged with its traceback and reaches the
+        client as a 500 without its text. `breaks_pipeline`: such a failure marks the model FAILED.
+        """
         load_s = await self._ensure_loaded()
         self._using += 1
         try:
-            result = await asyncio.to_thread(fn, ctx, payload)
+            return await asyncio.to_thread(call), load_s
         except DreamLabError:
             raise
         except Exception as exc:
-            if job_type in ("txt2img", "img2img"):
+            if breaks_pipeline:
                 self.runner.state = ModelState.FAILED
                 self.runner.last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("[%s] job %s failed on mode %s", request_id, job_type, self.mode.name)
-            raise JobFailedError(f"job {job_type!r} failed: {type(exc).__name__}: {exc}", param="job_type") from exc
+            logger.exception("[%s] %s failed on mode %s", request_id, what, self.mode.name)
+            raise JobFailedError(f"{what} failed on mode {self.mode.name!r} (request id {request_id})",
+                                 param=None) from None
         finally:
             self._using -= 1
-        if isinstance(result, GenerationResult):
-            result.timings["job_s"] = round(time.perf_counter() - started, 4)
-            if load_s is not None:
-                result.timings["load_s"] = round(load_s, 4)
-            if first:
-                result.timings["replica_start_s"] = round(self.start_s, 4)
+
+    async def _generate(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
+                        cancelled: Callable[[], bool] | None = None) -> GenerationResult:
+        started = time.perf_counter()
+        first, self._first_request = self._first_request, False
+        result, load_s = await self._with_model(
+            lambda: self.runner.generate(request, progress, cancelled), request.kind, request.request_id,
+            breaks_pipeline=True)
+        result.timings.job_s = round(time.perf_counter() - started, 4)
+        if load_s is not None:
+            result.timings.load_s = round(load_s, 4)
+        if first:
+            result.timings.replica_start_s = round(self.start_s, 4)
         return result
 
-    async def run(self, job_type: str, payload: dict[str, Any], request_id: str = "-") -> Any:
-        """Run a job (txt2img, img2img or a custom type) to completion."""
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run one resolved generation to completion."""
+        logger.info("[%s] %s on mode %s", request.request_id, request.kind, self.mode.name)
         self.inflight += 1
         try:
-            return await self._run(job_type, payload, JobContext(self.runner), request_id)
+            return await self._generate(request)
         finally:
             self.inflight -= 1
 
-    async def run_stream(self, job_type: str, payload: dict[str, Any], request_id: str = "-") -> AsyncIterator[dict]:
-        """Run a job, yielding `{"event": "progress", ...}` per denoising step, then `{"event": "result"}`.
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+        """Run one generation, yielding a `ProgressEvent` per denoising step, then the `GenerationResult`.
 
         When the consumer goes away (the client disconnected), the generation is interrupted at the next
         step, so the replica is free again at once.
         """
+        logger.info("[%s] %s (streamed) on mode %s", request.request_id, request.kind, self.mode.name)
         self.inflight += 1
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict] = asyncio.Queue()
+        events: asyncio.Queue[ProgressEvent] = asyncio.Queue()
         cancelled = False
-        ctx = JobContext(self.runner, progress=self._progress_hook(
-            lambda event: loop.call_soon_threadsafe(events.put_nowait, event)), cancelled=lambda: cancelled)
-        task = loop.create_task(self._run(job_type, payload, ctx, request_id))
+        started = time.monotonic()
+
+        def progress(step: int, total: int) -> None:  # runs in the generation thread
+            elapsed = time.monotonic() - started
+            event = ProgressEvent(step=step, total=total, elapsed_s=round(elapsed, 4),
+                                  eta_s=round(elapsed / step * (total - step), 4))
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        task = loop.create_task(self._generate(request, progress, lambda: cancelled))
         try:
             while True:
                 getter = loop.create_task(events.get())
@@ -238,7 +273,7 @@ class ModeWorker:
                 getter.cancel()
                 while not events.empty():
                     yield events.get_nowait()
-                yield {"event": "result", "result": task.result()}
+                yield task.result()
                 return
         finally:
             cancelled = True
@@ -248,41 +283,53 @@ class ModeWorker:
                 task.exception()  # retrieve it: after a disconnect the GenerationCancelledError is expected
             self.inflight -= 1
 
-    @staticmethod
-    def _progress_hook(emit):
-        """A per-step callback that emits progress events with elapsed time and ETA."""
-        started = time.time()
-
-        def hook(step: int, total: int) -> None:
-            elapsed = time.time() - started
-            emit({"event": "progress", "step": step, "total": total, "elapsed_s": round(elapsed, 4),
-                  "eta_s": round(elapsed / step * (total - step), 4)})
-
-        return hook
+    async def run(self, job_type: str, payload: dict[str, Any], request_id: str = "-") -> Any:
+        """Run a custom job type (named in the mode's `jobs:`) to completion."""
+        fn = self.jobs.get(job_type)
+        logger.info("[%s] job %s on mode %s", request_id, job_type, self.mode.name)
+        self.inflight += 1
+        try:
+            result, _ = await self._with_model(lambda: fn(JobContext(self.runner), payload), f"job {job_type!r}",
+                                               request_id, breaks_pipeline=False)
+            return result
+        finally:
+            self.inflight -= 1
 
     # -- operator actions and state --------------------------------------------------------------------
-    async def load(self) -> dict[str, Any]:
+    async def load(self) -> LoadAnswer:
         load_s = await self._ensure_loaded()
-        return {"mode": self.mode.name, "status": "already_loaded" if load_s is None else "loaded",
-                "load_s": load_s, "replica": self.replica_id}
+        return LoadAnswer(mode=self.mode.name, status="already_loaded" if load_s is None else "loaded",
+                          load_s=load_s, replica=self.replica_id)
 
-    async def unload(self) -> dict[str, Any]:
+    async def unload(self) -> UnloadAnswer:
         unloaded = await self._unload("operator request")
-        return {"mode": self.mode.name, "status": "unloaded" if unloaded else "already_unloaded",
-                "replica": self.replica_id}
+        return UnloadAnswer(mode=self.mode.name, status="unloaded" if unloaded else "already_unloaded",
+                            replica=self.replica_id)
 
     def check_health(self) -> None:
         """Unhealthy (Serve replaces the replica) when the pipeline broke while running."""
         if self.runner.state is ModelState.FAILED:
             raise RuntimeError(f"mode {self.mode.name} pipeline is broken: {self.runner.last_error}")
 
-    async def __del__(self) -> None:
-        """Serve calls this after draining in-flight requests: unregister and free the device."""
+    async def stop(self) -> None:
+        """Unregister and free the device (Serve has drained in-flight requests before)."""
         self._stopping = True
-        self._heartbeat.cancel()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         await asyncio.to_thread(self.runner.unload)
         if self.registry is not None:
             try:
-                await self._registry("unregister", self.replica_id, True, timeout_s=2.0)
+                await self.registry.unregister(self.replica_id, True, timeout_s=2.0)
             except Exception as exc:  # the registry may already be gone (application deleted)
                 logger.warning("could not unregister %s: %s", self.replica_id, exc)
+
+
+class ModeWorkerDeployment(ModeWorker):
+    """What Serve runs: starts in its (async) constructor, stops in `__del__` after draining."""
+
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # Serve awaits an async constructor
+        super().__init__(*args, **kwargs)
+        await self.start()
+
+    async def __del__(self) -> None:
+        await self.stop()

@@ -6,7 +6,7 @@ budget, the accounted use of registered models and the open reservations, and pe
 replica, footprint, estimate, state and last use.
 
 Eviction channel: the registry answers each mode replica's heartbeat with the commands for it
-(`unload`). A DeploymentHandle cannot address one replica, and a separate GPU actor per replica would
+(`HeartbeatAnswer.unload`). A DeploymentHandle cannot address one replica, and a separate GPU actor per replica would
 add a hop (and a second copy of progress streaming) to every generation; the heartbeat already exists
 for liveness and for re-registration after a registry restart, so it carries eviction too. The loading
 side polls `reserve` until the victims have unloaded and unregistered.
@@ -21,31 +21,28 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import Field
-
-from serve_app.strict_model import StrictModel
+from serve_app.config.app_args import RegistryConfig
+from deployments.protocol import (
+    DeviceStats,
+    EntryState,
+    HeartbeatAnswer,
+    HeartbeatReport,
+    InflightCounts,
+    ModelState,
+    ModelStats,
+    Registration,
+    RegistryStats,
+    ReplicaStats,
+    ReserveAnswer,
+    ReserveStatus,
+    RouterPollAnswer,
+)
 
 logger = logging.getLogger(__name__)
-
-GiB = 1024**3
-
-
-class RegistryConfig(StrictModel):
-    """Registry settings (the `registry` block of the application args)."""
-
-    simulated_vram_bytes: int = Field(8 * GiB, ge=0, description="Device size where no CUDA reports one.")
-    budget_bytes: int | None = Field(None, ge=0, description="Per-device budget; default: total - headroom.")
-    headroom_bytes: int = Field(512 * 1024**2, ge=0, description="Kept free on each device (CUDA context, fragmentation).")
-    heartbeat_interval_s: float = Field(0.5, gt=0, description="How often replicas report.")
-    dead_after_s: float = Field(6.0, gt=0, description="A replica silent this long is dropped.")
-    reservation_ttl_s: float = Field(300.0, gt=0, description="A reservation not turned into a registration expires.")
-    reserve_timeout_s: float = Field(120.0, gt=0, description="How long a load waits for evictions and busy models.")
-
-
-ModelStateName = Literal["ready", "evicting"]
 
 
 @dataclass
@@ -55,10 +52,10 @@ class ModelEntry:
     device: str
     footprint_bytes: int
     estimate_bytes: int
-    state: ModelStateName
+    measured_bytes: int
+    state: EntryState
     last_use: float
     epoch: int = 0
-    measured_bytes: int = 0
     inflight: int = 0
 
 
@@ -86,14 +83,15 @@ class ReplicaSeen:
     device: str
     last_heartbeat: float
     inflight: int = 0
-    state: str = "cold"
+    state: ModelState = ModelState.COLD
     epoch: int = 0  # newest load/unload epoch the registry has heard of from this replica
 
 
 class VramRegistry:
     """Per-device VRAM accounting with reservations and LRU eviction. Plain class: Serve wraps it."""
 
-    def __init__(self, config: dict[str, Any] | RegistryConfig | None = None, clock=time.monotonic) -> None:
+    def __init__(self, config: dict[str, Any] | RegistryConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config if isinstance(config, RegistryConfig) else RegistryConfig.model_validate(config or {})
         self._clock = clock
         self.devices: dict[str, DeviceEntry] = {}
@@ -154,35 +152,39 @@ class VramRegistry:
         return seen
 
     # -- operations ----------------------------------------------------------------------------------
-    def can_fit(self, device: str, nbytes: int) -> dict[str, Any]:
+    def can_fit(self, device: str, nbytes: int) -> bool:
         self._sweep()
-        dev = self._device(device)
-        free = self._free(device)
-        return {"fits": nbytes <= free, "needed_bytes": nbytes, "free_bytes": free, "budget_bytes": dev.budget_bytes}
+        self._device(device)
+        return nbytes <= self._free(device)
 
     def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None = None,
-                reported_used: int | None = None) -> dict[str, Any]:
+                reported_used: int | None = None) -> ReserveAnswer:
         """Reserve `nbytes` on `device` for `replica`'s load.
 
-        Returns `granted`; or `evicting` (idle models, least recently used first, were told to unload: call
-        again); or `waiting_busy` (it fits once models busy now go idle: call again); or `no_fit` with the
-        numbers when even evicting every model on the device would not make room.
+        GRANTED; or EVICTING (idle models, least recently used first, were told to unload: call again); or
+        WAITING_BUSY (it fits once models busy now go idle: call again); or NO_FIT with the numbers when
+        even evicting every model on the device would not make room.
         """
         self._sweep()
         self._seen(replica, mode, device)
         dev = self._device(device, total_bytes, reported_used)
         free = self._free(device, exclude=replica)
-        numbers = {"needed_bytes": nbytes, "free_bytes": free, "budget_bytes": dev.budget_bytes}
+
+        def answer(status: ReserveStatus, **more: list[str]) -> ReserveAnswer:
+            return ReserveAnswer(status=status, needed_bytes=nbytes, free_bytes=free, budget_bytes=dev.budget_bytes,
+                                 **more)
+
         if nbytes <= free:
             self.reservations[replica] = Reservation(replica, mode, device, nbytes,
                                                      self._clock() + self.config.reservation_ttl_s)
-            return {"status": "granted", **numbers}
+            return answer(ReserveStatus.GRANTED)
         if nbytes > dev.budget_bytes:
-            return {"status": "no_fit", **numbers}
-        evicting = [m for m in self.models.values() if m.device == device and m.state == "evicting"]
+            return answer(ReserveStatus.NO_FIT)
+        on_device = [m for m in self.models.values() if m.device == device]
+        evicting = [m for m in on_device if m.state is EntryState.EVICTING]
         pending = sum(m.footprint_bytes for m in evicting)
-        idle = sorted((m for m in self.models.values()
-                       if m.device == device and m.state == "ready" and m.inflight == 0 and m.replica != replica),
+        idle = sorted((m for m in on_device
+                       if m.state is EntryState.READY and m.inflight == 0 and m.replica != replica),
                       key=lambda m: m.last_use)
         victims: list[ModelEntry] = []
         for model in idle:
@@ -190,37 +192,35 @@ class VramRegistry:
                 break
             victims.append(model)
             pending += model.footprint_bytes
-        busy = [m for m in self.models.values() if m.device == device and m.state == "ready" and m.inflight > 0]
+        busy = [m for m in on_device if m.state is EntryState.READY and m.inflight > 0]
         if free + pending < nbytes:
             later = sum(m.footprint_bytes for m in busy) + self._reserved(device, exclude=replica)
             if free + pending + later < nbytes:
-                return {"status": "no_fit", **numbers}
+                return answer(ReserveStatus.NO_FIT)
             # Fits once busy models (and loads in progress) go idle: evict what is idle now, poll again.
             for model in victims:
-                model.state = "evicting"
-            return {"status": "waiting_busy", **numbers, "busy_modes": [m.mode for m in busy]}
+                model.state = EntryState.EVICTING
+            return answer(ReserveStatus.WAITING_BUSY, busy_modes=[m.mode for m in busy])
         for model in victims:
-            model.state = "evicting"
+            model.state = EntryState.EVICTING
             logger.info("evicting mode %s (replica %s) from %s for mode %s", model.mode, model.replica, device, mode)
-        return {"status": "evicting", **numbers, "evicting": [m.mode for m in evicting + victims]}
+        return answer(ReserveStatus.EVICTING, evicting=[m.mode for m in evicting + victims])
 
     def release(self, replica: str) -> None:
         """Drop `replica`'s reservation (its load failed or was abandoned)."""
         self.reservations.pop(replica, None)
 
-    def register(self, replica: str, mode: str, device: str, footprint_bytes: int, estimate_bytes: int,
-                 epoch: int = 0, measured_bytes: int = 0) -> None:
-        """A load finished: its reservation becomes a model entry with the measured footprint.
-
-        `epoch` counts the replica's loads and unloads, so a stale heartbeat cannot undo a newer state.
-        """
-        seen = self._seen(replica, mode, device)
-        seen.epoch = max(seen.epoch, epoch)
-        self._device(device)
-        self.reservations.pop(replica, None)
-        self.models[replica] = ModelEntry(mode, replica, device, footprint_bytes, estimate_bytes, "ready",
-                                          time.time(), epoch, measured_bytes)
-        logger.info("registered mode %s on %s: %d bytes (estimate %d)", mode, device, footprint_bytes, estimate_bytes)
+    def register(self, reg: Registration) -> None:
+        """A load finished: its reservation becomes a model entry with the measured footprint."""
+        seen = self._seen(reg.replica, reg.mode, reg.device)
+        seen.epoch = max(seen.epoch, reg.epoch)
+        self._device(reg.device)
+        self.reservations.pop(reg.replica, None)
+        self.models[reg.replica] = ModelEntry(reg.mode, reg.replica, reg.device, reg.footprint_bytes,
+                                              reg.estimate_bytes, reg.measured_bytes, EntryState.READY, time.time(),
+                                              reg.epoch)
+        logger.info("registered mode %s on %s: %d bytes (estimate %d)", reg.mode, reg.device, reg.footprint_bytes,
+                    reg.estimate_bytes)
 
     def unregister(self, replica: str, forget: bool = False, epoch: int = 0) -> None:
         """The model of `replica` is gone (unloaded at `epoch`); `forget` also drops the replica (it stops)."""
@@ -231,45 +231,43 @@ class VramRegistry:
         if forget:
             self.replicas.pop(replica, None)
 
-    def heartbeat(self, replica: str, report: dict[str, Any]) -> dict[str, Any]:
+    def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:
         """Liveness + state report of a replica; answers the commands for it and the drain flag.
 
         A report of a loaded model the registry does not know (it restarted) re-registers it.
         """
         self._sweep()
-        seen = self._seen(replica, report["mode"], report["device"])
-        seen.inflight = report.get("inflight", 0)
-        seen.state = report.get("state", seen.state)
-        self._device(report["device"], report.get("total_bytes"), report.get("reported_used_bytes"))
+        seen = self._seen(replica, report.mode, report.device)
+        seen.inflight = report.inflight
+        seen.state = report.state
+        self._device(report.device, report.total_bytes, report.reported_used_bytes)
         model = self.models.get(replica)
-        epoch = report.get("epoch", 0)
-        if epoch < seen.epoch:
+        if report.epoch < seen.epoch:
             pass  # a report older than the last registration or unregistration
-        elif report.get("loaded"):
+        elif report.loaded:
             if model is None:
-                self.register(replica, report["mode"], report["device"], report["footprint_bytes"],
-                              report.get("estimate_bytes", report["footprint_bytes"]), epoch,
-                              report.get("measured_bytes", 0))
+                self.register(Registration(
+                    replica=replica, mode=report.mode, device=report.device, footprint_bytes=report.footprint_bytes,
+                    estimate_bytes=report.estimate_bytes, measured_bytes=report.measured_bytes, epoch=report.epoch))
                 model = self.models[replica]
             model.inflight = seen.inflight
-            if report.get("last_use"):
-                model.last_use = max(model.last_use, report["last_use"])
+            model.last_use = max(model.last_use, report.last_use)
         elif model is not None:
             self.models.pop(replica)
             model = None
-        commands = ["unload"] if model is not None and model.state == "evicting" else []
-        return {"commands": commands, "draining": self.draining}
+        return HeartbeatAnswer(unload=model is not None and model.state is EntryState.EVICTING,
+                               draining=self.draining)
 
-    # -- draining --------------------------------------------------------------------------------------
+    # -- draining and the default mode ---------------------------------------------------------------------
     def set_draining(self, draining: bool = True) -> None:
         self.draining = draining
         logger.warning("draining %s", "started" if draining else "cancelled")
 
-    def router_poll(self, router: str, inflight: int) -> dict[str, Any]:
+    def router_poll(self, router: str, inflight: int) -> RouterPollAnswer:
         """A router reports its in-flight requests; it learns the drain flag and the default mode."""
         self.routers[router] = (inflight, self._clock())
-        return {"draining": self.draining, "default_mode": self.default_mode,
-                "default_version": self.default_version}
+        return RouterPollAnswer(draining=self.draining, default_mode=self.default_mode,
+                                default_version=self.default_version)
 
     def set_default_mode(self, mode: str) -> int:
         """Switch the application's default mode; the version lets routers ignore answers older than it."""
@@ -277,31 +275,29 @@ class VramRegistry:
         self.default_version += 1
         return self.default_version
 
-    def inflight(self) -> dict[str, int]:
+    def inflight(self) -> InflightCounts:
         self._sweep()
-        return {"routers": sum(n for n, _ in self.routers.values()),
-                "replicas": sum(s.inflight for s in self.replicas.values())}
+        return InflightCounts(routers=sum(n for n, _ in self.routers.values()),
+                              replicas=sum(s.inflight for s in self.replicas.values()))
 
     # -- reporting ------------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> RegistryStats:
         self._sweep()
         devices = []
         for name, dev in sorted(self.devices.items()):
             used, reserved = self._used(name), self._reserved(name)
-            devices.append({
-                "device": name,
-                "total_bytes": dev.total_bytes,
-                "budget_bytes": dev.budget_bytes,
-                "used_bytes": used,
-                "reserved_bytes": reserved,
-                "free_bytes": dev.budget_bytes - used - reserved,
-                "reported_used_bytes": dev.reported_used_bytes,
-                "simulated": dev.simulated,
-                "models": [asdict(m) for m in self.models.values() if m.device == name],
-            })
-        return {"devices": devices, "draining": self.draining,
-                "replicas": {rid: {"mode": s.mode, "device": s.device, "inflight": s.inflight, "state": s.state}
-                             for rid, s in self.replicas.items()}}
+            devices.append(DeviceStats(
+                device=name, total_bytes=dev.total_bytes, budget_bytes=dev.budget_bytes, used_bytes=used,
+                reserved_bytes=reserved, free_bytes=dev.budget_bytes - used - reserved,
+                reported_used_bytes=dev.reported_used_bytes, simulated=dev.simulated,
+                models=[ModelStats(mode=m.mode, replica=m.replica, device=m.device, footprint_bytes=m.footprint_bytes,
+                                   estimate_bytes=m.estimate_bytes, measured_bytes=m.measured_bytes, state=m.state,
+                                   last_use=m.last_use, epoch=m.epoch, inflight=m.inflight)
+                        for m in self.models.values() if m.device == name]))
+        return RegistryStats(devices=devices, draining=self.draining,
+                             replicas={rid: ReplicaStats(mode=s.mode, device=s.device, inflight=s.inflight,
+                                                         state=s.state)
+                                       for rid, s in self.replicas.items()})
 
     def check_health(self) -> None:
         """Serve health check: the registry is a plain in-memory object, alive when it answers."""

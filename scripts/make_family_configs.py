@@ -1,4 +1,4 @@
-"""Regenerate ``serve_app/family_configs/``: the diffusers-format config folders, one per family.
+"""Regenerate ``serve_app/model/family_configs/``: the diffusers-format config folders, one per family.
 
 Dream Lab loads A1111-style single-file ``.safetensors`` checkpoints fully offline with::
 
@@ -36,7 +36,7 @@ How to run it (from the repository root, in the project's virtual environment)::
     # then check the result
     python -m pytest tests/unit/test_family_configs.py
 
-It rewrites only the four family folders (``serve_app/family_configs/__init__.py`` is kept), and
+It rewrites only the four family folders (``serve_app/model/family_configs/__init__.py`` is kept), and
 is deterministic: running it twice gives byte-identical files.
 
 Each folder holds its own plain copy of the tokenizer files: ``from_single_file`` loads a tokenizer
@@ -61,7 +61,7 @@ import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = REPO_ROOT / "serve_app" / "family_configs"
+OUT_DIR = REPO_ROOT / "serve_app" / "model" / "family_configs"
 
 # sha256 of OpenAI CLIP's bpe_simple_vocab_16e6.txt.gz (the same bytes in openai/CLIP and open_clip).
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"

@@ -14,8 +14,8 @@ logger = logging.getLogger(__name__)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from serve_app.checkpoint_inspect import inspect_checkpoint
-    from serve_app.vram_estimate import estimate_vram
+    from serve_app.model.checkpoint_inspect import inspect_checkpoint
+    from serve_app.model.vram_estimate import estimate_vram
 
     info = inspect_checkpoint(args.path)
     est = estimate_vram(info, args.dtype, args.width, args.height, args.batch_size)
@@ -34,7 +34,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_models(args: argparse.Namespace) -> int:
-    from serve_app.demo_models import write_demo_models
+    from serve_app.model.demo_models import write_demo_models
 
     for path in write_demo_models(args.directory):
         print(path)
@@ -44,9 +44,10 @@ def _cmd_demo_models(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import base64
 
-    from serve_app.generation_request import Img2ImgRequest, Txt2ImgRequest, resolve_request
-    from serve_app.model_runner import ModelRunner
-    from serve_app.modes_config import ModeConfig, ModeDefaults
+    from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
+    from serve_app.api.request_resolution import resolve_request
+    from serve_app.config.modes_file import ModeConfig, ModeDefaults
+    from serve_app.model.model_runner import ModelRunner
 
     checkpoint = Path(args.checkpoint).expanduser().resolve()
     mode = ModeConfig(name="cli", checkpoint=str(checkpoint), dtype=args.dtype,
@@ -65,7 +66,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     result = runner.generate(params)
     Path(args.output).write_bytes(result.images[0].data)
     print(f"{args.output}: {result.width}x{result.height}, seed {result.images[0].seed}, "
-          f"{result.timings['inference_s']:.2f}s")
+          f"{result.timings.inference_s:.2f}s")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Typed errors of Dream Lab. Each knows its HTTP status and the field it is about.
 
-The router maps them to HTTP in one place (`serve_app.http_errors`); the CLI prints their message.
+The router maps them to HTTP in one place (`serve_app.api.http_errors`); the CLI prints their message.
 """
 
 from __future__ import annotations
@@ -75,13 +75,19 @@ class UnknownModeError(DreamLabError):
     error_type = "not_found_error"
 
 
+class ImageNotFoundError(DreamLabError):
+    """An image served by URL (OpenAI `response_format: url`) expired or never existed."""
+
+    status_code = 404
+
+
 class UnknownJobTypeError(DreamLabError):
     status_code = 404
     error_type = "not_found_error"
 
 
 class JobFailedError(DreamLabError):
-    """A custom job raised; its message goes back to the client as JSON."""
+    """A job or generation raised an error Dream Lab does not know; the client sees no details of it."""
 
     status_code = 500
     error_type = "job_error"
@@ -98,6 +104,12 @@ class QueueFullError(DreamLabError):
 
 class ShuttingDownError(QueueFullError):
     """The server drains: in-flight work finishes, new work is refused."""
+
+
+class ModeUnavailableError(QueueFullError):
+    """The replica running a request went away (killed, restarted); Serve replaces it: retry."""
+
+    error_type = "unavailable_error"
 
 
 class InsufficientVRAMError(DreamLabError):

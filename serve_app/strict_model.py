@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class StrictModel(BaseModel):
@@ -41,7 +41,13 @@ def error_field(err: dict[str, Any]) -> tuple[str, object]:
 
 
 def describe_error(err: dict[str, Any]) -> tuple[str, str]:
-    """The field of one error and a message naming it and the value: "`field`: msg, got value"."""
+    """The field of one error and the one message style for it: "`field`: msg, got value"."""
     field, value = error_field(err)
-    shown = "" if isinstance(value, dict) else f", got {value!r}"
+    shown = "" if isinstance(value, (dict, list)) else f", got {value!r}"
     return field, f"`{field or 'body'}`: {err['msg']}{shown}"
+
+
+def config_error_text(source: str, exc: ValidationError) -> tuple[str | None, str]:
+    """The first bad field of a config's validation error and every error as "<source>: <describe_error>"."""
+    described = [describe_error(err) for err in exc.errors()]
+    return described[0][0] or None, "\n".join(f"{source}: {message}" for _, message in described)

@@ -38,8 +38,8 @@ def cuda_warm() -> None:
 
 
 def _runner(demo_models_dir: Path, name: str):
-    from serve_app.model_runner import ModelRunner
-    from serve_app.modes_config import ModeConfig
+    from serve_app.model.model_runner import ModelRunner
+    from serve_app.config.modes_file import ModeConfig
 
     path = demo_models_dir / name
     return ModelRunner(ModeConfig(name="gpu", checkpoint=str(path), dtype="fp16"), path,
@@ -48,7 +48,7 @@ def _runner(demo_models_dir: Path, name: str):
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_load_matches_estimate_and_unload_returns_memory(demo_models_dir: Path, cuda_warm, name: str) -> None:
-    from serve_app.vram_estimate import estimate_vram
+    from serve_app.model.vram_estimate import estimate_vram
 
     runner = _runner(demo_models_dir, name)
     baseline = _settle()
@@ -68,7 +68,7 @@ def test_load_matches_estimate_and_unload_returns_memory(demo_models_dir: Path, 
 def test_generate_on_cuda_then_unload(demo_models_dir: Path, cuda_warm) -> None:
     from PIL import Image
 
-    from serve_app.generation_request import Txt2ImgRequest, resolve_request
+    from serve_app.api.request_resolution import Txt2ImgRequest, resolve_request
 
     runner = _runner(demo_models_dir, "tiny-sdxl.safetensors")
 

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve_app.mode_catalog import ModeCatalog
-from serve_app.modes_config import ModesFile
+from serve_app.api.mode_catalog import ModeCatalog
+from serve_app.config.modes_file import ModesFile
 
 pytestmark = pytest.mark.serve
 

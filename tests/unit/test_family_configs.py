@@ -1,4 +1,4 @@
-"""The shipped diffusers config folders (serve_app/family_configs/) are complete and exact.
+"""The shipped diffusers config folders (serve_app/model/family_configs/) are complete and exact.
 
 Offline and fast: models are built on the ``meta`` device (no weights allocated) only to count
 their parameters against the public checkpoints' known counts.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve_app.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family
-from serve_app.family_configs import FAMILY_CONFIGS_ROOT, FAMILY_DIRS, config_dir
+from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family
+from serve_app.model.family_configs import FAMILY_CONFIGS_ROOT, FAMILY_DIRS, config_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

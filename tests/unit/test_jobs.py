@@ -1,26 +1,24 @@
-"""The job interface: built-in txt2img/img2img, custom jobs by import path, and the errors around them."""
+"""Custom job types by import path, and the errors around them."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from serve_app.errors import ConfigError, RequestValidationError, UnknownJobTypeError
-from serve_app.example_jobs import describe
-from serve_app.jobs import BUILTIN_JOBS, JobContext, JobRegistry, img2img_job, import_job, txt2img_job
-from serve_app.model_runner import GenerationResult, ModelRunner
-from serve_app.modes_config import ModeConfig, ModeDefaults
+from serve_app.model.example_jobs import describe
+from serve_app.model.jobs import JobContext, JobRegistry, import_job
+from serve_app.model.model_runner import ModelRunner
+from serve_app.config.modes_file import ModeConfig, ModeDefaults
 
 
 @pytest.fixture(scope="module")
 def runner(demo_models_dir: Path) -> Iterator[ModelRunner]:
     path = demo_models_dir / "tiny-sd1"
-    mode = ModeConfig(name="sd1", checkpoint=str(path), jobs={"describe": "serve_app.example_jobs:describe"},
+    mode = ModeConfig(name="sd1", checkpoint=str(path), jobs={"describe": "serve_app.model.example_jobs:describe"},
                       defaults=ModeDefaults(width=64, height=64, steps=2))
     r = ModelRunner(mode, path, device=torch.device("cpu"))
     r.load()
@@ -28,39 +26,18 @@ def runner(demo_models_dir: Path) -> Iterator[ModelRunner]:
     r.unload()
 
 
-def test_builtins() -> None:
+def test_generation_is_not_a_job() -> None:
+    """txt2img/img2img have their own typed path (ModelRunner.generate); jobs are the custom ones only."""
     registry = JobRegistry()
-    assert registry.names() == ["img2img", "txt2img"]
-    assert registry.get("txt2img") is txt2img_job and registry.get("img2img") is img2img_job
-    assert set(BUILTIN_JOBS) == {"txt2img", "img2img"}
-
-
-def test_builtin_txt2img_job_runs(runner: ModelRunner) -> None:
-    steps: list[int] = []
-    ctx = JobContext(runner, progress=lambda s, t: steps.append(s))
-    result = JobRegistry(runner.mode.jobs).get("txt2img")(ctx, {"prompt": "a cat", "seed": 4, "num_images": 2})
-    assert isinstance(result, GenerationResult)
-    assert [i.seed for i in result.images] == [4, 5]
-    assert Image.open(io.BytesIO(result.images[0].data)).size == (64, 64)
-    assert steps == [1, 2]  # the mode's default steps
-
-
-def test_builtin_job_payload_errors_name_the_field(runner: ModelRunner) -> None:
-    job = JobRegistry().get("txt2img")
-    with pytest.raises(RequestValidationError) as err:
-        job(JobContext(runner), {"prompt": "a", "steps": "many"})
-    assert err.value.param == "steps" and "'many'" in err.value.message
-    with pytest.raises(RequestValidationError) as err:
-        job(JobContext(runner), {"prompt": "a", "colour": "red"})
-    assert err.value.param == "colour" and "'red'" in err.value.message
-    with pytest.raises(RequestValidationError) as err:
-        JobRegistry().get("img2img")(JobContext(runner), {"prompt": "a"})
-    assert err.value.param == "image"
+    assert registry.names() == []
+    with pytest.raises(UnknownJobTypeError) as err:
+        registry.get("txt2img")
+    assert "none" in err.value.message
 
 
 def test_custom_job_by_import_path(runner: ModelRunner) -> None:
-    registry = JobRegistry({"describe": "serve_app.example_jobs:describe"})
-    assert registry.names() == ["describe", "img2img", "txt2img"]
+    registry = JobRegistry({"describe": "serve_app.model.example_jobs:describe"})
+    assert registry.names() == ["describe"]
     fn = registry.get("describe")
     assert fn is describe
     out = fn(JobContext(runner), {"echo": {"n": 1}})
@@ -77,7 +54,7 @@ def test_custom_job_sees_an_unloaded_model_as_not_ready(demo_models_dir: Path) -
     path = demo_models_dir / "tiny-sd1"
     cold = ModelRunner(ModeConfig(name="cold", checkpoint=str(path)), path, device=torch.device("cpu"))
     with pytest.raises(ModelNotReadyError) as err:
-        JobRegistry({"describe": "serve_app.example_jobs:describe"}).get("describe")(JobContext(cold), {})
+        JobRegistry({"describe": "serve_app.model.example_jobs:describe"}).get("describe")(JobContext(cold), {})
     assert "'cold'" in err.value.message
 
 
@@ -88,20 +65,19 @@ def test_custom_job_input_errors(runner: ModelRunner) -> None:
 
 
 def test_unknown_job_type_lists_the_names() -> None:
-    registry = JobRegistry({"describe": "serve_app.example_jobs:describe"})
+    registry = JobRegistry({"describe": "serve_app.model.example_jobs:describe"})
     with pytest.raises(UnknownJobTypeError) as err:
         registry.get("upscale")
     msg = err.value.message
     assert "'upscale'" in msg
-    for name in ("describe", "img2img", "txt2img"):
-        assert name in msg
+    assert "describe" in msg
     assert err.value.param == "job_type" and err.value.status_code == 404
 
 
 @pytest.mark.parametrize(("target", "why"), [
     ("serve_app.no_such_module:describe", "no_such_module"),
-    ("serve_app.example_jobs:no_such_function", "no_such_function"),
-    ("serve_app.families:INPAINTING_IN_CHANNELS", "not callable"),
+    ("serve_app.model.example_jobs:no_such_function", "no_such_function"),
+    ("serve_app.model.families:INPAINTING_IN_CHANNELS", "not callable"),
 ])
 def test_bad_import_path_names_the_job(target: str, why: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -116,5 +92,5 @@ def test_bad_import_path_names_the_job(target: str, why: str) -> None:
 def test_register_a_function_directly(runner: ModelRunner) -> None:
     registry = JobRegistry()
     registry.register("count_params", lambda ctx, payload: {"bytes": ctx.runner.parameter_bytes()})
-    assert registry.names() == ["count_params", "img2img", "txt2img"]
+    assert registry.names() == ["count_params"]
     assert registry.get("count_params")(JobContext(runner), {}) == {"bytes": runner.parameter_bytes()}

@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from serve_app.errors import ConfigError
-from serve_app.modes_config import (
+from serve_app.config.modes_file import (
     ModesFile,
     load_modes_file,
     modes_from_environment,
     resolve_checkpoint,
 )
-from serve_app.schedulers import SCHEDULER_NAMES
+from serve_app.model.schedulers import SCHEDULER_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES_FILES = sorted((REPO_ROOT / "configs").glob("*modes*.yaml"))
@@ -42,14 +42,14 @@ def test_every_modes_yaml_parses(path: Path) -> None:
         assert d.width % 8 == 0 and d.height % 8 == 0
         assert d.width <= lim.max_width and d.height <= lim.max_height and d.steps <= lim.max_steps
         for name, target in mode.jobs.items():  # custom jobs named in a shipped file must import
-            from serve_app.jobs import import_job
+            from serve_app.model.jobs import import_job
 
             assert callable(import_job(name, target))
 
 
 def test_demo_modes_resolve_against_the_demo_checkpoints(demo_models_dir: Path) -> None:
     modes = load_modes_file(REPO_ROOT / "configs" / "demo_modes.yaml")
-    from serve_app.checkpoint_inspect import inspect_checkpoint
+    from serve_app.model.checkpoint_inspect import inspect_checkpoint
 
     for mode in modes.modes:
         path = resolve_checkpoint(mode.checkpoint, demo_models_dir)
@@ -101,7 +101,7 @@ def test_bad_modes_file_names_file_field_and_value(tmp_path: Path, case: str) ->
         load_modes_file(path)
     msg = err.value.message
     assert str(path) in msg, msg
-    assert f"{field_path}:" in msg, msg
+    assert f"`{field_path}`:" in msg, msg
     assert value in msg, msg
     assert err.value.param is not None and err.value.param.startswith(field_path.split(".")[0])
 

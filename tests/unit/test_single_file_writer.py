@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from serve_app.families import Family
-from serve_app.single_file_writer import (
+from serve_app.model.families import Family
+from serve_app.model.single_file_writer import (
     METADATA_DIFFUSERS_CONFIG,
     TEXT_ENCODER_LAYOUTS,
     METADATA_FAMILY,
@@ -48,7 +48,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("family", list(Family), ids=lambda f: f.value)
 def test_demo_pipeline_round_trips_through_single_file(family: Family, tmp_path: Path) -> None:
-    from serve_app.demo_models import build_demo_pipeline
+    from serve_app.model.demo_models import build_demo_pipeline
 
     pipe = build_demo_pipeline(family)
     path = tmp_path / f"{family.value}.safetensors"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import vram_estimate as ve
-from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.demo_models import demo_name
-from serve_app.families import Family
-from serve_app.vram_estimate import estimate_vram
+from serve_app.model import vram_estimate as ve
+from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.demo_models import demo_name
+from serve_app.model.families import Family
+from serve_app.model.vram_estimate import estimate_vram
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_weights_term_matches_a_real_load(demo_models_dir: Path, checkpoint: str
     """After a real load the pipeline holds the estimated weight bytes (plus tiny non-stored buffers)."""
     import torch
 
-    from serve_app.model_runner import ModelRunner
-    from serve_app.modes_config import ModeConfig
+    from serve_app.model.model_runner import ModelRunner
+    from serve_app.config.modes_file import ModeConfig
 
     path = demo_models_dir / checkpoint
     runner = ModelRunner(ModeConfig(name="m", checkpoint=str(path), dtype=dtype), path, device=torch.device("cpu"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.errors import UnknownModeError
-from serve_app.modes_config import ModeConfig, ModesFile, resolve_checkpoint
-from serve_app.vram_estimate import estimate_mode_vram
+from serve_app.model.families import Family
+from serve_app.config.modes_file import ModeConfig, ModesFile, resolve_checkpoint
 
 
 @dataclass
@@ -21,12 +21,12 @@ class ServedMode:
         return self.config.name
 
     @property
-    def family(self):
+    def family(self) -> Family:
         return self.config.family or self.info.family
 
     def estimate_bytes(self) -> int:
         dtype = "fp32" if self.config.dtype == "auto" else self.config.dtype  # the router cannot see the device
-        return estimate_mode_vram(self.info, self.config, dtype).total_bytes
+        return self.config.vram_estimate(self.info, dtype).total_bytes
 
 
 class ModeCatalog:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from serve_app.errors import RequestValidationError
-from serve_app.jobs import JobContext
+from serve_app.model.jobs import JobContext
 
 
 def describe(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:

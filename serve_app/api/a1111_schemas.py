@@ -1,22 +1,19 @@
-"""Request schemas of the compatibility front ends (OpenAI images API, AUTOMATIC1111 sdapi) and their
-translation into native requests.
+"""Request and response bodies of the AUTOMATIC1111 `sdapi` front end, and its translation into native
+requests.
 
-OpenAI's request is strict like ours (unknown fields are errors). A1111 clients send dozens of fields
-Dream Lab has no use for (hires fix, restore faces, scripts...); like A1111's own API, unknown fields
-are ignored there, while the fields we do use are validated.
+A1111 clients send dozens of fields Dream Lab has no use for (hires fix, restore faces, scripts...); like
+A1111's own API, unknown fields are ignored, while the fields we do use are validated.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
-from serve_app.generation_request import MAX_SEED, Img2ImgRequest, Txt2ImgRequest
-from serve_app.schedulers import SchedulerName
-from serve_app.strict_model import StrictModel
+from serve_app.model.generation import MAX_SEED
 
 # A1111 sampler name -> Dream Lab scheduler. Karras variants also come as sampler + scheduler "Karras".
 A1111_SAMPLERS: dict[str, str] = {
@@ -35,38 +32,6 @@ A1111_SAMPLER_ALIASES: dict[str, list[str]] = {
     "DPM++ 2M": ["k_dpmpp_2m"], "DPM++ 2M Karras": ["k_dpmpp_2m_ka"], "Heun": ["k_heun"], "LMS": ["k_lms"],
     "PLMS": [], "UniPC": [],
 }
-
-
-class OpenAIImageRequest(StrictModel):
-    """`POST /v1/images/generations`. Dream Lab extras: seed, steps, negative_prompt, guidance_scale, scheduler."""
-
-    prompt: str = Field(description="What to draw.")
-    model: str | None = Field(None, description="A mode name or alias; the default mode when left out.")
-    n: int = Field(1, ge=1, description="Number of images.")
-    size: str | None = Field(None, description="`WxH` (e.g. 512x512) or `auto` (the mode's default).")
-    response_format: Literal["b64_json", "url"] = Field("b64_json", description="Inline base64 or a URL here.")
-    quality: str | None = Field(None, description="Accepted for compatibility; ignored.")
-    style: str | None = Field(None, description="Accepted for compatibility; ignored.")
-    user: str | None = Field(None, description="Accepted for compatibility; logged.")
-    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Image encoding.")
-    seed: int | None = Field(None, description="Dream Lab extra: seed of the first image.")
-    steps: int | None = Field(None, description="Dream Lab extra: denoising steps.")
-    negative_prompt: str | None = Field(None, description="Dream Lab extra.")
-    guidance_scale: float | None = Field(None, description="Dream Lab extra.")
-    scheduler: SchedulerName | None = Field(None, description="Dream Lab extra: sampler.")
-
-    def to_native(self) -> Txt2ImgRequest:
-        width = height = None
-        if self.size not in (None, "auto"):
-            match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", self.size)
-            if not match:
-                raise RequestValidationError(f"`size` must look like '512x512' or be 'auto', got {self.size!r}",
-                                             param="size")
-            width, height = int(match[1]), int(match[2])
-        return Txt2ImgRequest(prompt=self.prompt, mode=self.model, num_images=self.n, width=width, height=height,
-                              seed=self.seed, steps=self.steps, negative_prompt=self.negative_prompt,
-                              guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                              output_format=self.output_format)
 
 
 class A1111Txt2ImgRequest(BaseModel):
@@ -131,3 +96,58 @@ def a1111_scheduler(sampler: str | None, schedule: str | None) -> str | None:
     if (schedule or "").lower() == "karras" and name == "DPM++ 2M":
         name = "DPM++ 2M Karras"
     return A1111_SAMPLERS[name]
+
+
+# -- responses ---------------------------------------------------------------------------------------
+class A1111GenerationResponse(BaseModel):
+    images: list[str] = Field(description="Base64 PNGs.")
+    parameters: dict[str, Any] = Field(description="The request as understood.")
+    info: str = Field(description="JSON string: seed, all_seeds, sd_model_name, ...")
+
+
+class A1111SdModel(BaseModel):
+    title: str
+    model_name: str
+    hash: str
+    sha256: str
+    filename: str
+    config: str | None = None
+
+
+class A1111Options(BaseModel):
+    sd_model_checkpoint: str
+    sd_checkpoint_hash: str
+    samples_format: str
+
+
+class A1111ProgressState(BaseModel):
+    skipped: bool
+    interrupted: bool
+    job: str
+    job_count: int
+    job_timestamp: str
+    job_no: int
+    sampling_step: int
+    sampling_steps: int
+
+
+class A1111Progress(BaseModel):
+    progress: float
+    eta_relative: float
+    current_image: str | None = None
+    textinfo: str | None = None
+    state: A1111ProgressState
+
+
+class A1111Sampler(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class A1111Scheduler(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float
+    need_inner_model: bool

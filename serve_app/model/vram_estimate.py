@@ -21,9 +21,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from serve_app.checkpoint_inspect import CheckpointInfo
-from serve_app.families import Family
-from serve_app.modes_config import ModeConfig
+from serve_app.model.checkpoint_inspect import CheckpointInfo
+from serve_app.model.families import Family
 from serve_app.strict_model import StrictModel
 
 DTypeName = Literal["fp32", "fp16", "bf16"]
@@ -63,9 +62,3 @@ def estimate_vram(
         dtype=dtype, width=width, height=height, batch_size=batch_size,
         weights_bytes=weights, working_bytes=working, total_bytes=weights + working + ALLOCATOR_SLACK,
     )
-
-
-def estimate_mode_vram(info: CheckpointInfo, mode: ModeConfig, dtype: DTypeName) -> VramEstimate:
-    """What one generation of `mode` can need: its default size at its largest batch."""
-    d = mode.defaults
-    return estimate_vram(info, dtype, d.width, d.height, mode.limits.max_num_images)

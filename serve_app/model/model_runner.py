@@ -11,26 +11,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from serve_app.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.errors import GenerationCancelledError, ModelNotReadyError, RequestValidationError
-from serve_app.families import Family
-from serve_app.generation_request import GenerationParams
-from serve_app.generation_result import GeneratedImage, GenerationResult
-from serve_app.modes_config import ModeConfig
-from serve_app.pipeline_loader import (
+from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.errors import GenerationCancelledError, ModelNotReadyError
+from serve_app.model.families import Family
+from serve_app.model.generation import GeneratedImage, GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.model_state import ModelState
+from serve_app.model.pipeline_loader import (
     LoadedPipelines,
     free_device_memory,
     load_pipelines,
     pick_device,
     torch_dtype_for,
 )
-from serve_app.schedulers import make_scheduler
+from serve_app.model.schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +37,13 @@ CancelFn = Callable[[], bool]
 Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
 
 
-class ModelState(str, Enum):
-    COLD = "cold"
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
+class RunnerSettings(Protocol):
+    """What the runner needs of a mode (a modes-file `ModeConfig` is one; the model layer does not import it)."""
+
+    name: str
+    family: Family | None
+    dtype: str
+    prediction_type: str | None
 
 
 def encode_image(image, fmt: str) -> bytes:
@@ -60,7 +60,7 @@ class ModelRunner:
 
     def __init__(
         self,
-        mode: ModeConfig,
+        mode: RunnerSettings,
         checkpoint: Path,
         *,
         device: torch.device | None = None,
@@ -135,16 +135,13 @@ class ModelRunner:
                                      param="mode")
         return self._pipes
 
-    def generate(self, params: GenerationParams, progress: ProgressFn | None = None,
+    def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
                  cancelled: CancelFn | None = None) -> GenerationResult:
         """Run one resolved request; same params and seeds give the same image bytes."""
+        self.family.check_job(params.kind, self.mode.name)
         with self._lock:
             pipes = self.pipelines()
             pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
-            if pipe is None:
-                raise RequestValidationError(
-                    f"`mode` {self.mode.name!r} is an {self.family.value} checkpoint, which only does img2img",
-                    param="mode")
             if params.scheduler not in self._schedulers:  # building one costs 2-8 ms: build each once
                 self._schedulers[params.scheduler] = make_scheduler(params.scheduler, self._scheduler_config)
             pipe.scheduler = self._schedulers[params.scheduler]
@@ -182,5 +179,6 @@ class ModelRunner:
         return GenerationResult(
             images=encoded, width=params.width, height=params.height, steps=params.steps,
             scheduler=params.scheduler,
-            timings={"inference_s": round(inference_s, 4), "encode_s": round(time.perf_counter() - started, 4)},
+            timings=GenerationTimings(inference_s=round(inference_s, 4),
+                                      encode_s=round(time.perf_counter() - started, 4)),
         )

@@ -25,26 +25,16 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from serve_app.families import Family
+from serve_app.model.families import Family
+from serve_app.model.single_file_layout import (
+    METADATA_DIFFUSERS_CONFIG,
+    METADATA_FAMILY,
+    TEXT_ENCODER_LAYOUTS,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
 
 logger = logging.getLogger(__name__)
-
-METADATA_FAMILY = "dreamlab.family"
-METADATA_DIFFUSERS_CONFIG = "dreamlab.diffusers_config"
-
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-
-# Text encoders per family: pipeline attribute -> (key prefix, layout). "clip" = HF CLIP, "openclip" = OpenCLIP.
-TEXT_ENCODER_LAYOUTS: dict[Family, dict[str, tuple[str, str]]] = {
-    Family.SD1: {"text_encoder": ("cond_stage_model.transformer.", "clip")},
-    Family.SD2: {"text_encoder": ("cond_stage_model.model.", "openclip")},
-    Family.SDXL: {
-        "text_encoder": ("conditioner.embedders.0.transformer.", "clip"),
-        "text_encoder_2": ("conditioner.embedders.1.model.", "openclip"),
-    },
-    Family.SDXL_REFINER: {"text_encoder_2": ("conditioner.embedders.0.model.", "openclip")},
-}
 
 # diffusers' loader drops this OpenCLIP block under `cond_stage_model.model.` (SD2's unused last layer).
 _SD2_IGNORED_RESBLOCK = 23

@@ -1,7 +1,8 @@
-"""The job interface of a mode: txt2img, img2img and custom job types registered by name.
+"""Custom job types of a mode, registered by name.
 
-A custom job is a function `fn(ctx: JobContext, payload: dict) -> dict` (JSON-able), named in the modes
-YAML by import path (`mypkg.jobs:upscale`). It gets the mode's loaded pipelines through `ctx`.
+A custom job is a function `fn(ctx: JobContext, payload: dict) -> JSON-able`, named in the modes YAML by
+import path (`mypkg.jobs:upscale`). It gets the mode's loaded pipelines through `ctx`. Generation itself
+(txt2img, img2img) is not a job: it has its own typed path (`ModelRunner.generate`).
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.errors import ConfigError, UnknownJobTypeError
-from serve_app.generation_request import Img2ImgRequest, Txt2ImgRequest, parse_request, resolve_request
-from serve_app.generation_result import GenerationResult
-from serve_app.model_runner import CancelFn, ModelRunner, ProgressFn
-from serve_app.pipeline_loader import LoadedPipelines
+from serve_app.model.model_runner import ModelRunner
+from serve_app.model.pipeline_loader import LoadedPipelines
 
 
 @dataclass
 class JobContext:
     runner: ModelRunner
-    progress: ProgressFn | None = None
-    cancelled: CancelFn | None = None
 
     @property
     def pipelines(self) -> LoadedPipelines:
@@ -30,19 +27,6 @@ class JobContext:
 
 
 JobFn = Callable[[JobContext, dict[str, Any]], Any]
-
-
-def txt2img_job(ctx: JobContext, payload: dict[str, Any]) -> GenerationResult:
-    req = parse_request(Txt2ImgRequest, payload)
-    return ctx.runner.generate(resolve_request(req, ctx.runner.mode, ctx.runner.family), ctx.progress, ctx.cancelled)
-
-
-def img2img_job(ctx: JobContext, payload: dict[str, Any]) -> GenerationResult:
-    req = parse_request(Img2ImgRequest, payload)
-    return ctx.runner.generate(resolve_request(req, ctx.runner.mode, ctx.runner.family), ctx.progress, ctx.cancelled)
-
-
-BUILTIN_JOBS: dict[str, JobFn] = {"txt2img": txt2img_job, "img2img": img2img_job}
 
 
 def import_job(name: str, target: str) -> JobFn:
@@ -58,10 +42,10 @@ def import_job(name: str, target: str) -> JobFn:
 
 
 class JobRegistry:
-    """Job types by name: the built-ins plus the mode's custom ones."""
+    """A mode's custom job types by name."""
 
     def __init__(self, custom: dict[str, str] | None = None) -> None:
-        self._jobs: dict[str, JobFn] = dict(BUILTIN_JOBS)
+        self._jobs: dict[str, JobFn] = {}
         for name, target in (custom or {}).items():
             self.register(name, import_job(name, target))
 
@@ -75,5 +59,6 @@ class JobRegistry:
         try:
             return self._jobs[name]
         except KeyError:
-            raise UnknownJobTypeError(f"unknown job type {name!r}; this mode has: {', '.join(self.names())}",
+            have = ", ".join(self.names()) or "none"
+            raise UnknownJobTypeError(f"unknown job type {name!r}; this mode's custom jobs: {have}",
                                       param="job_type") from None

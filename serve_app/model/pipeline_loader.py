@@ -1,7 +1,7 @@
 """Load a checkpoint (diffusers folder or single file) offline into the right diffusers pipelines.
 
 Single files need the diffusers configs of their family. Dream Lab's demo files carry them in their
-safetensors metadata; every other file uses the configs shipped in `serve_app/family_configs/<family>/`.
+safetensors metadata; every other file uses the configs shipped in `serve_app/model/family_configs/<family>/`.
 Nothing is ever downloaded (`local_files_only=True`).
 """
 
@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from serve_app.checkpoint_inspect import CheckpointFormat, CheckpointInfo
+from serve_app.model.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 from serve_app.errors import UnsupportedCheckpointError
-from serve_app.families import Family
-from serve_app.family_configs import config_dir
+from serve_app.model.families import Family
+from serve_app.model.family_configs import config_dir
+from serve_app.model.single_file_layout import METADATA_DIFFUSERS_CONFIG
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_CONFIG_KEY = "dreamlab.diffusers_config"
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -72,10 +72,10 @@ def _pipeline_classes(family: Family) -> tuple[type | None, type]:
 
 
 def _config_dir(info: CheckpointInfo, family: Family) -> Path:
-    embedded = info.metadata.get(EMBEDDED_CONFIG_KEY)
+    embedded = info.metadata.get(METADATA_DIFFUSERS_CONFIG)
     if embedded is None:
         return Path(config_dir(family))
-    from serve_app.single_file_writer import materialize_config_dir
+    from serve_app.model.single_file_writer import materialize_config_dir
 
     digest = hashlib.sha256(embedded.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"dreamlab-configs-{os.getuid()}" / digest

@@ -23,11 +23,11 @@ from serve_app.errors import (
     PickleCheckpointError,
     UnsupportedCheckpointError,
 )
-from serve_app.families import FAMILY_BY_CROSS_ATTENTION_DIM, INPAINTING_IN_CHANNELS, Family, supported_dims_text
+from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, INPAINTING_IN_CHANNELS, Family, supported_dims_text
+from serve_app.model.single_file_layout import UNET_PREFIX, VAE_PREFIX
 from serve_app.strict_model import StrictModel
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
-UNET_PREFIX = "model.diffusion_model."
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
@@ -148,7 +148,7 @@ def _inspect_single_file(path: Path) -> CheckpointInfo:
             f"{path}: not a Stable Diffusion checkpoint: no UNet tensors under '{UNET_PREFIX}' with cross-attention "
             "(a LoRA, VAE or embedding file cannot be served as a mode)", param="checkpoint")
     dim = to_k[0][1].shape[1]
-    vae_out = tensors.get("first_stage_model.decoder.conv_out.weight")
+    vae_out = tensors.get(VAE_PREFIX + "decoder.conv_out.weight")
     return CheckpointInfo(
         path=str(path),
         format=CheckpointFormat.SINGLE_FILE,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from serve_app.errors import RequestValidationError
+
 
 class Family(str, Enum):
     SD1 = "sd1"
@@ -19,6 +21,12 @@ class Family(str, Enum):
     @property
     def is_sdxl(self) -> bool:
         return self in (Family.SDXL, Family.SDXL_REFINER)
+
+    def check_job(self, kind: str, mode_name: str) -> None:
+        """Raise when this family cannot run `kind` (the refiner's "no txt2img" rule), naming the mode."""
+        if kind == "txt2img" and not self.txt2img:
+            raise RequestValidationError(
+                f"`mode` {mode_name!r} is an {self.value} checkpoint, which only does img2img", param="mode")
 
 
 FAMILY_BY_CROSS_ATTENTION_DIM: dict[int, Family] = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from serve_app.families import Family
+from serve_app.model.families import Family
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tupl
 
     Existing checkpoints are kept (the output is deterministic, so rewriting would change nothing).
     """
-    from serve_app.single_file_writer import write_single_file
+    from serve_app.model.single_file_writer import write_single_file
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

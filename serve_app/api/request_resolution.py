@@ -1,9 +1,9 @@
-"""Generation requests: the native request schemas and their resolution against a mode's defaults and limits.
+"""Resolution of a generation request against a mode's defaults and limits.
 
-`resolve_request` turns a client request into `GenerationParams` (every value filled in and checked),
-raising `RequestValidationError` that names the field and its value, in the style of diffusers'
-`check_inputs`. The router calls it before queueing (bad input never takes a queue slot) and the mode
-worker calls it again before running.
+`resolve_request` turns a client request into a `GenerationRequest` (every value filled in and checked,
+the init image decoded and sized), raising `RequestValidationError` that names the field and its value,
+in the style of diffusers' `check_inputs`. The router calls it once, before queueing (bad input never
+takes a queue slot); the mode worker runs what it returns.
 """
 
 from __future__ import annotations
@@ -11,63 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import secrets
-from dataclasses import dataclass
-from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import Field
 
+from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
+from serve_app.config.modes_file import ModeConfig
 from serve_app.errors import RequestValidationError
-from serve_app.families import Family
-from serve_app.modes_config import ModeConfig
-from serve_app.schedulers import SchedulerName
+from serve_app.model.families import Family
+from serve_app.model.generation import MAX_SEED, GenerationRequest, random_seed
 from serve_app.strict_model import StrictModel, describe_error
 
-OutputFormat = Literal["png", "jpeg", "webp"]
-MAX_SEED = 2**32 - 1
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
-
-
-class Txt2ImgRequest(StrictModel):
-    """Text-to-image. Fields left out take the mode's defaults."""
-
-    prompt: str = Field(description="What to draw.")
-    negative_prompt: str | None = Field(None, description="What to avoid.")
-    mode: str | None = Field(None, description="Mode name or alias; the default mode when left out.")
-    width: int | None = Field(None, description="Width in pixels, a multiple of 8 within the mode's limit.")
-    height: int | None = Field(None, description="Height in pixels, a multiple of 8 within the mode's limit.")
-    steps: int | None = Field(None, description="Denoising steps.")
-    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale (0-50).")
-    seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
-    num_images: int | None = Field(None, description="Images to make (default 1).")
-    scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
-    output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
-
-
-class Img2ImgRequest(Txt2ImgRequest):
-    """Image-to-image: `image` (base64, data URL allowed) is re-noised by `strength` and denoised."""
-
-    image: str = Field(description="Init image, base64 (PNG/JPEG/WebP), data URL allowed.")
-    strength: float | None = Field(None, description="How much to change the image, in (0, 1].")
-
-
-@dataclass
-class GenerationParams:
-    """A fully resolved, validated generation: what the pipeline is called with."""
-
-    kind: Literal["txt2img", "img2img"]
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seeds: list[int]
-    scheduler: str
-    output_format: str
-    init_image: Image.Image | None = None
-    strength: float | None = None
 
 
 def _invalid(field: str, value: object, why: str) -> RequestValidationError:
@@ -97,13 +51,12 @@ def _check_size(field: str, value: int, limit: int) -> None:
         raise _invalid(field, value, f"must be at most {limit} for this mode")
 
 
-def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family) -> GenerationParams:
+def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
+                    request_id: str = "-") -> GenerationRequest:
     """Fill defaults from `mode` and check every value against its limits."""
     d, lim = mode.defaults, mode.limits
     is_img2img = isinstance(req, Img2ImgRequest)
-    if not is_img2img and not family.txt2img:
-        raise RequestValidationError(
-            f"`mode` {mode.name!r} is an {family.value} checkpoint, which only does img2img", param="mode")
+    family.check_job("img2img" if is_img2img else "txt2img", mode.name)
     if len(req.prompt) > lim.max_prompt_chars:
         raise _invalid("prompt", f"{req.prompt[:40]}... ({len(req.prompt)} chars)",
                        f"must be at most {lim.max_prompt_chars} characters")
@@ -126,7 +79,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family) -> Ge
     num_images = 1 if req.num_images is None else req.num_images
     if not 1 <= num_images <= lim.max_num_images:
         raise _invalid("num_images", num_images, f"must be between 1 and {lim.max_num_images}")
-    seed = secrets.randbelow(MAX_SEED - 64) if req.seed is None else req.seed
+    seed = random_seed(num_images) if req.seed is None else req.seed
     if not 0 <= seed <= MAX_SEED - num_images + 1:
         raise _invalid("seed", seed, f"must be between 0 and {MAX_SEED}")
     strength = None
@@ -136,7 +89,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family) -> Ge
             raise _invalid("strength", strength, "must be in (0, 1]")
         if init_image.size != (width, height):
             init_image = init_image.resize((width, height), Image.LANCZOS)
-    return GenerationParams(
+    return GenerationRequest(
         kind="img2img" if is_img2img else "txt2img",
         prompt=req.prompt,
         negative_prompt=d.negative_prompt if req.negative_prompt is None else req.negative_prompt,
@@ -149,6 +102,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family) -> Ge
         output_format=req.output_format,
         init_image=init_image,
         strength=strength,
+        request_id=request_id,
     )
 
 

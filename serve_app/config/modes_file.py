@@ -27,16 +27,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from serve_app.checkpoint_inspect import is_checkpoint_candidate
+from serve_app.model.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
 from serve_app.errors import ConfigError
-from serve_app.families import Family
-from serve_app.schedulers import SchedulerName
-from serve_app.strict_model import FieldError, StrictModel, error_field
+from serve_app.model.families import Family
+from serve_app.model.schedulers import SchedulerName
+from serve_app.model.vram_estimate import DTypeName, VramEstimate, estimate_vram
+from serve_app.config.app_args import RESERVED_DEPLOYMENT_NAMES
+from serve_app.strict_model import FieldError, StrictModel, config_error_text
 
 logger = logging.getLogger(__name__)
 
 MODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-RESERVED_NAMES = {"Router", "VramRegistry"}  # deployment names of the application's own pieces
 DEFAULT_MODEL_ROOT = "./models"
 
 
@@ -108,7 +109,7 @@ class ModeConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, v: str) -> str:
-        if v in RESERVED_NAMES:
+        if v in RESERVED_DEPLOYMENT_NAMES:
             raise ValueError(f"mode name {v!r} is reserved (a deployment of the application has it)")
         return v
 
@@ -129,6 +130,10 @@ class ModeConfig(StrictModel):
             if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", target):
                 raise ValueError(f"job {name!r}: import path {target!r} must look like 'package.module:function'")
         return v
+
+    def vram_estimate(self, info: CheckpointInfo, dtype: DTypeName) -> VramEstimate:
+        """What one generation of this mode can need: its default size at its largest batch."""
+        return estimate_vram(info, dtype, self.defaults.width, self.defaults.height, self.limits.max_num_images)
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> ModeConfig:
@@ -188,22 +193,13 @@ def resolve_checkpoint(checkpoint: str, model_root: Path, *, allow_absolute: boo
     return resolved
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc, value = error_field(err)
-        shown = "" if isinstance(value, (dict, list)) else f" (value: {value!r})"
-        lines.append(f"{source}: {loc or '(top level)'}: {err['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def parse_modes(data: object, source: str) -> ModesFile:
     """Validate a modes mapping; errors name the source, the field path and the value."""
     try:
         return ModesFile.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc),
-                          param=error_field(exc.errors()[0])[0] or None) from exc
+        param, message = config_error_text(source, exc)
+        raise ConfigError(message, param=param) from exc
 
 
 def load_modes_file(path: str | Path) -> ModesFile:

@@ -1,0 +1,145 @@
+"""Everything that crosses an actor boundary between the router, the mode workers and the registry.
+
+Router -> mode worker: a resolved `GenerationRequest` (from the model layer, so the runner takes it as
+is); back: a `GenerationResult`, or while streaming `ProgressEvent`s then the result. Operator actions
+answer `LoadAnswer` / `UnloadAnswer`. Mode worker <-> registry: `ReserveAnswer` for a load,
+`Registration` when it is done, `HeartbeatReport` / `HeartbeatAnswer` every beat. Router <-> registry:
+`RouterPollAnswer`, `InflightCounts` and `RegistryStats` (also the body of `GET /v1/registry`).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_app.model.generation import GenerationRequest, GenerationResult, ProgressEvent
+from serve_app.model.model_state import ModelState
+
+__all__ = [
+    "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport", "InflightCounts",
+    "LoadAnswer", "ModelState", "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer", "ReserveStatus",
+    "RouterPollAnswer", "UnloadAnswer",
+]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- mode worker -> registry ---------------------------------------------------------------------------
+class Registration(Message):
+    """A load finished: what the model really holds on its device."""
+
+    replica: str
+    mode: str
+    device: str
+    footprint_bytes: int = Field(description="Measured load + working memory at the mode's limits.")
+    estimate_bytes: int = Field(description="The estimate the reservation was made with.")
+    measured_bytes: int = Field(description="What the load itself took.")
+    epoch: int = Field(description="Counts the replica's loads and unloads: a stale report cannot undo a newer one.")
+
+
+class HeartbeatReport(Message):
+    mode: str
+    device: str
+    state: ModelState
+    loaded: bool
+    epoch: int
+    inflight: int
+    footprint_bytes: int
+    measured_bytes: int
+    estimate_bytes: int
+    last_use: float = Field(description="Wall-clock time of the last generation (0: never).")
+    total_bytes: int | None = Field(description="Device size from CUDA; None: the registry simulates one.")
+    reported_used_bytes: int | None = Field(description="Device use by every process (driver view), CUDA only.")
+
+
+class HeartbeatAnswer(Message):
+    unload: bool = Field(description="The registry evicts this replica's model: unload it when idle.")
+    draining: bool
+
+
+class ReserveStatus(str, Enum):
+    GRANTED = "granted"
+    EVICTING = "evicting"  # idle models were told to unload: ask again
+    WAITING_BUSY = "waiting_busy"  # fits once busy models go idle: ask again
+    NO_FIT = "no_fit"  # not even evicting everything on the device makes room
+
+
+class ReserveAnswer(Message):
+    status: ReserveStatus
+    needed_bytes: int
+    free_bytes: int
+    budget_bytes: int
+    busy_modes: list[str] = Field(default_factory=list)
+    evicting: list[str] = Field(default_factory=list)
+
+
+# -- router <-> registry ---------------------------------------------------------------------------------
+class RouterPollAnswer(Message):
+    draining: bool
+    default_mode: str | None = Field(description="Set by a switch (A1111 options); None: the configured one.")
+    default_version: int = Field(description="Grows with each switch: routers ignore answers older than theirs.")
+
+
+class InflightCounts(Message):
+    routers: int
+    replicas: int
+
+
+class EntryState(str, Enum):
+    READY = "ready"
+    EVICTING = "evicting"
+
+
+class ModelStats(Message):
+    mode: str
+    replica: str
+    device: str
+    footprint_bytes: int
+    estimate_bytes: int
+    measured_bytes: int
+    state: EntryState
+    last_use: float
+    epoch: int
+    inflight: int
+
+
+class DeviceStats(Message):
+    device: str = Field(description="`<node id>:gpu<index>` or `<node id>:cpu`.")
+    total_bytes: int
+    budget_bytes: int
+    used_bytes: int = Field(description="Sum of the footprints of the models on it.")
+    reserved_bytes: int = Field(description="Held for loads in progress.")
+    free_bytes: int = Field(description="budget - used - reserved.")
+    reported_used_bytes: int | None = Field(description="The device's own report (CUDA), for comparison.")
+    simulated: bool = Field(description="No CUDA: the size is the configured simulated one.")
+    models: list[ModelStats]
+
+
+class ReplicaStats(Message):
+    mode: str
+    device: str
+    inflight: int
+    state: ModelState
+
+
+class RegistryStats(Message):
+    devices: list[DeviceStats]
+    draining: bool
+    replicas: dict[str, ReplicaStats] = Field(description="By replica id.")
+
+
+# -- router -> mode worker: operator actions -----------------------------------------------------------
+class LoadAnswer(Message):
+    mode: str
+    status: str = Field(description="`loaded`, or `already_loaded` (a no-op).")
+    load_s: float | None
+    replica: str
+
+
+class UnloadAnswer(Message):
+    mode: str
+    status: str = Field(description="`unloaded`, or `already_unloaded`.")
+    replica: str

@@ -1,0 +1,56 @@
+"""Typed calls to the `VramRegistry` deployment, each with a timeout: while the registry restarts (or after
+it stopped) a caller must not hang. Mode workers and routers talk to the registry only through this."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from deployments.protocol import (
+    HeartbeatAnswer,
+    HeartbeatReport,
+    InflightCounts,
+    Registration,
+    RegistryStats,
+    ReserveAnswer,
+    RouterPollAnswer,
+)
+
+
+class RegistryClient:
+    """Wraps the registry's DeploymentHandle (anything whose methods have an awaitable `.remote`)."""
+
+    def __init__(self, handle: Any, timeout_s: float = 10.0) -> None:
+        self.handle = handle
+        self.timeout_s = timeout_s
+
+    async def _call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        return await asyncio.wait_for(getattr(self.handle, method).remote(*args), timeout_s or self.timeout_s)
+
+    async def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None,
+                      reported_used: int | None) -> ReserveAnswer:
+        return await self._call("reserve", replica, mode, device, nbytes, total_bytes, reported_used)
+
+    async def release(self, replica: str) -> None:
+        await self._call("release", replica)
+
+    async def register(self, registration: Registration) -> None:
+        await self._call("register", registration)
+
+    async def unregister(self, replica: str, forget: bool = False, epoch: int = 0, timeout_s: float | None = None) -> None:
+        await self._call("unregister", replica, forget, epoch, timeout_s=timeout_s)
+
+    async def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:
+        return await self._call("heartbeat", replica, report)
+
+    async def router_poll(self, router: str, inflight: int) -> RouterPollAnswer:
+        return await self._call("router_poll", router, inflight, timeout_s=5.0)
+
+    async def set_default_mode(self, mode: str) -> int:
+        return await self._call("set_default_mode", mode)
+
+    async def stats(self) -> RegistryStats:
+        return await self._call("stats")
+
+    async def inflight(self) -> InflightCounts:
+        return await self._call("inflight")

@@ -1,0 +1,128 @@
+"""Request and response bodies of the native API (`/v1/...`), as `/openapi.json` shows them."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serve_app.model.generation import MAX_SEED, GenerationResult, OutputFormat
+from serve_app.model.model_state import ModelState
+from serve_app.model.schedulers import SchedulerName
+from serve_app.strict_model import StrictModel
+
+
+class Txt2ImgRequest(StrictModel):
+    """Text-to-image. Fields left out take the mode's defaults."""
+
+    prompt: str = Field(description="What to draw.")
+    negative_prompt: str | None = Field(None, description="What to avoid.")
+    mode: str | None = Field(None, description="Mode name or alias; the default mode when left out.")
+    width: int | None = Field(None, description="Width in pixels, a multiple of 8 within the mode's limit.")
+    height: int | None = Field(None, description="Height in pixels, a multiple of 8 within the mode's limit.")
+    steps: int | None = Field(None, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale (0-50).")
+    seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
+    num_images: int | None = Field(None, description="Images to make (default 1).")
+    scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
+    output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """Image-to-image: `image` (base64, data URL allowed) is re-noised by `strength` and denoised."""
+
+    image: str = Field(description="Init image, base64 (PNG/JPEG/WebP), data URL allowed.")
+    strength: float | None = Field(None, description="How much to change the image, in (0, 1].")
+
+
+class JobRequest(StrictModel):
+    """A custom job: which mode runs it and the job's own JSON payload."""
+
+    mode: str | None = Field(None, description="Mode name or alias; the default mode when left out.")
+    payload: dict[str, Any] = Field(default_factory=dict, description="Passed to the job function as is.")
+
+
+# -- responses ---------------------------------------------------------------------------------------
+# OpenAPI `content` of a route that answers image bytes.
+IMAGE_CONTENT: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+
+
+class ImageOut(BaseModel):
+    b64: str = Field(description="The encoded image, base64.")
+    seed: int = Field(description="Seed that made it.")
+    format: OutputFormat = Field(description="Encoding.")
+
+
+class TimingsOut(BaseModel):
+    """Seconds. `load_s` / `replica_start_s` appear only when the request paid for a load or a cold start."""
+
+    inference_s: float = Field(description="Denoising loop and VAE decode.")
+    encode_s: float = Field(description="Image encoding.")
+    job_s: float = Field(description="Everything the mode replica did for this request.")
+    total_s: float = Field(description="Router to router, as the router measured it.")
+    overhead_s: float = Field(description="Router, queue and transport: total_s - job_s.")
+    load_s: float | None = Field(None, description="Model load this request waited for.")
+    replica_start_s: float | None = Field(None, description="Start of the replica, on its first request.")
+
+
+class GenerationResponse(BaseModel):
+    request_id: str = Field(description="Also in the X-Request-Id response header.")
+    mode: str = Field(description="The mode that ran the request.")
+    family: str = Field(description="The mode's checkpoint family.")
+    width: int
+    height: int
+    steps: int
+    scheduler: str
+    images: list[ImageOut]
+    timings: TimingsOut
+
+
+class JobResponse(BaseModel):
+    request_id: str
+    mode: str
+    job_type: str
+    result: Any = Field(description="What the job returned (JSON).")
+
+
+class ModeOut(BaseModel):
+    name: str
+    family: str
+    checkpoint: str = Field(description="Relative to MODEL_ROOT.")
+    format: str = Field(description="`diffusers` folder or `single-file`.")
+    aliases: list[str]
+    default: bool = Field(description="The application's current default mode.")
+    state: ModelState = Field(description="ready when a replica holds it loaded.")
+    replicas: int = Field(description="Replicas the registry hears from.")
+    loaded_replicas: int
+    measured_bytes: int | None = Field(description="What a load really took (largest replica), once loaded.")
+    estimated_bytes: int = Field(description="Estimate before a load (weights + working memory).")
+    scheduler: str
+    defaults: dict[str, Any]
+    limits: dict[str, Any]
+    jobs: list[str] = Field(description="What the mode runs: txt2img, img2img and its custom job types.")
+
+
+class ModesResponse(BaseModel):
+    default_mode: str
+    modes: list[ModeOut]
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="`ok`, `ready`, `not_ready` or `draining`.")
+    default_mode: str | None = None
+    state: ModelState | None = None
+
+
+def generation_response(result: GenerationResult, mode: str, family: str, request_id: str,
+                        total_s: float) -> GenerationResponse:
+    """A worker's result as the native response; `overhead_s` is what the router saw beyond the replica's job."""
+    t = result.timings
+    return GenerationResponse(
+        request_id=request_id, mode=mode, family=family, width=result.width, height=result.height,
+        steps=result.steps, scheduler=result.scheduler,
+        images=[ImageOut(b64=base64.b64encode(img.data).decode(), seed=img.seed, format=img.format)
+                for img in result.images],
+        timings=TimingsOut(inference_s=t.inference_s, encode_s=t.encode_s, job_s=t.job_s, total_s=round(total_s, 4),
+                           overhead_s=round(max(0.0, total_s - t.job_s), 4), load_s=t.load_s,
+                           replica_start_s=t.replica_start_s))

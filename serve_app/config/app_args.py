@@ -1,0 +1,57 @@
+"""The application's `args` in a Serve config (the registry's settings included), and the names and
+default options of the deployments the builder makes from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from serve_app.errors import ConfigError
+from serve_app.strict_model import StrictModel, config_error_text
+
+GiB = 1024**3
+
+# Deployment names of the application's own pieces; a mode may not take them (each mode is a deployment).
+ROUTER_DEPLOYMENT = "Router"
+REGISTRY_DEPLOYMENT = "VramRegistry"
+RESERVED_DEPLOYMENT_NAMES = frozenset({ROUTER_DEPLOYMENT, REGISTRY_DEPLOYMENT})
+
+# Defaults for every mode deployment; the Serve config's `deployments:` list overrides them per mode.
+MODE_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 2,
+    "max_queued_requests": 64,
+    "graceful_shutdown_timeout_s": 300,
+    "graceful_shutdown_wait_loop_s": 1,
+    "health_check_period_s": 10,
+    "ray_actor_options": {"num_cpus": 0},
+}
+
+
+class RegistryConfig(StrictModel):
+    """Registry settings (the `registry` block of the application args)."""
+
+    simulated_vram_bytes: int = Field(8 * GiB, ge=0, description="Device size where no CUDA reports one.")
+    budget_bytes: int | None = Field(None, ge=0, description="Per-device budget; default: total - headroom.")
+    headroom_bytes: int = Field(512 * 1024**2, ge=0, description="Kept free on each device (CUDA context, fragmentation).")
+    heartbeat_interval_s: float = Field(0.5, gt=0, description="How often replicas report.")
+    dead_after_s: float = Field(6.0, gt=0, description="A replica silent this long is dropped.")
+    reservation_ttl_s: float = Field(300.0, gt=0, description="A reservation not turned into a registration expires.")
+    reserve_timeout_s: float = Field(120.0, gt=0, description="How long a load waits for evictions and busy models.")
+
+
+class AppArgs(StrictModel):
+    """The `args` of the application in a Serve config."""
+
+    modes_file: str | None = Field(None, description="Modes YAML; without it, MODEL or discovery (see README).")
+    model_root: str | None = Field(None, description="Where checkpoints live; default: $MODEL_ROOT or ./models.")
+    demo_models: bool = Field(False, description="Write the tiny demo checkpoints into model_root when missing.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="VRAM registry settings.")
+
+
+def parse_app_args(args: dict[str, Any] | None) -> AppArgs:
+    try:
+        return AppArgs.model_validate(args or {})
+    except ValidationError as exc:
+        param, message = config_error_text("application args", exc)
+        raise ConfigError(message, param=param) from exc

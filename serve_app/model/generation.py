@@ -1,0 +1,83 @@
+"""What a generation is called with and what it returns.
+
+`GenerationRequest` is fully resolved (every default filled in, every value checked, the init image
+decoded): the router builds it once and it crosses to the mode worker as is. The result is torch-free
+on purpose: the router unpickles it and must not import torch.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+JobKind = Literal["txt2img", "img2img"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+MAX_SEED = 2**32 - 1
+
+
+def random_seed(count: int = 1) -> int:
+    """A random first seed that leaves room for `count` consecutive seeds (image i uses seed + i)."""
+    return secrets.randbelow(MAX_SEED - count + 2)
+
+
+@dataclass
+class GenerationRequest:
+    """A resolved, validated generation: what the pipeline is called with."""
+
+    kind: JobKind
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seeds: list[int]
+    scheduler: str
+    output_format: OutputFormat
+    init_image: Image.Image | None = None
+    strength: float | None = None
+    request_id: str = "-"
+
+
+@dataclass
+class GeneratedImage:
+    data: bytes
+    seed: int
+    format: OutputFormat
+
+
+@dataclass
+class GenerationTimings:
+    """Seconds spent where. `job_s` is everything the replica did; `load_s`/`replica_start_s` only when the
+    request paid for a load or was the replica's first."""
+
+    inference_s: float = 0.0
+    encode_s: float = 0.0
+    job_s: float = 0.0
+    load_s: float | None = None
+    replica_start_s: float | None = None
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    width: int
+    height: int
+    steps: int
+    scheduler: str
+    timings: GenerationTimings = field(default_factory=GenerationTimings)
+
+
+@dataclass
+class ProgressEvent:
+    """One denoising step done, streamed while a generation runs."""
+
+    step: int
+    total: int
+    elapsed_s: float
+    eta_s: float
