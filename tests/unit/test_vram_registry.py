@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from deployments.protocol import DeviceStats, HeartbeatAnswer, HeartbeatReport, ModelState, Registration, ReserveAnswer, ReserveStatus
 from deployments.vram_registry import VramRegistry
 
 GiB = 1024**3
@@ -40,28 +41,34 @@ def _registry(clock: FakeClock, budget_gib: int = 10, **cfg: Any) -> VramRegistr
 
 
 def _report(mode: str, footprint: int, *, loaded: bool = True, epoch: int = 1, inflight: int = 0,
-            last_use: float | None = None, device: str = DEV) -> dict[str, Any]:
-    return {"mode": mode, "device": device, "state": "ready" if loaded else "cold", "loaded": loaded,
-            "epoch": epoch, "inflight": inflight, "footprint_bytes": footprint, "estimate_bytes": footprint,
-            "last_use": last_use or 0.0}
+            last_use: float | None = None, device: str = DEV) -> HeartbeatReport:
+    return HeartbeatReport(mode=mode, device=device, state=ModelState.READY if loaded else ModelState.COLD,
+                           loaded=loaded, epoch=epoch, inflight=inflight, footprint_bytes=footprint,
+                           measured_bytes=footprint, estimate_bytes=footprint, last_use=last_use or 0.0,
+                           total_bytes=None, reported_used_bytes=None)
+
+
+def _registration(replica: str, mode: str, nbytes: int, epoch: int = 1) -> Registration:
+    return Registration(replica=replica, mode=mode, device=DEV, footprint_bytes=nbytes, estimate_bytes=nbytes,
+                        measured_bytes=nbytes, epoch=epoch)
 
 
 def _load(reg: VramRegistry, replica: str, mode: str, nbytes: int, epoch: int = 1) -> None:
     """The worker protocol for a load that fits: reserve (granted), load, register the measured footprint."""
     ans = reg.reserve(replica, mode, DEV, nbytes)
-    assert ans["status"] == "granted", ans
-    reg.register(replica, mode, DEV, nbytes, nbytes, epoch=epoch, measured_bytes=nbytes)
+    assert ans.status == "granted", ans
+    reg.register(_registration(replica, mode, nbytes, epoch))
 
 
-def _device_stats(reg: VramRegistry, device: str = DEV) -> dict[str, Any]:
-    (dev,) = [d for d in reg.stats()["devices"] if d["device"] == device]
+def _device_stats(reg: VramRegistry, device: str = DEV) -> DeviceStats:
+    (dev,) = [d for d in reg.stats().devices if d.device == device]
     return dev
 
 
 def _assert_within_budget(reg: VramRegistry) -> None:
-    for dev in reg.stats()["devices"]:
-        assert dev["used_bytes"] + dev["reserved_bytes"] <= dev["budget_bytes"], dev
-        assert dev["used_bytes"] <= dev["budget_bytes"] and dev["free_bytes"] >= 0, dev
+    for dev in reg.stats().devices:
+        assert dev.used_bytes + dev.reserved_bytes <= dev.budget_bytes, dev
+        assert dev.used_bytes <= dev.budget_bytes and dev.free_bytes >= 0, dev
 
 
 # -- reservations ----------------------------------------------------------------------------------------
@@ -69,71 +76,72 @@ def _assert_within_budget(reg: VramRegistry) -> None:
 def test_reserve_granted_with_numbers(clock: FakeClock) -> None:
     reg = _registry(clock)
     ans = reg.reserve("r1", "sd15", DEV, 4 * GiB)
-    assert ans == {"status": "granted", "needed_bytes": 4 * GiB, "free_bytes": 10 * GiB, "budget_bytes": 10 * GiB}
+    assert ans == ReserveAnswer(status=ReserveStatus.GRANTED, needed_bytes=4 * GiB, free_bytes=10 * GiB,
+                         budget_bytes=10 * GiB)
     dev = _device_stats(reg)
-    assert (dev["reserved_bytes"], dev["used_bytes"], dev["free_bytes"]) == (4 * GiB, 0, 6 * GiB)
-    assert dev["simulated"] is True
-    assert reg.can_fit(DEV, 6 * GiB)["fits"] and not reg.can_fit(DEV, 6 * GiB + 1)["fits"]
+    assert (dev.reserved_bytes, dev.used_bytes, dev.free_bytes) == (4 * GiB, 0, 6 * GiB)
+    assert dev.simulated is True
+    assert reg.can_fit(DEV, 6 * GiB) and not reg.can_fit(DEV, 6 * GiB + 1)
 
 
 def test_reserve_no_fit_with_numbers(clock: FakeClock) -> None:
     reg = _registry(clock)
     ans = reg.reserve("r1", "huge", DEV, 11 * GiB)
-    assert ans["status"] == "no_fit"
-    assert (ans["needed_bytes"], ans["free_bytes"], ans["budget_bytes"]) == (11 * GiB, 10 * GiB, 10 * GiB)
-    assert _device_stats(reg)["reserved_bytes"] == 0  # a refusal holds nothing
+    assert ans.status == "no_fit"
+    assert (ans.needed_bytes, ans.free_bytes, ans.budget_bytes) == (11 * GiB, 10 * GiB, 10 * GiB)
+    assert _device_stats(reg).reserved_bytes == 0  # a refusal holds nothing
 
 
 def test_real_device_budget_keeps_headroom(clock: FakeClock) -> None:
     reg = VramRegistry({"headroom_bytes": GiB}, clock=clock)
     ans = reg.reserve("r1", "sd15", "node-b:cuda:0", GiB, total_bytes=8 * GiB, reported_used=123)
-    assert ans["budget_bytes"] == 7 * GiB and ans["status"] == "granted"
+    assert ans.budget_bytes == 7 * GiB and ans.status == "granted"
     dev = _device_stats(reg, "node-b:cuda:0")
-    assert dev["simulated"] is False and dev["total_bytes"] == 8 * GiB and dev["reported_used_bytes"] == 123
+    assert dev.simulated is False and dev.total_bytes == 8 * GiB and dev.reported_used_bytes == 123
 
 
 def test_two_replicas_never_reserve_the_same_free_memory(clock: FakeClock) -> None:
     reg = _registry(clock)
-    assert reg.reserve("a", "sd15", DEV, 6 * GiB)["status"] == "granted"
+    assert reg.reserve("a", "sd15", DEV, 6 * GiB).status == "granted"
     second = reg.reserve("b", "sdxl", DEV, 6 * GiB)
-    assert second["status"] != "granted" and second["free_bytes"] == 4 * GiB
+    assert second.status != "granted" and second.free_bytes == 4 * GiB
     _assert_within_budget(reg)
     # asking again (the worker polls) does not change that while a's load is in progress
-    assert reg.reserve("b", "sdxl", DEV, 6 * GiB)["status"] != "granted"
+    assert reg.reserve("b", "sdxl", DEV, 6 * GiB).status != "granted"
     # re-reserving for the same replica replaces its own reservation instead of adding to it
-    assert reg.reserve("a", "sd15", DEV, 6 * GiB)["status"] == "granted"
-    assert _device_stats(reg)["reserved_bytes"] == 6 * GiB
+    assert reg.reserve("a", "sd15", DEV, 6 * GiB).status == "granted"
+    assert _device_stats(reg).reserved_bytes == 6 * GiB
     # what is left can go to someone else
-    assert reg.reserve("c", "tiny", DEV, 4 * GiB)["status"] == "granted"
-    assert reg.reserve("d", "tiny", DEV, 1)["status"] != "granted"
+    assert reg.reserve("c", "tiny", DEV, 4 * GiB).status == "granted"
+    assert reg.reserve("d", "tiny", DEV, 1).status != "granted"
     _assert_within_budget(reg)
 
 
 def test_release_returns_the_reservation(clock: FakeClock) -> None:
     reg = _registry(clock)
     reg.reserve("a", "sd15", DEV, 8 * GiB)
-    assert reg.reserve("b", "sdxl", DEV, 8 * GiB)["status"] != "granted"
+    assert reg.reserve("b", "sdxl", DEV, 8 * GiB).status != "granted"
     reg.release("a")  # a's load failed
-    assert reg.reserve("b", "sdxl", DEV, 8 * GiB)["status"] == "granted"
+    assert reg.reserve("b", "sdxl", DEV, 8 * GiB).status == "granted"
 
 
 def test_reservation_expires(clock: FakeClock) -> None:
     reg = _registry(clock, reservation_ttl_s=30, dead_after_s=1000)
     reg.reserve("a", "sd15", DEV, 8 * GiB)
     clock.advance(29)
-    assert reg.reserve("b", "sdxl", DEV, 8 * GiB)["status"] != "granted"
+    assert reg.reserve("b", "sdxl", DEV, 8 * GiB).status != "granted"
     clock.advance(2)
-    assert reg.reserve("b", "sdxl", DEV, 8 * GiB)["status"] == "granted"
+    assert reg.reserve("b", "sdxl", DEV, 8 * GiB).status == "granted"
 
 
 def test_register_turns_the_reservation_into_use(clock: FakeClock) -> None:
     reg = _registry(clock)
     _load(reg, "a", "sd15", 3 * GiB)
     dev = _device_stats(reg)
-    assert (dev["used_bytes"], dev["reserved_bytes"], dev["free_bytes"]) == (3 * GiB, 0, 7 * GiB)
-    (model,) = dev["models"]
-    assert model["mode"] == "sd15" and model["replica"] == "a" and model["footprint_bytes"] == 3 * GiB
-    assert model["state"] == "ready"
+    assert (dev.used_bytes, dev.reserved_bytes, dev.free_bytes) == (3 * GiB, 0, 7 * GiB)
+    (model,) = dev.models
+    assert model.mode == "sd15" and model.replica == "a" and model.footprint_bytes == 3 * GiB
+    assert model.state == "ready"
 
 
 # -- LRU eviction over heartbeats ------------------------------------------------------------------------
@@ -150,24 +158,24 @@ def test_lru_eviction_order(clock: FakeClock) -> None:
     reg = _registry(clock)
     _three_idle_models(reg)  # last use: a oldest, then c, then b
     ans = reg.reserve("rd", "d", DEV, 5 * GiB)  # 1 GiB free: needs two 3-GiB models out
-    assert ans["status"] == "evicting" and ans["evicting"] == ["a", "c"]
-    assert ans["free_bytes"] == 1 * GiB and ans["needed_bytes"] == 5 * GiB
-    states = {m["mode"]: m["state"] for m in _device_stats(reg)["models"]}
+    assert ans.status == "evicting" and ans.evicting == ["a", "c"]
+    assert ans.free_bytes == 1 * GiB and ans.needed_bytes == 5 * GiB
+    states = {m.mode: m.state for m in _device_stats(reg).models}
     assert states == {"a": "evicting", "b": "ready", "c": "evicting"}
     # the victims' heartbeats carry the command; the others' do not
-    assert reg.heartbeat("ra", _report("a", 3 * GiB))["commands"] == ["unload"]
-    assert reg.heartbeat("rc", _report("c", 3 * GiB))["commands"] == ["unload"]
-    assert reg.heartbeat("rb", _report("b", 3 * GiB))["commands"] == []
+    assert reg.heartbeat("ra", _report("a", 3 * GiB)).unload is True
+    assert reg.heartbeat("rc", _report("c", 3 * GiB)).unload is True
+    assert reg.heartbeat("rb", _report("b", 3 * GiB)).unload is False
     # until they are gone the load waits, and asking again does not pick more victims
     again = reg.reserve("rd", "d", DEV, 5 * GiB)
-    assert again["status"] == "evicting" and sorted(again["evicting"]) == ["a", "c"]
-    assert {m["mode"]: m["state"] for m in _device_stats(reg)["models"]}["b"] == "ready"
+    assert again.status == "evicting" and sorted(again.evicting) == ["a", "c"]
+    assert {m.mode: m.state for m in _device_stats(reg).models}["b"] == "ready"
     # the victims unload and unregister; now the load fits
     reg.unregister("ra")
-    assert reg.reserve("rd", "d", DEV, 5 * GiB)["status"] == "evicting"  # 4 GiB free, c still unloading
+    assert reg.reserve("rd", "d", DEV, 5 * GiB).status == "evicting"  # 4 GiB free, c still unloading
     reg.heartbeat("rc", _report("c", 0, loaded=False, epoch=2))  # c reports it unloaded (same effect)
     granted = reg.reserve("rd", "d", DEV, 5 * GiB)
-    assert granted["status"] == "granted" and granted["free_bytes"] == 7 * GiB
+    assert granted.status == "granted" and granted.free_bytes == 7 * GiB
     _assert_within_budget(reg)
 
 
@@ -175,14 +183,14 @@ def test_only_as_many_victims_as_needed(clock: FakeClock) -> None:
     reg = _registry(clock)
     _three_idle_models(reg)
     ans = reg.reserve("rd", "d", DEV, 4 * GiB)  # 1 free + a's 3 is enough
-    assert ans["evicting"] == ["a"]
+    assert ans.evicting == ["a"]
 
 
 def test_recent_use_protects_a_model(clock: FakeClock) -> None:
     reg = _registry(clock)
     base = _three_idle_models(reg)
     reg.heartbeat("ra", _report("a", 3 * GiB, last_use=base + 10))  # a is used again: now c is the oldest
-    assert reg.reserve("rd", "d", DEV, 4 * GiB)["evicting"] == ["c"]
+    assert reg.reserve("rd", "d", DEV, 4 * GiB).evicting == ["c"]
 
 
 def test_busy_models_are_never_evicted(clock: FakeClock) -> None:
@@ -193,19 +201,19 @@ def test_busy_models_are_never_evicted(clock: FakeClock) -> None:
     reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2, last_use=base + 1))  # oldest, but busy
     reg.heartbeat("rb", _report("b", 4 * GiB, inflight=0, last_use=base + 2))
     ans = reg.reserve("rc", "c", DEV, 5 * GiB)
-    assert ans["evicting"] == ["b"]
-    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2))["commands"] == []
+    assert ans.evicting == ["b"]
+    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2)).unload is False
     # with b gone, 6 GiB free; 8 GiB more would need a, which is busy: not granted, a is not told to unload
     reg.unregister("rb")
     ans = reg.reserve("rd", "big", DEV, 8 * GiB)
-    assert ans["status"] not in ("granted", "evicting")
-    assert "a" in ans.get("busy_modes", ["a"])
-    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2))["commands"] == []
-    assert {m["mode"]: m["state"] for m in _device_stats(reg)["models"]}["a"] == "ready"
+    assert ans.status not in ("granted", "evicting")
+    assert "a" in ans.busy_modes
+    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2)).unload is False
+    assert {m.mode: m.state for m in _device_stats(reg).models}["a"] == "ready"
     # once a is idle it may go
     reg.heartbeat("ra", _report("a", 4 * GiB, inflight=0))
-    assert reg.reserve("rd", "big", DEV, 8 * GiB)["status"] == "evicting"
-    assert reg.heartbeat("ra", _report("a", 4 * GiB))["commands"] == ["unload"]
+    assert reg.reserve("rd", "big", DEV, 8 * GiB).status == "evicting"
+    assert reg.heartbeat("ra", _report("a", 4 * GiB)).unload is True
 
 
 def test_waiting_reserve_is_granted_after_unregister(clock: FakeClock) -> None:
@@ -213,21 +221,21 @@ def test_waiting_reserve_is_granted_after_unregister(clock: FakeClock) -> None:
     _load(reg, "ra", "a", 7 * GiB)
     reg.heartbeat("ra", _report("a", 7 * GiB, inflight=1))  # busy: cannot be evicted now
     first = reg.reserve("rb", "b", DEV, 6 * GiB)
-    assert first["status"] not in ("granted", "evicting")
-    assert reg.heartbeat("ra", _report("a", 7 * GiB, inflight=1))["commands"] == []
+    assert first.status not in ("granted", "evicting")
+    assert reg.heartbeat("ra", _report("a", 7 * GiB, inflight=1)).unload is False
     reg.unregister("ra", forget=True)  # the replica stops (scale-down)
-    assert reg.reserve("rb", "b", DEV, 6 * GiB)["status"] == "granted"
-    assert "ra" not in reg.stats()["replicas"]
+    assert reg.reserve("rb", "b", DEV, 6 * GiB).status == "granted"
+    assert "ra" not in reg.stats().replicas
 
 
 def test_an_evicted_model_does_not_count_twice(clock: FakeClock) -> None:
     """Two loads waiting for the same eviction cannot both be granted the memory it frees."""
     reg = _registry(clock)
     _load(reg, "ra", "a", 8 * GiB)
-    assert reg.reserve("rb", "b", DEV, 6 * GiB)["status"] == "evicting"
-    assert reg.reserve("rc", "c", DEV, 6 * GiB)["status"] != "granted"
+    assert reg.reserve("rb", "b", DEV, 6 * GiB).status == "evicting"
+    assert reg.reserve("rc", "c", DEV, 6 * GiB).status != "granted"
     reg.unregister("ra")
-    results = [reg.reserve("rb", "b", DEV, 6 * GiB)["status"], reg.reserve("rc", "c", DEV, 6 * GiB)["status"]]
+    results = [reg.reserve("rb", "b", DEV, 6 * GiB).status, reg.reserve("rc", "c", DEV, 6 * GiB).status]
     assert results.count("granted") == 1
     _assert_within_budget(reg)
 
@@ -238,17 +246,17 @@ def test_heartbeat_of_unknown_loaded_replica_reregisters(clock: FakeClock) -> No
     """After a registry restart the replicas' heartbeats rebuild the accounting."""
     reg = _registry(clock)
     ans = reg.heartbeat("ra", _report("a", 3 * GiB, epoch=4, inflight=1))
-    assert ans == {"commands": [], "draining": False}
+    assert ans == HeartbeatAnswer(unload=False, draining=False)
     dev = _device_stats(reg)
-    assert dev["used_bytes"] == 3 * GiB
-    (model,) = dev["models"]
-    assert (model["mode"], model["epoch"], model["inflight"]) == ("a", 4, 1)
-    assert reg.stats()["replicas"]["ra"]["inflight"] == 1
+    assert dev.used_bytes == 3 * GiB
+    (model,) = dev.models
+    assert (model.mode, model.epoch, model.inflight) == ("a", 4, 1)
+    assert reg.stats().replicas["ra"].inflight == 1
     # the re-learned use counts for the next reservation
-    assert reg.reserve("rb", "b", DEV, 8 * GiB)["status"] != "granted"
+    assert reg.reserve("rb", "b", DEV, 8 * GiB).status != "granted"
     # a cold replica's heartbeat registers nothing
     reg.heartbeat("rz", _report("z", 0, loaded=False))
-    assert _device_stats(reg)["used_bytes"] == 3 * GiB and "rz" in reg.stats()["replicas"]
+    assert _device_stats(reg).used_bytes == 3 * GiB and "rz" in reg.stats().replicas
 
 
 def test_silent_replica_is_dropped(clock: FakeClock) -> None:
@@ -259,44 +267,44 @@ def test_silent_replica_is_dropped(clock: FakeClock) -> None:
         clock.advance(2.5)
         reg.heartbeat("rb", _report("b", 4 * GiB))
     stats = reg.stats()
-    assert set(stats["replicas"]) == {"rb"}
+    assert set(stats.replicas) == {"rb"}
     dev = _device_stats(reg)
-    assert [m["mode"] for m in dev["models"]] == ["b"] and dev["used_bytes"] == 4 * GiB
-    assert reg.reserve("rc", "c", DEV, 6 * GiB)["status"] == "granted"
+    assert [m.mode for m in dev.models] == ["b"] and dev.used_bytes == 4 * GiB
+    assert reg.reserve("rc", "c", DEV, 6 * GiB).status == "granted"
 
 
 def test_a_replica_within_dead_after_is_kept(clock: FakeClock) -> None:
     reg = _registry(clock, dead_after_s=6)
     _load(reg, "ra", "a", 4 * GiB)
     clock.advance(5.9)
-    assert "ra" in reg.stats()["replicas"] and _device_stats(reg)["used_bytes"] == 4 * GiB
+    assert "ra" in reg.stats().replicas and _device_stats(reg).used_bytes == 4 * GiB
 
 
 def test_stale_heartbeat_does_not_undo_a_newer_registration(clock: FakeClock) -> None:
     reg = _registry(clock)
     # epoch 1: loaded, epoch 2: unloaded, epoch 3: loaded again and registered
-    reg.register("ra", "a", DEV, 3 * GiB, 3 * GiB, epoch=3)
+    reg.register(_registration("ra", "a", 3 * GiB, epoch=3))
     # a heartbeat built at epoch 2 ("not loaded") arrives late: the model stays
     reg.heartbeat("ra", _report("a", 0, loaded=False, epoch=2))
     dev = _device_stats(reg)
-    assert dev["used_bytes"] == 3 * GiB and dev["models"][0]["epoch"] == 3
+    assert dev.used_bytes == 3 * GiB and dev.models[0].epoch == 3
     # a late epoch-1 "loaded" report with another footprint does not overwrite it either
     reg.heartbeat("ra", _report("a", 9 * GiB, loaded=True, epoch=1))
-    assert _device_stats(reg)["used_bytes"] == 3 * GiB
+    assert _device_stats(reg).used_bytes == 3 * GiB
     # a current report is applied
     reg.heartbeat("ra", _report("a", 0, loaded=False, epoch=4))
-    assert _device_stats(reg)["used_bytes"] == 0 and _device_stats(reg)["models"] == []
+    assert _device_stats(reg).used_bytes == 0 and _device_stats(reg).models == []
 
 
 def test_draining_flag_reaches_heartbeats(clock: FakeClock) -> None:
     reg = _registry(clock)
     _load(reg, "ra", "a", GiB)
-    assert reg.heartbeat("ra", _report("a", GiB))["draining"] is False
+    assert reg.heartbeat("ra", _report("a", GiB)).draining is False
     reg.set_draining(True)
-    assert reg.heartbeat("ra", _report("a", GiB))["draining"] is True
-    assert reg.router_poll("router-1", 3)["draining"] is True
+    assert reg.heartbeat("ra", _report("a", GiB)).draining is True
+    assert reg.router_poll("router-1", 3).draining is True
     reg.heartbeat("ra", _report("a", GiB, inflight=2))
-    assert reg.inflight() == {"routers": 3, "replicas": 2}  # what a drain waits for
+    assert (reg.inflight().routers, reg.inflight().replicas) == (3, 2)  # what a drain waits for
 
 
 # -- the budget invariant under a long random protocol-following run -------------------------------------
@@ -314,22 +322,23 @@ def test_stats_never_exceed_the_budget(clock: FakeClock) -> None:
         rid = rng.choice(replicas)
         action = rng.random()
         if rid in granted:  # finish the load: register at most what was reserved
-            reg.register(rid, rid, DEV, granted.pop(rid), 0, epoch=step)
+            reg.register(_registration(rid, rid, granted.pop(rid), epoch=step))
             loaded[rid] = step
         elif rid in loaded and action < 0.2:
             reg.unregister(rid)
             loaded.pop(rid)
         elif rid not in loaded:
             ans = reg.reserve(rid, rid, DEV, rng.randint(1, 8) * GiB)
-            statuses[ans["status"]] = statuses.get(ans["status"], 0) + 1
-            if ans["status"] == "granted":
-                granted[rid] = ans["needed_bytes"]
+            statuses[ans.status] = statuses.get(ans.status, 0) + 1
+            if ans.status == "granted":
+                granted[rid] = ans.needed_bytes
         # everyone alive beats; evicted models unload when told to
         for other in replicas:
             if other in loaded:
                 ans = reg.heartbeat(other, _report(other, 0, epoch=loaded[other], inflight=rng.choice([0, 0, 1]),
-                                                   last_use=base + rng.random()) | {"footprint_bytes": 1})
-                if "unload" in ans["commands"]:
+                                                   last_use=base + rng.random()).model_copy(
+                    update={"footprint_bytes": 1}))
+                if ans.unload:
                     unloads += 1
                     reg.unregister(other)
                     loaded.pop(other)
@@ -346,16 +355,16 @@ def test_stale_loaded_heartbeat_after_unregister_does_not_reregister(clock: Fake
     _load(reg, "r1", "sd1", 2 * GiB, epoch=1)
     reg.unregister("r1", epoch=2)  # evicted: the worker's epoch moved on
     ans = reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=True, epoch=1))  # sent before the unload
-    assert ans["commands"] == []
-    assert _device_stats(reg)["models"] == [] and _device_stats(reg)["used_bytes"] == 0
+    assert ans.unload is False
+    assert _device_stats(reg).models == [] and _device_stats(reg).used_bytes == 0
     reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=False, epoch=2))
-    assert _device_stats(reg)["models"] == []
+    assert _device_stats(reg).models == []
 
 
 def test_default_mode_switches_are_versioned(clock: FakeClock) -> None:
     reg = _registry(clock)
-    assert reg.router_poll("router-1", 0)["default_version"] == 0
+    assert reg.router_poll("router-1", 0).default_version == 0
     assert reg.set_default_mode("sdxl") == 1
     assert reg.set_default_mode("sd1") == 2
     ans = reg.router_poll("router-1", 0)
-    assert (ans["default_mode"], ans["default_version"]) == ("sd1", 2)
+    assert (ans.default_mode, ans.default_version) == ("sd1", 2)
