@@ -117,14 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    from serve_app.config.modes_file import ModeConfig
     from serve_app.model.checkpoint_inspect import inspect_checkpoint
     from serve_app.model.demo_models import write_demo_models
     from serve_app.model.families import Family
     from serve_app.model.model_runner import ModelRunner
-    from serve_app.config.modes_file import ModeConfig
-
-    from transformers.utils import logging as transformers_logging
 
     for lib in (diffusers_logging, transformers_logging):
         lib.set_verbosity_error()

@@ -49,9 +49,10 @@ def mode(name: str, checkpoint: str, **extra) -> dict:
 
 
 def in_process_runner(root: Path):
-    from serve_app.api.request_resolution import Txt2ImgRequest, resolve_request
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.api.native_schemas import Txt2ImgRequest
+    from serve_app.api.request_resolution import resolve_request
     from serve_app.config.modes_file import ModeConfig
+    from serve_app.model.model_runner import ModelRunner
 
     cfg = ModeConfig(**mode("sd1", "tiny-sd1"))
     runner = ModelRunner(cfg, root / "tiny-sd1")

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deployments.http_app import current_request_id, http_app
+from deployments.protocol import GenerationResult
+from deployments.router_core import RouterCore, worker_errors
 from serve_app.api.a1111_schemas import (
     A1111_SAMPLER_ALIASES,
     A1111_SAMPLERS,
@@ -33,9 +36,6 @@ from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.errors import UnknownModeError
 from serve_app.model.generation import random_seed
-from deployments.http_app import current_request_id, http_app
-from deployments.protocol import GenerationResult
-from deployments.router_core import RouterCore, worker_errors
 
 A1111 = [FrontEnd.A1111.value]
 CHECKPOINT_PARAM = "override_settings.sd_model_checkpoint"
@@ -137,7 +137,8 @@ class A1111Routes(RouterCore):
                              sha256=checkpoint_sha256(m), filename=m.info.path)
                 for m in self.catalog.modes.values()]
 
-    @http_app.get("/sdapi/v1/options", tags=A1111, summary="A1111: options", response_model=A1111Options, responses=ERRORS)
+    @http_app.get("/sdapi/v1/options", tags=A1111, summary="A1111: options", response_model=A1111Options,
+                  responses=ERRORS)
     async def sdapi_get_options(self) -> A1111Options:
         mode = self.catalog.modes[self.current_default]
         return A1111Options(sd_model_checkpoint=self._a1111_title(mode), sd_checkpoint_hash=checkpoint_sha256(mode),
@@ -172,7 +173,8 @@ class A1111Routes(RouterCore):
                 job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(p.started)), job_no=0,
                 sampling_step=p.step, sampling_steps=p.total))
 
-    @http_app.get("/sdapi/v1/samplers", tags=A1111, summary="A1111: samplers", response_model=list[A1111Sampler], responses=ERRORS)
+    @http_app.get("/sdapi/v1/samplers", tags=A1111, summary="A1111: samplers", response_model=list[A1111Sampler],
+                  responses=ERRORS)
     async def sdapi_samplers(self) -> list[A1111Sampler]:
         return [A1111Sampler(name=name, aliases=A1111_SAMPLER_ALIASES[name], options={}) for name in A1111_SAMPLERS]
 

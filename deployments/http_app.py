@@ -83,12 +83,17 @@ async def _handled_error(request: Request, exc: Exception) -> JSONResponse:
     return render_error(exc, front_end_of(request.scope), current_request_id())
 
 
+def install_error_path(app: FastAPI) -> None:
+    """Request ids and the one error path on `app`."""
+    app.add_middleware(RequestContextMiddleware)
+    for exc_type in (DreamLabError, FastAPIValidationError, HTTPException):
+        app.add_exception_handler(exc_type, _handled_error)
+
+
 http_app = FastAPI(
     title="Dream Lab",
     version=serve_app.__version__,
     description="Stable Diffusion from many checkpoints at once: native API, OpenAI images API, "
     "AUTOMATIC1111 sdapi. Errors are JSON in each API's own shape; every response carries `X-Request-Id`.",
 )
-http_app.add_middleware(RequestContextMiddleware)
-for _exc_type in (DreamLabError, FastAPIValidationError, HTTPException):
-    http_app.add_exception_handler(_exc_type, _handled_error)
+install_error_path(http_app)

@@ -14,16 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from serve_app.config.app_args import RegistryConfig
-from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
-from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
-from serve_app.model.jobs import JobContext, JobRegistry
-from serve_app.model.model_runner import ModelRunner
-from serve_app.model.pipeline_loader import dtype_name
 from deployments.device_probe import DeviceProbe
 from deployments.protocol import (
     GenerationRequest,
@@ -37,6 +32,12 @@ from deployments.protocol import (
     UnloadAnswer,
 )
 from deployments.registry_client import RegistryClient
+from serve_app.config.app_args import RegistryConfig
+from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
+from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
+from serve_app.model.jobs import JobContext, JobRegistry
+from serve_app.model.model_runner import ModelRunner
+from serve_app.model.pipeline_loader import dtype_name
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +49,7 @@ def _replica_id() -> str:
 
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # constructed outside Serve (unit tests)
-        return f"local-{id(object()):x}"
+        return f"local-{uuid.uuid4().hex[:12]}"
 
 
 class ModeWorker:
@@ -206,8 +207,14 @@ class ModeWorker:
         """
         load_s = await self._ensure_loaded()
         self._using += 1
+        work = asyncio.ensure_future(asyncio.to_thread(call))
         try:
-            return await asyncio.to_thread(call), load_s
+            return await asyncio.shield(work), load_s
+        except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
+            await asyncio.wait({work})
+            if not work.cancelled():
+                work.exception()  # retrieved: the caller is gone, nobody else will
+            raise
         except DreamLabError:
             raise
         except Exception as exc:

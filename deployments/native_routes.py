@@ -11,10 +11,13 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from deployments.http_app import current_request_id, http_app
+from deployments.protocol import GenerationResult, LoadAnswer, ModelState, RegistryStats, UnloadAnswer
+from deployments.router_core import Generated, RouterCore, worker_errors
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
 from serve_app.api.native_schemas import (
-    GenerationResponse,
     IMAGE_CONTENT,
+    GenerationResponse,
     HealthResponse,
     Img2ImgRequest,
     JobRequest,
@@ -25,9 +28,6 @@ from serve_app.api.native_schemas import (
     generation_response,
 )
 from serve_app.api.request_resolution import parse_request
-from deployments.http_app import current_request_id, http_app
-from deployments.protocol import GenerationResult, LoadAnswer, ModelState, RegistryStats, UnloadAnswer
-from deployments.router_core import Generated, RouterCore, worker_errors
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ class NativeRoutes(RouterCore):
         return HealthResponse(status="ok")
 
     @http_app.get("/readyz", tags=OPS, summary="Readiness: the default mode can serve", response_model=HealthResponse,
-                  response_model_exclude_none=True, responses={**error_responses(FrontEnd.OPS), 503: {"model": HealthResponse}})
+                  response_model_exclude_none=True,
+                  responses={**error_responses(FrontEnd.OPS), 503: {"model": HealthResponse}})
     async def readyz(self) -> Any:
         await self.ensure_poller()
         if self.draining:

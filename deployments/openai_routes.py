@@ -12,6 +12,8 @@ import time
 from fastapi import Request
 from fastapi.responses import Response
 
+from deployments.http_app import http_app
+from deployments.router_core import RouterCore
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.image_store import ImageStore
 from serve_app.api.native_schemas import IMAGE_CONTENT
@@ -23,8 +25,6 @@ from serve_app.api.openai_schemas import (
     OpenAIModelList,
 )
 from serve_app.errors import ImageNotFoundError
-from deployments.http_app import http_app
-from deployments.router_core import RouterCore
 
 OPENAI = [FrontEnd.OPENAI.value]
 

@@ -93,7 +93,12 @@ class EntryState(str, Enum):
     EVICTING = "evicting"
 
 
-class ModelStats(Message):
+class ModelStats(BaseModel):
+    """One model on a device. The registry keeps these (mutable: state, last use, in-flight count change)
+    and answers copies."""
+
+    model_config = ConfigDict(extra="forbid")
+
     mode: str
     replica: str
     device: str

@@ -37,7 +37,8 @@ class RegistryClient:
     async def register(self, registration: Registration) -> None:
         await self._call("register", registration)
 
-    async def unregister(self, replica: str, forget: bool = False, epoch: int = 0, timeout_s: float | None = None) -> None:
+    async def unregister(self, replica: str, forget: bool = False, epoch: int = 0,
+                         timeout_s: float | None = None) -> None:
         await self._call("unregister", replica, forget, epoch, timeout_s=timeout_s)
 
     async def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:

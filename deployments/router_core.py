@@ -20,14 +20,14 @@ from typing import Any
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from deployments.http_app import current_request_id
+from deployments.protocol import GenerationRequest, GenerationResult, ProgressEvent
+from deployments.registry_client import RegistryClient
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
 from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
 from serve_app.config.modes_file import ModesFile
 from serve_app.errors import ModeUnavailableError, QueueFullError, ShuttingDownError
-from deployments.http_app import current_request_id
-from deployments.protocol import GenerationRequest, GenerationResult, ProgressEvent
-from deployments.registry_client import RegistryClient
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.config.app_args import RegistryConfig
 from deployments.protocol import (
     DeviceStats,
     EntryState,
@@ -41,22 +40,9 @@ from deployments.protocol import (
     ReserveStatus,
     RouterPollAnswer,
 )
+from serve_app.config.app_args import RegistryConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelEntry:
-    mode: str
-    replica: str
-    device: str
-    footprint_bytes: int
-    estimate_bytes: int
-    measured_bytes: int
-    state: EntryState
-    last_use: float
-    epoch: int = 0
-    inflight: int = 0
 
 
 @dataclass
@@ -95,7 +81,7 @@ class VramRegistry:
         self.config = config if isinstance(config, RegistryConfig) else RegistryConfig.model_validate(config or {})
         self._clock = clock
         self.devices: dict[str, DeviceEntry] = {}
-        self.models: dict[str, ModelEntry] = {}  # by replica id
+        self.models: dict[str, ModelStats] = {}  # by replica id
         self.reservations: dict[str, Reservation] = {}
         self.replicas: dict[str, ReplicaSeen] = {}
         self.draining = False
@@ -186,7 +172,7 @@ class VramRegistry:
         idle = sorted((m for m in on_device
                        if m.state is EntryState.READY and m.inflight == 0 and m.replica != replica),
                       key=lambda m: m.last_use)
-        victims: list[ModelEntry] = []
+        victims: list[ModelStats] = []
         for model in idle:
             if free + pending >= nbytes:
                 break
@@ -216,9 +202,10 @@ class VramRegistry:
         seen.epoch = max(seen.epoch, reg.epoch)
         self._device(reg.device)
         self.reservations.pop(reg.replica, None)
-        self.models[reg.replica] = ModelEntry(reg.mode, reg.replica, reg.device, reg.footprint_bytes,
-                                              reg.estimate_bytes, reg.measured_bytes, EntryState.READY, time.time(),
-                                              reg.epoch)
+        self.models[reg.replica] = ModelStats(
+            mode=reg.mode, replica=reg.replica, device=reg.device, footprint_bytes=reg.footprint_bytes,
+            estimate_bytes=reg.estimate_bytes, measured_bytes=reg.measured_bytes, state=EntryState.READY,
+            last_use=time.time(), epoch=reg.epoch, inflight=0)
         logger.info("registered mode %s on %s: %d bytes (estimate %d)", reg.mode, reg.device, reg.footprint_bytes,
                     reg.estimate_bytes)
 
@@ -290,10 +277,7 @@ class VramRegistry:
                 device=name, total_bytes=dev.total_bytes, budget_bytes=dev.budget_bytes, used_bytes=used,
                 reserved_bytes=reserved, free_bytes=dev.budget_bytes - used - reserved,
                 reported_used_bytes=dev.reported_used_bytes, simulated=dev.simulated,
-                models=[ModelStats(mode=m.mode, replica=m.replica, device=m.device, footprint_bytes=m.footprint_bytes,
-                                   estimate_bytes=m.estimate_bytes, measured_bytes=m.measured_bytes, state=m.state,
-                                   last_use=m.last_use, epoch=m.epoch, inflight=m.inflight)
-                        for m in self.models.values() if m.device == name]))
+                models=[m.model_copy() for m in self.models.values() if m.device == name]))
         return RegistryStats(devices=devices, draining=self.draining,
                              replicas={rid: ReplicaStats(mode=s.mode, device=s.device, inflight=s.inflight,
                                                          state=s.state)

@@ -8,7 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from serve_app.errors import DreamLabError
+from serve_app.strict_model import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     except DreamLabError as exc:
         print(f"dreamlab {args.command}: error: {exc.message}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # pydantic validation of CLI-built requests
+    except ValidationError as exc:  # a CLI-built request or mode with a bad value
+        print(f"dreamlab {args.command}: error: {describe_error(exc.errors()[0])[1]}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"dreamlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

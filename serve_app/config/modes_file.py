@@ -27,12 +27,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from serve_app.model.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
+from serve_app.config.app_args import RESERVED_DEPLOYMENT_NAMES
 from serve_app.errors import ConfigError
+from serve_app.model.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
 from serve_app.model.families import Family
 from serve_app.model.schedulers import SchedulerName
 from serve_app.model.vram_estimate import DTypeName, VramEstimate, estimate_vram
-from serve_app.config.app_args import RESERVED_DEPLOYMENT_NAMES
 from serve_app.strict_model import FieldError, StrictModel, config_error_text
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import torch
 
-from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.errors import GenerationCancelledError, ModelNotReadyError
+from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.families import Family
 from serve_app.model.generation import GeneratedImage, GenerationRequest, GenerationResult, GenerationTimings
 from serve_app.model.model_state import ModelState

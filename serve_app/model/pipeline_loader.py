@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from serve_app.model.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 from serve_app.errors import UnsupportedCheckpointError
+from serve_app.model.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 from serve_app.model.families import Family
 from serve_app.model.family_configs import config_dir
 from serve_app.model.single_file_layout import METADATA_DIFFUSERS_CONFIG

@@ -38,8 +38,8 @@ def cuda_warm() -> None:
 
 
 def _runner(demo_models_dir: Path, name: str):
-    from serve_app.model.model_runner import ModelRunner
     from serve_app.config.modes_file import ModeConfig
+    from serve_app.model.model_runner import ModelRunner
 
     path = demo_models_dir / name
     return ModelRunner(ModeConfig(name="gpu", checkpoint=str(path), dtype="fp16"), path,

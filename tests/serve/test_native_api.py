@@ -163,3 +163,30 @@ def test_client_disconnect_mid_stream_leaves_the_replica_serving(client):
                 break  # hang up after the first step
     r = client.post("/v1/txt2img", json={"prompt": "after", "seed": 2})
     assert r.status_code == 200, r.text
+
+
+def test_openapi_describes_every_route_and_its_errors(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+    assert len(operations) >= 22
+    for path, method, op in operations:
+        ok = op["responses"]["200"]
+        assert any(media.get("schema") for media in ok.get("content", {}).values()), (method, path, ok)
+        errors = {code: r for code, r in op["responses"].items() if code != "200" and code[0] in "45"}
+        assert "500" in errors, (method, path)
+        for code, response in errors.items():
+            ref = response["content"]["application/json"]["schema"].get("$ref", "")
+            assert ref.rsplit("/", 1)[-1] in schemas, (method, path, code, response)
+            assert "HTTPValidationError" not in ref, (method, path, code)  # FastAPI's shape is never sent
+    txt2img = spec["paths"]["/v1/txt2img"]["post"]["responses"]["200"]["content"]
+    assert txt2img["application/json"]["schema"]["$ref"].endswith("/GenerationResponse")
+    assert "image/png" in txt2img
+
+
+def test_every_response_carries_one_request_id(client):
+    r = client.post("/v1/txt2img", json={"prompt": "x", "seed": 1})
+    assert r.status_code == 200
+    assert len(r.headers.get_list("x-request-id")) == 1 and r.json()["request_id"] == r.headers["x-request-id"]
+    mine = client.post("/v1/txt2img", json={"prompt": "x", "width": 65}, headers={"X-Request-Id": "trace-77"})
+    assert mine.status_code == 422 and mine.headers.get_list("x-request-id") == ["trace-77"]

@@ -17,8 +17,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from serve_app.model.checkpoint_inspect import CheckpointFormat, inspect_checkpoint, is_checkpoint_candidate
-from serve_app.model.demo_models import demo_name
 from serve_app.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -26,6 +24,8 @@ from serve_app.errors import (
     PickleCheckpointError,
     UnsupportedCheckpointError,
 )
+from serve_app.model.checkpoint_inspect import CheckpointFormat, inspect_checkpoint, is_checkpoint_candidate
+from serve_app.model.demo_models import demo_name
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family
 
 EXPECTED_DIM = {Family.SD1: 768, Family.SD2: 1024, Family.SDXL: 2048, Family.SDXL_REFINER: 1280}

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from serve_app.model.checkpoint_inspect import inspect_checkpoint
 from serve_app.cli import main
+from serve_app.model.checkpoint_inspect import inspect_checkpoint
 from serve_app.model.vram_estimate import estimate_vram
 
 DEMO_CHECKPOINTS = [f"tiny-{family}{suffix}" for family in ("sd1", "sd2", "sdxl", "sdxl-refiner")

@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.errors import ModelNotReadyError, RequestValidationError
-from serve_app.model.families import Family
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
+from serve_app.errors import ModelNotReadyError, RequestValidationError
+from serve_app.model.families import Family
 from serve_app.model.generation import GenerationRequest
 from serve_app.model.model_runner import GenerationCancelledError, GenerationResult, ModelRunner, ModelState
-from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
 
 WIDTH, HEIGHT, STEPS = 64, 48, 2
 TXT2IMG_CHECKPOINTS = ["tiny-sd1", "tiny-sd1.safetensors", "tiny-sd2", "tiny-sd2.safetensors",

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from serve_app.config.modes_file import ModeConfig, ModeDefaults
 from serve_app.errors import ConfigError, RequestValidationError, UnknownJobTypeError
 from serve_app.model.example_jobs import describe
 from serve_app.model.jobs import JobContext, JobRegistry, import_job
 from serve_app.model.model_runner import ModelRunner
-from serve_app.config.modes_file import ModeConfig, ModeDefaults
 
 
 @pytest.fixture(scope="module")

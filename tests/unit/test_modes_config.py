@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.errors import ConfigError
 from serve_app.config.modes_file import (
     ModesFile,
     load_modes_file,
     modes_from_environment,
     resolve_checkpoint,
 )
+from serve_app.errors import ConfigError
 from serve_app.model.schedulers import SCHEDULER_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from serve_app.app_builder import MODE_DEPLOYMENT_DEFAULTS, build_app, parse_app_args
-from serve_app.errors import ConfigError
 from serve_app.config.modes_file import load_modes_file
+from serve_app.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

@@ -13,8 +13,8 @@ from safetensors import safe_open
 from serve_app.model.families import Family
 from serve_app.model.single_file_writer import (
     METADATA_DIFFUSERS_CONFIG,
-    TEXT_ENCODER_LAYOUTS,
     METADATA_FAMILY,
+    TEXT_ENCODER_LAYOUTS,
     materialize_config_dir,
     original_state_dict,
     write_single_file,

@@ -100,8 +100,8 @@ def test_weights_term_matches_a_real_load(demo_models_dir: Path, checkpoint: str
     """After a real load the pipeline holds the estimated weight bytes (plus tiny non-stored buffers)."""
     import torch
 
-    from serve_app.model.model_runner import ModelRunner
     from serve_app.config.modes_file import ModeConfig
+    from serve_app.model.model_runner import ModelRunner
 
     path = demo_models_dir / checkpoint
     runner = ModelRunner(ModeConfig(name="m", checkpoint=str(path), dtype=dtype), path, device=torch.device("cpu"))

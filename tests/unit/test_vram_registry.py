@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from deployments.protocol import DeviceStats, HeartbeatAnswer, HeartbeatReport, ModelState, Registration, ReserveAnswer, ReserveStatus
+from deployments.protocol import (
+    DeviceStats,
+    HeartbeatAnswer,
+    HeartbeatReport,
+    ModelState,
+    Registration,
+    ReserveAnswer,
+    ReserveStatus,
+)
 from deployments.vram_registry import VramRegistry
 
 GiB = 1024**3
