@@ -37,6 +37,26 @@ class RequestValidationError(DreamLabError):
     status_code = 422
 
 
+class RequestTooLargeError(DreamLabError):
+    """The request body (or an image in it) is over the size the server accepts."""
+
+    status_code = 413
+
+
+class AuthenticationError(DreamLabError):
+    """No API key, or not a valid one."""
+
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class PermissionDeniedError(DreamLabError):
+    """A valid key that may not do this (an operator action needs the admin key)."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+
 class CheckpointError(DreamLabError):
     """A checkpoint on disk cannot be used."""
 
