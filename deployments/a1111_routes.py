@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
+
+from deployments.access_control import CLIENT, require_admin
 from deployments.http_app import current_request_id, http_app
 from deployments.protocol import GenerationResult
 from deployments.router_core import RouterCore, worker_errors
@@ -34,7 +37,7 @@ from serve_app.api.a1111_schemas import (
 )
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
-from serve_app.errors import UnknownModeError
+from serve_app.errors import RequestValidationError, UnknownModeError
 from serve_app.model.generation import random_seed
 
 A1111 = [FrontEnd.A1111.value]
@@ -120,45 +123,55 @@ class A1111Routes(RouterCore):
         }
         return A1111GenerationResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 
-    @http_app.post("/sdapi/v1/txt2img", tags=A1111, summary="A1111: text to image",
+    @http_app.post("/sdapi/v1/txt2img", tags=A1111, dependencies=CLIENT, summary="A1111: text to image",
                    response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
     async def sdapi_txt2img(self, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
         return await self._a1111_generate(body)
 
-    @http_app.post("/sdapi/v1/img2img", tags=A1111, summary="A1111: image to image",
+    @http_app.post("/sdapi/v1/img2img", tags=A1111, dependencies=CLIENT, summary="A1111: image to image",
                    response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
     async def sdapi_img2img(self, body: A1111Img2ImgRequest) -> A1111GenerationResponse:
         return await self._a1111_generate(body)
 
-    @http_app.get("/sdapi/v1/sd-models", tags=A1111, summary="A1111: checkpoints (the modes)",
+    @http_app.get("/sdapi/v1/sd-models", tags=A1111, dependencies=CLIENT, summary="A1111: checkpoints (the modes)",
                   response_model=list[A1111SdModel], responses=ERRORS)
     async def sdapi_sd_models(self) -> list[A1111SdModel]:
         return [A1111SdModel(title=self._a1111_title(m), model_name=m.name, hash=checkpoint_sha256(m)[:10],
                              sha256=checkpoint_sha256(m), filename=m.info.path)
                 for m in self.catalog.modes.values()]
 
-    @http_app.get("/sdapi/v1/options", tags=A1111, summary="A1111: options", response_model=A1111Options,
+    @http_app.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
+                  summary="A1111: options", response_model=A1111Options,
                   responses=ERRORS)
     async def sdapi_get_options(self) -> A1111Options:
+        await self.ensure_poller()
         mode = self.catalog.modes[self.current_default]
         return A1111Options(sd_model_checkpoint=self._a1111_title(mode), sd_checkpoint_hash=checkpoint_sha256(mode),
                             samples_format="png")
 
-    @http_app.post("/sdapi/v1/options", tags=A1111, response_model=None,
+    @http_app.post("/sdapi/v1/options", tags=A1111, dependencies=CLIENT, response_model=None,
                    summary="A1111: set options (`sd_model_checkpoint` switches the default mode)",
                    responses={**error_responses(FrontEnd.A1111, 404, 503, 507),
                               200: {"content": {"application/json": {"schema": {"type": "null"}}}}})
-    async def sdapi_set_options(self, options: dict[str, Any]) -> None:
+    async def sdapi_set_options(self, request: Request, options: dict[str, Any]) -> None:
+        """Only `sd_model_checkpoint` is used: switching the application's default mode is an operator
+        action (the admin key, when keys are on), and only to a mode that can do txt2img."""
         if "sd_model_checkpoint" not in options:
             return None
+        await self.ensure_poller()
         mode = self._a1111_mode(str(options["sd_model_checkpoint"]), param="sd_model_checkpoint")
+        if not mode.family.txt2img:
+            raise RequestValidationError(
+                f"`sd_model_checkpoint` {mode.name!r} is an {mode.family.value} checkpoint, which only does img2img: "
+                "it cannot be the default", param="sd_model_checkpoint")
         if mode.name != self.current_default:  # switching to the current mode is a no-op
+            require_admin(request)
             await self.set_default_mode(mode.name)
             with worker_errors(mode.name):
                 await self.handles[mode.name].load.remote()
         return None
 
-    @http_app.get("/sdapi/v1/progress", tags=A1111, summary="A1111: progress of the running job",
+    @http_app.get("/sdapi/v1/progress", tags=A1111, dependencies=CLIENT, summary="A1111: progress of the running job",
                   response_model=A1111Progress, responses=ERRORS)
     async def sdapi_progress(self) -> A1111Progress:
         if not self.live_progress:
@@ -173,12 +186,13 @@ class A1111Routes(RouterCore):
                 job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(p.started)), job_no=0,
                 sampling_step=p.step, sampling_steps=p.total))
 
-    @http_app.get("/sdapi/v1/samplers", tags=A1111, summary="A1111: samplers", response_model=list[A1111Sampler],
+    @http_app.get("/sdapi/v1/samplers", tags=A1111, dependencies=CLIENT,
+                  summary="A1111: samplers", response_model=list[A1111Sampler],
                   responses=ERRORS)
     async def sdapi_samplers(self) -> list[A1111Sampler]:
         return [A1111Sampler(name=name, aliases=A1111_SAMPLER_ALIASES[name], options={}) for name in A1111_SAMPLERS]
 
-    @http_app.get("/sdapi/v1/schedulers", tags=A1111, summary="A1111: schedule types",
+    @http_app.get("/sdapi/v1/schedulers", tags=A1111, dependencies=CLIENT, summary="A1111: schedule types",
                   response_model=list[A1111Scheduler], responses=ERRORS)
     async def sdapi_schedulers(self) -> list[A1111Scheduler]:
         return [A1111Scheduler(name="automatic", label="Automatic", default_rho=-1.0, need_inner_model=False),

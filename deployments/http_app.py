@@ -7,6 +7,12 @@
   exception handlers, anything else by the middleware (a 500 that says "internal error" and the request
   id; the traceback goes to the log). The shape is the front end's of the route that failed: a route's
   OpenAPI tag is its `FrontEnd`, so no URL text is matched.
+- Bodies are capped before they are parsed: the middleware hands the app a `receive` that raises
+  `RequestTooLargeError` (413) when the route reads a body whose declared `Content-Length` is over
+  `MAX_BODY_BYTES`, or whose streamed (chunked) bytes pass it; what was read stays at most the cap plus
+  the one chunk that crossed it. It is raised inside the route, so the 413 takes the route's front end's
+  shape. Serve's own proxy and replica plumbing still buffer what the client sends before the app reads
+  it; a cap in front of Serve (a reverse proxy's body limit) bounds that too.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import serve_app
 from serve_app.api.http_errors import FrontEnd, render_error
-from serve_app.errors import DreamLabError
+from serve_app.errors import DreamLabError, RequestTooLargeError
 
 logger = logging.getLogger(__name__)
+
+# The largest request body the app reads: an init image at its limit (32 MiB, `request_resolution.
+# MAX_IMAGE_BYTES`) is 42.7 MiB of base64, plus room for the rest of the JSON.
+MAX_BODY_BYTES = 48 * 1024 * 1024
 
 _request_id: ContextVar[str] = ContextVar("dreamlab_request_id", default="-")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -47,15 +57,49 @@ def front_end_of(scope: Scope) -> FrontEnd:
     return FrontEnd.NATIVE
 
 
+def _declared_length(headers: Headers) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def capped_receive(receive: Receive, headers: Headers, max_bytes: int) -> Receive:
+    """`receive` that raises RequestTooLargeError once the body is known to pass `max_bytes`: at the first
+    read when the declared Content-Length says so (nothing is read), else at the chunk that crosses it."""
+    declared = _declared_length(headers)
+    seen = 0
+
+    def too_large() -> RequestTooLargeError:
+        return RequestTooLargeError(f"the request body is larger than {max_bytes} bytes ({max_bytes / 2**20:g} MiB), "
+                                    "the most this server accepts", param="body")
+
+    async def receive_capped() -> Message:
+        nonlocal seen
+        if declared is not None and declared > max_bytes:
+            raise too_large()
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise too_large()
+        return message
+
+    return receive_capped
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = Headers(scope=scope).get("x-request-id")
+        headers = Headers(scope=scope)
+        receive = capped_receive(receive, headers, self.max_body_bytes)
+        incoming = headers.get("x-request-id")
         request_id = incoming if incoming and _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         token = _request_id.set(request_id)
         started = False
@@ -80,12 +124,14 @@ class RequestContextMiddleware:
 
 
 async def _handled_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, HTTPException) and isinstance(exc.__cause__, DreamLabError):
+        exc = exc.__cause__  # FastAPI wraps what reading the body raised (RequestTooLargeError) in a 400
     return render_error(exc, front_end_of(request.scope), current_request_id())
 
 
-def install_error_path(app: FastAPI) -> None:
-    """Request ids and the one error path on `app`."""
-    app.add_middleware(RequestContextMiddleware)
+def install_error_path(app: FastAPI, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """Request ids, the body cap and the one error path on `app`."""
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=max_body_bytes)
     for exc_type in (DreamLabError, FastAPIValidationError, HTTPException):
         app.add_exception_handler(exc_type, _handled_error)
 

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from deployments.device_probe import DeviceProbe
 from deployments.protocol import (
     GenerationRequest,
@@ -37,7 +39,7 @@ from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
 from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
 from serve_app.model.jobs import JobContext, JobRegistry
 from serve_app.model.model_runner import ModelRunner
-from serve_app.model.pipeline_loader import dtype_name
+from serve_app.model.pipeline_loader import dtype_name, free_device_memory
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,15 +201,12 @@ class ModeWorker:
 
     # -- work ----------------------------------------------------------------------------------------
     async def _with_model(self, call: Callable[[], T], what: str, request_id: str,
-                          breaks_pipeline: bool) -> tuple[T, float | None]:
-        """Run `call` in a thread with the model loaded; (its result, the load seconds it waited for).
-
-        Dream Lab's own errors pass through; anything else is logged with its traceback and reaches the
-        client as a 500 without its text. `breaks_pipeline`: such a failure marks the model FAILED.
-        """
+                          check_pipeline: bool) -> tuple[T, float | None]:
+        """Run `call` in a thread with the model loaded (see `_contained`); (its result, the load seconds it
+        waited for). The model stays in use until the thread is done, self-check included."""
         load_s = await self._ensure_loaded()
         self._using += 1
-        work = asyncio.ensure_future(asyncio.to_thread(call))
+        work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id, check_pipeline))
         try:
             return await asyncio.shield(work), load_s
         except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
@@ -215,17 +214,52 @@ class ModeWorker:
             if not work.cancelled():
                 work.exception()  # retrieved: the caller is gone, nobody else will
             raise
-        except DreamLabError:
-            raise
-        except Exception as exc:
-            if breaks_pipeline:
-                self.runner.state = ModelState.FAILED
-                self.runner.last_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("[%s] %s failed on mode %s", request_id, what, self.mode.name)
-            raise JobFailedError(f"{what} failed on mode {self.mode.name!r} (request id {request_id})",
-                                 param=None) from None
         finally:
             self._using -= 1
+
+    def _contained(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool) -> T:
+        """Run `call` (in a worker thread) so that a failure fails this request, not the replica.
+
+        Dream Lab's own errors pass through. Anything else reaches the client as a 500 without its text (the
+        traceback goes to the log), after the device memory it held is freed: a CUDA out-of-memory error says
+        to ask for less; any other error, with `check_pipeline`, is followed by the runner's self-check, and
+        only a failed self-check marks the model FAILED (the health check then fails, Serve replaces the replica).
+        """
+        error: str | None = None  # None: out of memory
+        try:
+            return call()
+        except DreamLabError:
+            raise
+        except torch.cuda.OutOfMemoryError:
+            logger.warning("[%s] %s ran out of device memory on mode %s", request_id, what, self.mode.name)
+        except Exception as exc:
+            logger.exception("[%s] %s failed on mode %s", request_id, what, self.mode.name)
+            error = f"{type(exc).__name__}: {exc}"
+        # out of the except blocks: the error's traceback, and the tensors its frames held, are gone
+        free_device_memory(self.runner.device)
+        if error is None:
+            raise JobFailedError(
+                f"{what} on mode {self.mode.name!r} ran out of memory at this size; try a smaller width/height/"
+                f"num_images (request id {request_id})", param=None)
+        if check_pipeline:
+            self._check_pipeline(request_id, error)
+        raise JobFailedError(f"{what} failed on mode {self.mode.name!r} (request id {request_id})", param=None)
+
+    def _check_pipeline(self, request_id: str, error: str) -> None:
+        """After an unexpected error: a pipeline that fails its self-check is marked FAILED."""
+        try:
+            passed = self.runner.self_check(request_id)
+        except Exception:
+            logger.exception("[%s] mode %s self-check raised", request_id, self.mode.name)
+            passed = False
+        if passed:
+            logger.warning("[%s] mode %s passed its self-check after the error: the replica keeps serving",
+                           request_id, self.mode.name)
+            return
+        self.runner.state = ModelState.FAILED
+        self.runner.last_error = error
+        logger.error("[%s] mode %s failed its self-check after the error: marked failed, the replica will be "
+                     "replaced", request_id, self.mode.name)
 
     async def _generate(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
                         cancelled: Callable[[], bool] | None = None) -> GenerationResult:
@@ -233,7 +267,7 @@ class ModeWorker:
         first, self._first_request = self._first_request, False
         result, load_s = await self._with_model(
             lambda: self.runner.generate(request, progress, cancelled), request.kind, request.request_id,
-            breaks_pipeline=True)
+            check_pipeline=True)
         result.timings.job_s = round(time.perf_counter() - started, 4)
         if load_s is not None:
             result.timings.load_s = round(load_s, 4)
@@ -297,7 +331,7 @@ class ModeWorker:
         self.inflight += 1
         try:
             result, _ = await self._with_model(lambda: fn(JobContext(self.runner), payload), f"job {job_type!r}",
-                                               request_id, breaks_pipeline=False)
+                                               request_id, check_pipeline=False)
             return result
         finally:
             self.inflight -= 1
@@ -314,7 +348,7 @@ class ModeWorker:
                             replica=self.replica_id)
 
     def check_health(self) -> None:
-        """Unhealthy (Serve replaces the replica) when the pipeline broke while running."""
+        """Unhealthy (Serve replaces the replica) when the pipeline broke: it failed its self-check."""
         if self.runner.state is ModelState.FAILED:
             raise RuntimeError(f"mode {self.mode.name} pipeline is broken: {self.runner.last_error}")
 

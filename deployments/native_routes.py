@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from deployments.access_control import ADMIN, CLIENT
 from deployments.http_app import current_request_id, http_app
 from deployments.protocol import GenerationResult, LoadAnswer, ModelState, RegistryStats, UnloadAnswer
 from deployments.router_core import Generated, RouterCore, worker_errors
@@ -53,18 +54,21 @@ class NativeRoutes(RouterCore):
             return Response(img.data, media_type=f"image/{img.format}", headers={"X-Seed": str(img.seed)})
         return _native_json(done)
 
-    @http_app.post("/v1/txt2img", tags=NATIVE, summary="Text to image", response_model=GenerationResponse,
+    @http_app.post("/v1/txt2img", tags=NATIVE, dependencies=CLIENT,
+                   summary="Text to image", response_model=GenerationResponse,
                    response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
     async def txt2img(self, request: Request, body: Txt2ImgRequest) -> Any:
         """`Accept: image/png` with one image returns the PNG bytes instead of JSON."""
         return await self._native_generation(request, body)
 
-    @http_app.post("/v1/img2img", tags=NATIVE, summary="Image to image", response_model=GenerationResponse,
+    @http_app.post("/v1/img2img", tags=NATIVE, dependencies=CLIENT,
+                   summary="Image to image", response_model=GenerationResponse,
                    response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
     async def img2img(self, request: Request, body: Img2ImgRequest) -> Any:
         return await self._native_generation(request, body)
 
-    @http_app.post("/v1/txt2img/stream", tags=NATIVE, summary="Text to image with live progress (SSE)",
+    @http_app.post("/v1/txt2img/stream", tags=NATIVE, dependencies=CLIENT,
+                   summary="Text to image with live progress (SSE)",
                    response_class=StreamingResponse, responses={
                        **GENERATION_ERRORS,
                        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description":
@@ -99,7 +103,8 @@ class NativeRoutes(RouterCore):
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @http_app.post("/v1/jobs/{job_type}", tags=NATIVE, summary="Run a custom job type", response_model=JobResponse,
+    @http_app.post("/v1/jobs/{job_type}", tags=NATIVE, dependencies=CLIENT,
+                   summary="Run a custom job type", response_model=JobResponse,
                    responses=error_responses(FrontEnd.NATIVE, 404, 422, 500, 503, 507))
     async def run_job(self, job_type: str, body: JobRequest) -> JobResponse:
         """A custom job of the mode (its `jobs:`); `txt2img`/`img2img` take a generation request as payload."""
@@ -109,8 +114,10 @@ class NativeRoutes(RouterCore):
                 generation = parse_request(GENERATION_JOBS[job_type], body.payload)
                 result: Any = _native_json(await self.generate(generation, mode)).model_dump(exclude_none=True)
             else:
-                with worker_errors(mode.name):
-                    result = await self.handles[mode.name].run.remote(job_type, body.payload, current_request_id())
+                async with self.dispatch(mode):
+                    with worker_errors(mode.name):
+                        result = await self.handles[mode.name].run.remote(job_type, body.payload,
+                                                                          current_request_id())
         return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
 
     async def _stats(self) -> RegistryStats:
@@ -118,16 +125,20 @@ class NativeRoutes(RouterCore):
             return RegistryStats(devices=[], draining=self.draining, replicas={})
         return await self.registry.stats()
 
-    @http_app.get("/v1/modes", tags=NATIVE, summary="Every mode with its state and VRAM", response_model=ModesResponse,
+    @http_app.get("/v1/modes", tags=NATIVE, dependencies=CLIENT,
+                  summary="Every mode with its state and VRAM", response_model=ModesResponse,
                   responses=error_responses(FrontEnd.NATIVE))
     async def list_modes(self) -> ModesResponse:
+        await self.ensure_poller()  # the default mode and the replica counts come with the registry's poll
         stats = await self._stats()
         models = [m for d in stats.devices for m in d.models]
         out = []
         for name, mode in self.catalog.modes.items():
             loaded = [m for m in models if m.mode == name]
             states = {r.state for r in stats.replicas.values() if r.mode == name}
-            state = (ModelState.READY if loaded else ModelState.LOADING if ModelState.LOADING in states
+            serving = [m for m in loaded if m.replica not in stats.replicas
+                       or stats.replicas[m.replica].state is not ModelState.FAILED]
+            state = (ModelState.READY if serving else ModelState.LOADING if ModelState.LOADING in states
                      else ModelState.FAILED if ModelState.FAILED in states else ModelState.COLD)
             out.append(ModeOut(
                 name=name, family=mode.family.value, checkpoint=mode.config.checkpoint, format=mode.info.format.value,
@@ -139,21 +150,21 @@ class NativeRoutes(RouterCore):
                 jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", *mode.config.jobs]))
         return ModesResponse(default_mode=self.current_default, modes=out)
 
-    @http_app.post("/v1/modes/{name}/load", tags=NATIVE, summary="Load a mode (no-op when loaded)",
+    @http_app.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",
                    response_model=LoadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503, 507))
     async def load_mode(self, name: str) -> LoadAnswer:
         mode = self.catalog.select(name, param="name")
         with worker_errors(mode.name):
             return await self.handles[mode.name].load.remote()
 
-    @http_app.post("/v1/modes/{name}/unload", tags=NATIVE, summary="Unload a mode on one replica",
+    @http_app.post("/v1/modes/{name}/unload", tags=NATIVE, dependencies=ADMIN, summary="Unload a mode on one replica",
                    response_model=UnloadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503))
     async def unload_mode(self, name: str) -> UnloadAnswer:
         mode = self.catalog.select(name, param="name")
         with worker_errors(mode.name):
             return await self.handles[mode.name].unload.remote()
 
-    @http_app.get("/v1/registry", tags=NATIVE, summary="Per-device VRAM and the models on it",
+    @http_app.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",
                   response_model=RegistryStats, responses=error_responses(FrontEnd.NATIVE))
     async def registry_stats(self) -> RegistryStats:
         return await self._stats()

@@ -12,6 +12,7 @@ import time
 from fastapi import Request
 from fastapi.responses import Response
 
+from deployments.access_control import CLIENT
 from deployments.http_app import http_app
 from deployments.router_core import RouterCore
 from serve_app.api.http_errors import FrontEnd, error_responses
@@ -32,7 +33,7 @@ OPENAI = [FrontEnd.OPENAI.value]
 class OpenAIRoutes(RouterCore):
     image_store = ImageStore()
 
-    @http_app.post("/v1/images/generations", tags=OPENAI, summary="OpenAI: create images",
+    @http_app.post("/v1/images/generations", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: create images",
                    response_model=OpenAIImagesResponse, response_model_exclude_none=True,
                    responses=error_responses(FrontEnd.OPENAI, 404, 422, 503, 507))
     async def openai_generations(self, request: Request, body: OpenAIImageRequest) -> OpenAIImagesResponse:
@@ -59,7 +60,8 @@ class OpenAIRoutes(RouterCore):
             raise ImageNotFoundError(f"image {key[:40]!r} not found or expired", param="key")
         return Response(item[0], media_type=item[1])
 
-    @http_app.get("/v1/models", tags=OPENAI, summary="OpenAI: list models (the modes)", response_model=OpenAIModelList,
+    @http_app.get("/v1/models", tags=OPENAI, dependencies=CLIENT,
+                  summary="OpenAI: list models (the modes)", response_model=OpenAIModelList,
                   responses=error_responses(FrontEnd.OPENAI))
     async def openai_models(self) -> OpenAIModelList:
         created = int(self.started_at)
@@ -68,7 +70,8 @@ class OpenAIRoutes(RouterCore):
                         aliases=mode.config.aliases)
             for name, mode in self.catalog.modes.items()])
 
-    @http_app.get("/v1/models/{model}", tags=OPENAI, summary="OpenAI: one model", response_model=OpenAIModel,
+    @http_app.get("/v1/models/{model}", tags=OPENAI, dependencies=CLIENT,
+                  summary="OpenAI: one model", response_model=OpenAIModel,
                   response_model_exclude_none=True, responses=error_responses(FrontEnd.OPENAI, 404))
     async def openai_model(self, model: str) -> OpenAIModel:
         mode = self.select(model, param="model")

@@ -18,8 +18,8 @@ from serve_app.model.model_state import ModelState
 
 __all__ = [
     "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport", "InflightCounts",
-    "LoadAnswer", "ModelState", "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer", "ReserveStatus",
-    "RouterPollAnswer", "UnloadAnswer",
+    "LoadAnswer", "ModelState", "OperatorState", "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer",
+    "ReserveStatus", "RouterPollAnswer", "UnloadAnswer",
 ]
 
 
@@ -77,10 +77,19 @@ class ReserveAnswer(Message):
 
 
 # -- router <-> registry ---------------------------------------------------------------------------------
+class OperatorState(Message):
+    """What operators set at run time. The registry and every router hold a copy; each router poll sends
+    its copy and gets the registry's back, and the higher `version` wins on both sides, so the state
+    survives a restart of the registry or of any router (one at a time)."""
+
+    default_mode: str | None = Field(None, description="Set by a switch (A1111 options); None: the configured one.")
+    draining: bool = Field(False, description="`dreamlab shutdown` is draining the application.")
+    version: int = Field(0, description="Grows with each change.")
+
+
 class RouterPollAnswer(Message):
-    draining: bool
-    default_mode: str | None = Field(description="Set by a switch (A1111 options); None: the configured one.")
-    default_version: int = Field(description="Grows with each switch: routers ignore answers older than theirs.")
+    state: OperatorState
+    replicas: dict[str, int] = Field(description="Live replicas per mode, as heartbeats tell.")
 
 
 class InflightCounts(Message):

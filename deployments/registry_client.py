@@ -10,6 +10,7 @@ from deployments.protocol import (
     HeartbeatAnswer,
     HeartbeatReport,
     InflightCounts,
+    OperatorState,
     Registration,
     RegistryStats,
     ReserveAnswer,
@@ -44,10 +45,10 @@ class RegistryClient:
     async def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:
         return await self._call("heartbeat", replica, report)
 
-    async def router_poll(self, router: str, inflight: int) -> RouterPollAnswer:
-        return await self._call("router_poll", router, inflight, timeout_s=5.0)
+    async def router_poll(self, router: str, inflight: int, state: OperatorState) -> RouterPollAnswer:
+        return await self._call("router_poll", router, inflight, state, timeout_s=5.0)
 
-    async def set_default_mode(self, mode: str) -> int:
+    async def set_default_mode(self, mode: str) -> OperatorState:
         return await self._call("set_default_mode", mode)
 
     async def stats(self) -> RegistryStats:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,16 @@ from typing import Any
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from deployments.access_control import current_caller, set_access_policy
+from deployments.fair_queue import FairQueue
 from deployments.http_app import current_request_id
-from deployments.protocol import GenerationRequest, GenerationResult, ProgressEvent
+from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent
 from deployments.registry_client import RegistryClient
+from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
 from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.config.app_args import AccessConfig, FairShareConfig
 from serve_app.config.modes_file import ModesFile
 from serve_app.errors import ModeUnavailableError, QueueFullError, ShuttingDownError
 
@@ -56,21 +60,35 @@ class RouterCore:
     """`mode_handles` maps mode name -> DeploymentHandle; `registry` is the registry's handle (None: none)."""
 
     def __init__(self, modes: dict[str, Any], model_root: str, mode_handles: dict[str, Any],
-                 registry: Any = None) -> None:
+                 registry: Any = None, access: dict[str, Any] | None = None,
+                 fair_share: dict[str, Any] | None = None) -> None:
         self.catalog = ModeCatalog(ModesFile.model_validate(modes), Path(model_root))
         self.handles = mode_handles
         self.registry = RegistryClient(registry) if registry is not None else None
+        set_access_policy(AccessPolicy.from_config(AccessConfig.model_validate(access or {})))
+        share = FairShareConfig.model_validate(fair_share or {})
+        self.queues = {name: FairQueue(name, self._capacity(name, share.dispatch_per_replica),
+                                       share.max_waiting_per_client) for name in self.catalog.modes}
         self.router_id = uuid.uuid4().hex[:12]
         self.inflight = 0
-        self.draining = False
-        self.current_default = self.catalog.default
-        self._default_version = 0  # registry version of current_default (A1111 switches)
+        self.operator = OperatorState()  # this router's copy of what operators set (see OperatorState)
+        self.replicas: dict[str, int] = {}  # live replicas per mode, from the registry
         self.started_at = time.time()
         self._poller: asyncio.Task | None = None
 
-    # -- the registry's view: drain flag, default mode -------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        return self.operator.draining
+
+    @property
+    def current_default(self) -> str:
+        """The application's default mode: the last switch, else the configured one."""
+        switched = self.operator.default_mode
+        return switched if switched in self.catalog.modes else self.catalog.default
+
+    # -- operator state shared through the registry: drain flag, default mode ----------------------------
     async def ensure_poller(self) -> None:
-        """Report in-flight work to the registry and learn the drain flag and default mode (every 0.2 s).
+        """Report in-flight work and the operator state to the registry, learn its (every 0.2 s).
 
         The first call polls once before returning, so a router's very first request already knows
         whether the application drains."""
@@ -81,14 +99,16 @@ class RouterCore:
     async def _poll_once(self) -> None:
         assert self.registry is not None
         try:
-            ans = await self.registry.router_poll(self.router_id, self.inflight)
+            ans = await self.registry.router_poll(self.router_id, self.inflight, self.operator)
         except Exception as exc:
             logger.warning("registry poll failed: %s", exc)
             return
-        self.draining = ans.draining
         # a poll sent before this router's own switch may answer after it: only newer versions count
-        if ans.default_version > self._default_version and ans.default_mode in self.catalog.modes:
-            self.current_default, self._default_version = ans.default_mode, ans.default_version
+        if ans.state.version > self.operator.version:
+            self.operator = ans.state
+        self.replicas = ans.replicas
+        for queue in self.queues.values():
+            queue.wake()  # a mode that scaled up takes more at once
 
     async def _poll_registry(self) -> None:
         while True:
@@ -97,9 +117,13 @@ class RouterCore:
 
     async def set_default_mode(self, name: str) -> None:
         """Switch the application's default mode (shared with every router through the registry)."""
-        self.current_default = name
-        if self.registry is not None:
-            self._default_version = await self.registry.set_default_mode(name)
+        if self.registry is None:
+            self.operator = self.operator.model_copy(
+                update={"default_mode": name, "version": self.operator.version + 1})
+            return
+        state = await self.registry.set_default_mode(name)
+        if state.version > self.operator.version:
+            self.operator = state
 
     # -- admission -----------------------------------------------------------------------------------
     async def admit(self) -> None:
@@ -122,6 +146,15 @@ class RouterCore:
             self.release()
 
     # -- modes and workers -----------------------------------------------------------------------------
+    def _capacity(self, mode: str, per_replica: int) -> Callable[[], int]:
+        """How many requests of `mode` go on to its replicas at once (a scaled-to-zero mode takes one
+        replica's worth, which wakes it)."""
+        return lambda: per_replica * max(1, self.replicas.get(mode, 0))
+
+    def dispatch(self, mode: ServedMode) -> contextlib.AbstractAsyncContextManager[None]:
+        """A slot to send a request of `mode` on, in fair turn with the other clients."""
+        return self.queues[mode.name].slot(current_caller().id)
+
     def select(self, name: str | None, param: str = "mode") -> ServedMode:
         """The named mode (or alias), or the application's current default mode."""
         return self.catalog.select(name or self.current_default, param=param)
@@ -131,17 +164,40 @@ class RouterCore:
         return resolve_request(body, mode.config, mode.family, current_request_id())
 
     async def generate(self, body: Txt2ImgRequest, mode: ServedMode | None = None) -> Generated:
-        """Resolve `body` (on `mode`, else the one it names) and run it on that mode's worker."""
+        """Resolve `body` (on `mode`, else the one it names) and run it on that mode's worker.
+
+        A replica that dies under the request costs one retry (Serve sends it to another replica);
+        generation has no side effects, so running it twice is safe."""
         started = time.perf_counter()
         mode = mode or self.select(body.mode)
         request = self.resolve(body, mode)
-        with worker_errors(mode.name):
-            result: GenerationResult = await self.handles[mode.name].generate.remote(request)
+        try:
+            result = await self._generate_once(mode, request)
+        except ModeUnavailableError:
+            logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)
+            result = await self._generate_once(mode, request)
         return Generated(mode, result, time.perf_counter() - started)
+
+    async def _generate_once(self, mode: ServedMode, request: GenerationRequest) -> GenerationResult:
+        async with self.dispatch(mode):
+            with worker_errors(mode.name):
+                return await self.handles[mode.name].generate.remote(request)
 
     async def generate_stream(self, mode: ServedMode,
                               request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
-        """The worker's progress events, then its result."""
-        with worker_errors(mode.name):
-            async for event in self.handles[mode.name].options(stream=True).generate_stream.remote(request):
-                yield event
+        """The worker's progress events, then its result. Retried once like `generate` while nothing was
+        streamed yet; after that a dead replica is a 503."""
+        for attempt in (1, 2):
+            streamed = False
+            try:
+                async with self.dispatch(mode):
+                    with worker_errors(mode.name):
+                        stream = self.handles[mode.name].options(stream=True).generate_stream.remote(request)
+                        async for event in stream:
+                            streamed = True
+                            yield event
+                return
+            except ModeUnavailableError:
+                if streamed or attempt == 2:
+                    raise
+                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)

@@ -33,6 +33,7 @@ from deployments.protocol import (
     InflightCounts,
     ModelState,
     ModelStats,
+    OperatorState,
     Registration,
     RegistryStats,
     ReplicaStats,
@@ -84,9 +85,7 @@ class VramRegistry:
         self.models: dict[str, ModelStats] = {}  # by replica id
         self.reservations: dict[str, Reservation] = {}
         self.replicas: dict[str, ReplicaSeen] = {}
-        self.draining = False
-        self.default_mode: str | None = None  # set by A1111 `sd_model_checkpoint`; None = the configured one
-        self.default_version = 0
+        self.operator = OperatorState()
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
 
     # -- devices -------------------------------------------------------------------------------------
@@ -246,21 +245,33 @@ class VramRegistry:
                                draining=self.draining)
 
     # -- draining and the default mode ---------------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        return self.operator.draining
+
+    def _change(self, **changes: object) -> OperatorState:
+        self.operator = self.operator.model_copy(update={**changes, "version": self.operator.version + 1})
+        return self.operator
+
     def set_draining(self, draining: bool = True) -> None:
-        self.draining = draining
+        self._change(draining=draining)
         logger.warning("draining %s", "started" if draining else "cancelled")
 
-    def router_poll(self, router: str, inflight: int) -> RouterPollAnswer:
-        """A router reports its in-flight requests; it learns the drain flag and the default mode."""
-        self.routers[router] = (inflight, self._clock())
-        return RouterPollAnswer(draining=self.draining, default_mode=self.default_mode,
-                                default_version=self.default_version)
+    def set_default_mode(self, mode: str) -> OperatorState:
+        """Switch the application's default mode."""
+        return self._change(default_mode=mode)
 
-    def set_default_mode(self, mode: str) -> int:
-        """Switch the application's default mode; the version lets routers ignore answers older than it."""
-        self.default_mode = mode
-        self.default_version += 1
-        return self.default_version
+    def router_poll(self, router: str, inflight: int, state: OperatorState | None = None) -> RouterPollAnswer:
+        """A router reports its in-flight requests and its copy of the operator state (a newer copy wins:
+        after a registry restart the routers bring the state back); it learns the registry's."""
+        self.routers[router] = (inflight, self._clock())
+        if state is not None and state.version > self.operator.version:
+            logger.warning("operator state restored from router %s: %s", router, state)
+            self.operator = state
+        replicas: dict[str, int] = {}
+        for seen in self.replicas.values():
+            replicas[seen.mode] = replicas.get(seen.mode, 0) + 1
+        return RouterPollAnswer(state=self.operator, replicas=replicas)
 
     def inflight(self) -> InflightCounts:
         self._sweep()

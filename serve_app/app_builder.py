@@ -53,4 +53,4 @@ def build_app(args: dict[str, Any] | None = None):
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
     return serve.deployment(RouterIngress, name=ROUTER_DEPLOYMENT).options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
-        modes.model_dump(mode="json"), str(root), handles, registry)
+        modes.model_dump(mode="json"), str(root), handles, registry, a.access.model_dump(), a.fair_share.model_dump())

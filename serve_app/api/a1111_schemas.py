@@ -7,13 +7,14 @@ A1111's own API, unknown fields are ignored, while the fields we do use are vali
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import MAX_SEED
+from serve_app.strict_model import FieldError, quote
 
 # A1111 sampler name -> Dream Lab scheduler. Karras variants also come as sampler + scheduler "Karras".
 A1111_SAMPLERS: dict[str, str] = {
@@ -32,6 +33,26 @@ A1111_SAMPLER_ALIASES: dict[str, list[str]] = {
     "DPM++ 2M": ["k_dpmpp_2m"], "DPM++ 2M Karras": ["k_dpmpp_2m_ka"], "Heun": ["k_heun"], "LMS": ["k_lms"],
     "PLMS": [], "UniPC": [],
 }
+
+
+# The A1111 field of each native field an A1111 request becomes: errors of the native request name the
+# field the client sent (see `request_resolution.resolve_request`).
+A1111_FIELD_NAMES: dict[str, str] = {
+    "image": "init_images", "strength": "denoising_strength", "guidance_scale": "cfg_scale",
+    "num_images": "batch_size",
+}
+
+
+class A1111NativeTxt2Img(Txt2ImgRequest):
+    """The native request of an A1111 txt2img; its errors name the A1111 fields."""
+
+    client_field_names: ClassVar[dict[str, str]] = A1111_FIELD_NAMES
+
+
+class A1111NativeImg2Img(Img2ImgRequest):
+    """The native request of an A1111 img2img; its errors name the A1111 fields (`init_images`, ...)."""
+
+    client_field_names: ClassVar[dict[str, str]] = A1111_FIELD_NAMES
 
 
 class A1111Txt2ImgRequest(BaseModel):
@@ -53,21 +74,35 @@ class A1111Txt2ImgRequest(BaseModel):
     scheduler: str | None = Field(None, description="A1111 >= 1.9 schedule type; 'Karras' picks Karras sigmas.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode.")
 
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> A1111Txt2ImgRequest:
+        """Every image of every batch gets a seed within range (image i uses seed + i), checked before the
+        first batch runs, naming the client's own value."""
+        count = self.batch_size * self.n_iter
+        if self.seed == -1:
+            if count > MAX_SEED + 1:
+                raise FieldError(("batch_size",), self.batch_size,
+                                 f"batch_size * n_iter must be at most {MAX_SEED + 1} images")
+        elif not 0 <= self.seed <= MAX_SEED - count + 1:
+            room = "" if count == 1 else f" (image i uses seed + i, for batch_size * n_iter = {count} images)"
+            raise FieldError(("seed",), self.seed, f"must be -1 (random) or between 0 and {MAX_SEED - count + 1}"
+                                                   f"{room}")
+        return self
+
     def native_fields(self, checkpoint_param: str = "override_settings.sd_model_checkpoint") -> dict[str, Any]:
-        if self.seed < -1 or self.seed > MAX_SEED:
-            raise RequestValidationError(f"`seed` must be -1 (random) or 0..{MAX_SEED}, got {self.seed}",
-                                         param="seed")
+        sampler_field = "sampler_name" if self.sampler_name else "sampler_index"
         return dict(prompt=self.prompt, negative_prompt=self.negative_prompt,
                     seed=None if self.seed == -1 else self.seed, steps=self.steps, guidance_scale=self.cfg_scale,
                     width=self.width, height=self.height, num_images=self.batch_size,
-                    scheduler=a1111_scheduler(self.sampler_name or self.sampler_index, self.scheduler))
+                    scheduler=a1111_scheduler(self.sampler_name or self.sampler_index, self.scheduler,
+                                              sampler_field))
 
     def checkpoint(self) -> str | None:
         value = (self.override_settings or {}).get("sd_model_checkpoint")
         return str(value) if value else None
 
     def to_native(self, mode: str | None) -> Txt2ImgRequest:
-        return Txt2ImgRequest(mode=mode, **self.native_fields())
+        return A1111NativeTxt2Img(mode=mode, **self.native_fields())
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
@@ -79,20 +114,22 @@ class A1111Img2ImgRequest(A1111Txt2ImgRequest):
     def to_native(self, mode: str | None) -> Img2ImgRequest:
         if not self.init_images:
             raise RequestValidationError("`init_images` must hold one base64 image, got []", param="init_images")
-        return Img2ImgRequest(mode=mode, image=self.init_images[0], strength=self.denoising_strength,
-                              **self.native_fields())
+        return A1111NativeImg2Img(mode=mode, image=self.init_images[0], strength=self.denoising_strength,
+                                  **self.native_fields())
 
 
-def a1111_scheduler(sampler: str | None, schedule: str | None) -> str | None:
-    """Map an A1111 sampler (and schedule type) onto a Dream Lab scheduler; None keeps the mode's."""
+def a1111_scheduler(sampler: str | None, schedule: str | None, field: str = "sampler_name") -> str | None:
+    """Map an A1111 sampler (and schedule type) onto a Dream Lab scheduler; None keeps the mode's.
+
+    `field` is where the client put the sampler (`sampler_name`, or the older `sampler_index`)."""
     if not sampler:
         return None
     by_alias = {alias: name for name, aliases in A1111_SAMPLER_ALIASES.items() for alias in aliases}
     name = sampler if sampler in A1111_SAMPLERS else by_alias.get(sampler)
     if name is None:
         raise RequestValidationError(
-            f"`sampler_name` {sampler!r} is not supported; use one of: {', '.join(A1111_SAMPLERS)}",
-            param="sampler_name")
+            f"`{field}` {quote(sampler)} is not supported; use one of: {', '.join(A1111_SAMPLERS)}",
+            param=field)
     if (schedule or "").lower() == "karras" and name == "DPM++ 2M":
         name = "DPM++ 2M Karras"
     return A1111_SAMPLERS[name]

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from serve_app.errors import DreamLabError, QueueFullError
+from serve_app.errors import AuthenticationError, DreamLabError, QueueFullError
 from serve_app.strict_model import describe_error
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ def error_facts(exc: BaseException, request_id: str = "-") -> ErrorFacts:
     if isinstance(exc, DreamLabError):
         body = exc.to_dict()
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFullError) else {}
+        if isinstance(exc, AuthenticationError):
+            headers["WWW-Authenticate"] = 'Bearer realm="dreamlab"'
         extra = {k: v for k, v in body.items() if k not in ("type", "message", "param")}
         return ErrorFacts(exc.status_code, exc.error_type, exc.message, exc.param, headers, extra)
     if isinstance(exc, FastAPIValidationError):
@@ -103,7 +105,7 @@ class A1111ErrorResponse(BaseModel):
     param: str | None = None
 
 
-_OPENAI_CODES = {503: "overloaded", 507: "insufficient_vram"}
+_OPENAI_CODES = {401: "invalid_api_key", 503: "overloaded", 507: "insufficient_vram"}
 
 
 def native_error(f: ErrorFacts) -> JSONResponse:

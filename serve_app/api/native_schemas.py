@@ -18,7 +18,8 @@ class Txt2ImgRequest(StrictModel):
 
     prompt: str = Field(description="What to draw.")
     negative_prompt: str | None = Field(None, description="What to avoid.")
-    mode: str | None = Field(None, description="Mode name or alias; the default mode when left out.")
+    mode: str | None = Field(None, max_length=128,
+                             description="Mode name or alias; the default mode when left out.")
     width: int | None = Field(None, description="Width in pixels, a multiple of 8 within the mode's limit.")
     height: int | None = Field(None, description="Height in pixels, a multiple of 8 within the mode's limit.")
     steps: int | None = Field(None, description="Denoising steps.")
@@ -39,7 +40,8 @@ class Img2ImgRequest(Txt2ImgRequest):
 class JobRequest(StrictModel):
     """A custom job: which mode runs it and the job's own JSON payload."""
 
-    mode: str | None = Field(None, description="Mode name or alias; the default mode when left out.")
+    mode: str | None = Field(None, max_length=128,
+                             description="Mode name or alias; the default mode when left out.")
     payload: dict[str, Any] = Field(default_factory=dict, description="Passed to the job function as is.")
 
 

@@ -14,14 +14,15 @@ from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import OutputFormat
 from serve_app.model.schedulers import SchedulerName
-from serve_app.strict_model import StrictModel
+from serve_app.strict_model import StrictModel, quote
 
 
 class OpenAIImageRequest(StrictModel):
     """`POST /v1/images/generations`. Dream Lab extras: seed, steps, negative_prompt, guidance_scale, scheduler."""
 
     prompt: str = Field(description="What to draw.")
-    model: str | None = Field(None, description="A mode name or alias; the default mode when left out.")
+    model: str | None = Field(None, max_length=128,
+                              description="A mode name or alias; the default mode when left out.")
     n: int = Field(1, ge=1, description="Number of images.")
     size: str | None = Field(None, description="`WxH` (e.g. 512x512) or `auto` (the mode's default).")
     response_format: Literal["b64_json", "url"] = Field("b64_json", description="Inline base64 or a URL here.")
@@ -40,7 +41,7 @@ class OpenAIImageRequest(StrictModel):
         if self.size not in (None, "auto"):
             match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", self.size)
             if not match:
-                raise RequestValidationError(f"`size` must look like '512x512' or be 'auto', got {self.size!r}",
+                raise RequestValidationError(f"`size` must look like '512x512' or be 'auto', got {quote(self.size)}",
                                              param="size")
             width, height = int(match[1]), int(match[2])
         return Txt2ImgRequest(prompt=self.prompt, mode=self.model, num_images=self.n, width=width, height=height,

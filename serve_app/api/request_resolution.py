@@ -4,6 +4,16 @@
 the init image decoded and sized), raising `RequestValidationError` that names the field and its value,
 in the style of diffusers' `check_inputs`. The router calls it once, before queueing (bad input never
 takes a queue slot); the mode worker runs what it returns.
+
+Bounds, cheapest first: the prompts' length (`max_prompt_chars`) and their text (no lone surrogates, which
+no tokenizer can encode); then the init image, which `decode_image` bounds before it decodes any pixel:
+its base64 length (`MAX_IMAGE_BYTES`), then, from the header alone, its format (PNG/JPEG/WebP) and its size,
+at most `INIT_IMAGE_SCALE` times the mode's `max_width` x `max_height` (it is resized to the requested
+size, which is within them; the factor leaves room for a larger source, e.g. a 2048 photo for a 1024
+mode, and bounds the decode at 4x the mode's largest frame).
+
+A request a front end translated into a native one (A1111's) may carry `client_field_names` (a class
+attribute: native field -> the client's own field), so errors name the field the client sent.
 """
 
 from __future__ import annotations
@@ -11,44 +21,89 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
+import warnings
+from collections.abc import Mapping
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
-from serve_app.config.modes_file import ModeConfig
-from serve_app.errors import RequestValidationError
+from serve_app.config.modes_file import ModeConfig, ModeLimits
+from serve_app.errors import RequestTooLargeError, RequestValidationError
 from serve_app.model.families import Family
 from serve_app.model.generation import MAX_SEED, GenerationRequest, random_seed
-from serve_app.strict_model import StrictModel, describe_error
+from serve_app.strict_model import StrictModel, describe_error, quote
 
-MAX_IMAGE_BYTES = 32 * 1024 * 1024
+MAX_IMAGE_BYTES = 32 * 1024 * 1024  # an encoded init image, before base64
+INIT_IMAGE_SCALE = 2  # an init image may be this many times the mode's max_width / max_height
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+# What PIL raises on an image it cannot read, short of a bug of ours
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error)
 
 
 def _invalid(field: str, value: object, why: str) -> RequestValidationError:
-    return RequestValidationError(f"`{field}` {why}, got {value!r}", param=field)
+    return RequestValidationError(f"`{field}` {why}, got {quote(value)}", param=field)
 
 
-def decode_image(data: str, field: str = "image") -> Image.Image:
-    """Decode a base64 (or data URL) image, naming the field on failure."""
+def decode_image(data: str, field: str = "image", limits: ModeLimits | None = None) -> Image.Image:
+    """Decode a base64 (or data URL) PNG/JPEG/WebP image, naming `field` on failure.
+
+    Bounded before any pixel is decoded: the base64 length (413 past MAX_IMAGE_BYTES), then, from the
+    header, the format and the size (`limits`, the mode's, default ModeLimits(); at most INIT_IMAGE_SCALE
+    times its max_width x max_height). PIL's decompression-bomb guard answers a 422 too, never a 500.
+    """
+    limits = limits or ModeLimits()
     payload = data.split(",", 1)[1] if data.startswith("data:") else data
     if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise RequestValidationError(f"`{field}` is larger than {MAX_IMAGE_BYTES} bytes", param=field)
+        raise RequestTooLargeError(f"`{field}` is larger than {MAX_IMAGE_BYTES} bytes ({len(payload)} characters "
+                                   "of base64)", param=field)
     try:
         raw = base64.b64decode(payload, validate=True)
-        img = Image.open(io.BytesIO(raw))
-        img.load()
     except (binascii.Error, ValueError) as exc:
         raise RequestValidationError(f"`{field}` is not valid base64 ({exc})", param=field) from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise RequestValidationError(f"`{field}` is not a decodable PNG/JPEG/WebP image", param=field) from exc
-    return img.convert("RGB")
+    max_w, max_h = INIT_IMAGE_SCALE * limits.max_width, INIT_IMAGE_SCALE * limits.max_height
+    with warnings.catch_warnings():
+        # PIL warns past Image.MAX_IMAGE_PIXELS (and raises past twice that): a client's image is refused
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # reads the header only
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RequestValidationError(f"`{field}` is too large to decode ({exc}); this mode takes init images "
+                                         f"up to {max_w}x{max_h}", param=field) from exc
+        except _UNREADABLE as exc:
+            raise RequestValidationError(f"`{field}` is not a decodable PNG/JPEG/WebP image, got {len(raw)} "
+                                         f"bytes starting {quote(raw[:8])}", param=field) from exc
+        if img.width > max_w or img.height > max_h:
+            raise RequestValidationError(
+                f"`{field}` is {img.width}x{img.height} pixels; this mode takes init images up to {max_w}x{max_h} "
+                f"({INIT_IMAGE_SCALE}x its largest output, {limits.max_width}x{limits.max_height})", param=field)
+        try:
+            img.load()
+            return img.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise RequestValidationError(f"`{field}` is too large to decode ({exc})", param=field) from exc
+        except _UNREADABLE as exc:
+            raise RequestValidationError(f"`{field}` is not a decodable {img.format} image ({exc})",
+                                         param=field) from exc
 
 
-def _check_size(field: str, value: int, limit: int) -> None:
+def _check_text(field: str, text: str, limit: int) -> None:
+    """A prompt's length, then its text: a lone surrogate (JSON allows "\\ud800") cannot be tokenized."""
+    if len(text) > limit:
+        raise _invalid(field, text, f"must be at most {limit} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _invalid(field, text, f"must be valid Unicode text, not a lone surrogate ({text[exc.start]!r} at "
+                                    f"index {exc.start})") from None
+
+
+def _check_size(field: str, value: int, limit: int, from_image: bool = False) -> None:
     if value < 8 or value % 8:
         raise _invalid(field, value, "must be a positive multiple of 8")
     if value > limit:
-        raise _invalid(field, value, f"must be at most {limit} for this mode")
+        source = f" (taken from the init image: send `{field}` to resize it)" if from_image else ""
+        raise _invalid(field, value, f"must be at most {limit} for this mode{source}")
 
 
 def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
@@ -56,11 +111,16 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
     """Fill defaults from `mode` and check every value against its limits."""
     d, lim = mode.defaults, mode.limits
     is_img2img = isinstance(req, Img2ImgRequest)
+    names: Mapping[str, str] = getattr(req, "client_field_names", {})
+
+    def name(field: str) -> str:  # the client's own name of a native field
+        return names.get(field, field)
+
     family.check_job("img2img" if is_img2img else "txt2img", mode.name)
-    if len(req.prompt) > lim.max_prompt_chars:
-        raise _invalid("prompt", f"{req.prompt[:40]}... ({len(req.prompt)} chars)",
-                       f"must be at most {lim.max_prompt_chars} characters")
-    init_image = decode_image(req.image) if is_img2img else None
+    _check_text(name("prompt"), req.prompt, lim.max_prompt_chars)
+    if req.negative_prompt is not None:
+        _check_text(name("negative_prompt"), req.negative_prompt, lim.max_prompt_chars)
+    init_image = decode_image(req.image, name("image"), lim) if is_img2img else None
     if init_image is not None:
         default_w, default_h = max(8, init_image.width // 8 * 8), max(8, init_image.height // 8 * 8)
     else:
@@ -68,25 +128,26 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
     # `is None`, not `or`: an explicit 0 is a bad value to report, not a request for the default
     width = default_w if req.width is None else req.width
     height = default_h if req.height is None else req.height
-    _check_size("width", width, lim.max_width)
-    _check_size("height", height, lim.max_height)
+    _check_size(name("width"), width, lim.max_width, from_image=init_image is not None and req.width is None)
+    _check_size(name("height"), height, lim.max_height, from_image=init_image is not None and req.height is None)
     steps = d.steps if req.steps is None else req.steps
     if not 1 <= steps <= lim.max_steps:
-        raise _invalid("steps", steps, f"must be between 1 and {lim.max_steps}")
+        raise _invalid(name("steps"), steps, f"must be between 1 and {lim.max_steps}")
     guidance = d.guidance_scale if req.guidance_scale is None else req.guidance_scale
     if not 0.0 <= guidance <= 50.0:
-        raise _invalid("guidance_scale", guidance, "must be between 0 and 50")
+        raise _invalid(name("guidance_scale"), guidance, "must be between 0 and 50")
     num_images = 1 if req.num_images is None else req.num_images
     if not 1 <= num_images <= lim.max_num_images:
-        raise _invalid("num_images", num_images, f"must be between 1 and {lim.max_num_images}")
+        raise _invalid(name("num_images"), num_images, f"must be between 1 and {lim.max_num_images}")
     seed = random_seed(num_images) if req.seed is None else req.seed
     if not 0 <= seed <= MAX_SEED - num_images + 1:
-        raise _invalid("seed", seed, f"must be between 0 and {MAX_SEED}")
+        room = "" if num_images == 1 else f" (image i uses seed + i, for {num_images} images)"
+        raise _invalid(name("seed"), seed, f"must be between 0 and {MAX_SEED - num_images + 1}{room}")
     strength = None
     if is_img2img:
         strength = d.strength if req.strength is None else req.strength
         if not 0.0 < strength <= 1.0:
-            raise _invalid("strength", strength, "must be in (0, 1]")
+            raise _invalid(name("strength"), strength, "must be in (0, 1]")
         if init_image.size != (width, height):
             init_image = init_image.resize((width, height), Image.LANCZOS)
     return GenerationRequest(

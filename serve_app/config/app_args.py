@@ -40,6 +40,25 @@ class RegistryConfig(StrictModel):
     reserve_timeout_s: float = Field(120.0, gt=0, description="How long a load waits for evictions and busy models.")
 
 
+class AccessConfig(StrictModel):
+    """Who may call the API. Off (everything open, as in the demo) unless a key source is named. Keys never
+    sit in YAML: name an environment variable (comma-separated keys) or a file (one key per line)."""
+
+    api_keys_env: str | None = Field(None, description="Environment variable with the client API keys.")
+    api_keys_file: str | None = Field(None, description="File with the client API keys, one per line.")
+    admin_key_env: str | None = Field(None, description="Environment variable with the admin key(s).")
+    admin_key_file: str | None = Field(None, description="File with the admin key(s), one per line.")
+
+
+class FairShareConfig(StrictModel):
+    """How the router shares each mode between clients (API keys, else client addresses)."""
+
+    max_waiting_per_client: int = Field(64, ge=1, description="Requests one client may have waiting per mode "
+                                        "in the router; more get 503 + Retry-After.")
+    dispatch_per_replica: int = Field(2, ge=1, description="Requests sent on to each live replica of a mode at "
+                                      "once; the rest wait in the router and go out round-robin by client.")
+
+
 class AppArgs(StrictModel):
     """The `args` of the application in a Serve config."""
 
@@ -47,6 +66,9 @@ class AppArgs(StrictModel):
     model_root: str | None = Field(None, description="Where checkpoints live; default: $MODEL_ROOT or ./models.")
     demo_models: bool = Field(False, description="Write the tiny demo checkpoints into model_root when missing.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="VRAM registry settings.")
+    access: AccessConfig = Field(default_factory=AccessConfig, description="API keys (off unless named).")
+    fair_share: FairShareConfig = Field(default_factory=FairShareConfig, description="Sharing modes between "
+                                        "clients.")
 
 
 def parse_app_args(args: dict[str, Any] | None) -> AppArgs:

@@ -1,7 +1,8 @@
 """One mode's model: load, generate, unload. The mode worker deployment is a thin wrapper around this.
 
 Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
-scheduler is swapped in under the same lock.
+scheduler is swapped in under the same lock. `self_check` tells a request that failed from a pipeline that
+broke (the mode worker runs it after an unexpected error).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from PIL import Image
 
 from serve_app.errors import GenerationCancelledError, ModelNotReadyError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
+
+SELF_CHECK_SIZE = 64  # pixels: the smallest size every family's UNet takes (latents 8x8)
+SELF_CHECK_SCHEDULER = "euler"  # a plain one: the check is about the pipeline, not the request's scheduler
 
 
 class RunnerSettings(Protocol):
@@ -135,6 +140,47 @@ class ModelRunner:
                                      param="mode")
         return self._pipes
 
+    def _scheduler(self, name: str) -> Any:
+        if name not in self._schedulers:  # building one costs 2-8 ms: build each once
+            self._schedulers[name] = make_scheduler(name, self._scheduler_config)
+        return self._schedulers[name]
+
+    def self_check(self, request_id: str = "-") -> bool:
+        """A minimal real generation (1 step, 64x64, one image, fixed seed, no guidance); False, with the reason
+        logged (under `request_id`, the request whose failure asked for it), when it raises or its pixels are not
+        finite, or when nothing is loaded."""
+        with self._lock:
+            if self._pipes is None:
+                logger.error("[%s] mode %s self-check failed: not loaded (state %s)", request_id, self.mode.name,
+                             self.state.value)
+                return False
+            pipes = self._pipes
+            call: dict[str, Any] = dict(prompt="self-check", num_inference_steps=1, guidance_scale=1.0,
+                                        generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
+            if pipes.txt2img is not None:
+                pipe = pipes.txt2img
+                call.update(width=SELF_CHECK_SIZE, height=SELF_CHECK_SIZE)
+            else:  # the refiner: img2img only; strength 1 keeps the one step
+                pipe = pipes.img2img
+                call.update(image=Image.new("RGB", (SELF_CHECK_SIZE,) * 2, (128, 128, 128)), strength=1.0)
+            started = time.perf_counter()
+            try:
+                pipe.scheduler = self._scheduler(SELF_CHECK_SCHEDULER)
+                with torch.inference_mode():
+                    images = pipe(**call).images
+                finite = bool(torch.isfinite(images).all())
+            except Exception as exc:
+                logger.error("[%s] mode %s self-check failed: %s: %s", request_id, self.mode.name,
+                             type(exc).__name__, exc)
+                return False
+        if not finite:
+            logger.error("[%s] mode %s self-check failed: the pipeline gave non-finite pixels (NaN or inf)",
+                         request_id, self.mode.name)
+            return False
+        logger.info("[%s] mode %s self-check passed in %.2fs", request_id, self.mode.name,
+                    time.perf_counter() - started)
+        return True
+
     def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
                  cancelled: CancelFn | None = None) -> GenerationResult:
         """Run one resolved request; same params and seeds give the same image bytes."""
@@ -142,9 +188,7 @@ class ModelRunner:
         with self._lock:
             pipes = self.pipelines()
             pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
-            if params.scheduler not in self._schedulers:  # building one costs 2-8 ms: build each once
-                self._schedulers[params.scheduler] = make_scheduler(params.scheduler, self._scheduler_config)
-            pipe.scheduler = self._schedulers[params.scheduler]
+            pipe.scheduler = self._scheduler(params.scheduler)
             n = len(params.seeds)
 
             def on_step_end(p, step: int, timestep, kwargs: dict) -> dict:
@@ -167,8 +211,12 @@ class ModelRunner:
             else:
                 call.update(image=[params.init_image] * n, strength=params.strength)
             started = time.perf_counter()
-            with torch.inference_mode():
-                images = pipe(**call).images
+            try:
+                with torch.inference_mode():
+                    images = pipe(**call).images
+            except Exception:
+                self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
+                raise
             inference_s = time.perf_counter() - started
             if cancelled is not None and cancelled():
                 raise GenerationCancelledError("generation cancelled: the client went away")

@@ -53,15 +53,17 @@ def ray_serve(demo_models_dir):
 
 
 def deploy_app(name: str, modes: dict[str, Any], model_root: Path, tmp_dir: Path,
-               registry: dict[str, Any] | None = None, wait: bool = True) -> str:
-    """Deploy a Dream Lab app from a modes mapping under route prefix /<name>; returns its base URL."""
+               registry: dict[str, Any] | None = None, wait: bool = True, **args: Any) -> str:
+    """Deploy a Dream Lab app from a modes mapping under route prefix /<name>; returns its base URL.
+    `args` are more application args (`access`, `fair_share`)."""
     from ray import serve
 
     from serve_app.app_builder import build_app
 
     modes_file = tmp_dir / f"{name}_modes.yaml"
     modes_file.write_text(yaml.safe_dump(modes))
-    app = build_app({"modes_file": str(modes_file), "model_root": str(model_root), "registry": registry or {}})
+    app = build_app({"modes_file": str(modes_file), "model_root": str(model_root), "registry": registry or {},
+                     **args})
     serve.run(app, name=name, route_prefix=f"/{name}")
     url = f"{BASE_URL}/{name}"
     if wait:

@@ -1,5 +1,6 @@
 """Draining: generations in flight during a downscale and during `dreamlab shutdown` all finish with 200;
-a killed replica is replaced and its registry entry disappears within a bounded time."""
+a killed replica is replaced and its registry entry disappears within a bounded time; a request on a
+replica that dies is run again on another."""
 
 from __future__ import annotations
 
@@ -85,6 +86,24 @@ def test_killed_replica_is_replaced_and_its_entry_dropped(drain_app):
     assert new
     r = httpx.post(f"{url}/v1/txt2img", json={"prompt": "after the kill"}, timeout=300)
     assert r.status_code == 200, r.text
+
+
+def test_a_replica_killed_mid_request_costs_a_retry_not_an_error(drain_app):
+    import ray
+
+    url, redeploy = drain_app
+    redeploy(2)
+    _wait_for(lambda: len(_replicas(url)) == 2, 180, "two replicas")
+    with ThreadPoolExecutor(1) as pool:
+        request = pool.submit(httpx.post, f"{url}/v1/txt2img", json=LONG, timeout=300)
+        (busy,) = _wait_for(lambda: [rid for rid, r in _replicas(url).items() if r["inflight"]], 60,
+                            "the request in flight")
+        (actor,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if "drain#slow#" in a["name"] and a["name"].endswith(busy)]
+        ray.kill(ray.get_actor(actor, namespace="serve"), no_restart=True)
+        r = request.result()
+    assert r.status_code == 200, r.text  # run again on the other replica
+    assert busy not in r.text
 
 
 @pytest.mark.shutdown

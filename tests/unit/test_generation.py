@@ -317,3 +317,34 @@ def test_prediction_type_override_reaches_the_scheduler(demo_models_dir: Path, r
         assert overridden != _txt2img(runner_for("tiny-sd2"), seed=3).images[0].data
     finally:
         runner.unload()
+
+
+# -- the self-check tells a broken pipeline from a bad request ---------------------------------------------
+
+def test_self_check_passes_on_a_sound_pipeline_and_fails_on_a_broken_unet(demo_models_dir: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = demo_models_dir / "tiny-sd1"
+    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))  # its own: this test breaks it
+    assert runner.self_check() is False  # nothing loaded, nothing sound to find
+    runner.load()
+    try:
+        assert runner.self_check() is True
+        assert runner.self_check() is True  # repeatable, and leaves the runner serving
+        assert _png(_txt2img(runner, seed=1, steps=1).images[0].data).size == (WIDTH, HEIGHT)
+        unet = runner.pipelines().txt2img.unet
+
+        def exploding_forward(*args, **kwargs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(unet, "forward", exploding_forward)
+            assert runner.self_check() is False
+        assert runner.self_check() is True  # the forward is back
+
+        weight = next(unet.parameters())
+        with torch.no_grad():
+            weight.fill_(float("nan"))  # a corrupted weight: the pipeline runs, the pixels are NaN
+        assert runner.self_check() is False
+        assert runner.state is ModelState.READY  # the runner only answers; the mode worker decides
+    finally:
+        runner.unload()

@@ -93,13 +93,14 @@ class FakeProbe:
 
 class FakeRunner:
     """What ModeWorker uses of a ModelRunner. `gate`: generations block until it is set; `load_error` /
-    `generate_error`: raised by the next loads / generations."""
+    `generate_error`: raised by the next loads / generations; `self_check_passes`: what `self_check` answers."""
 
     def __init__(self, mode: ModeConfig, checkpoint: Path) -> None:
         self.mode = mode
         self.info: CheckpointInfo = inspect_checkpoint(checkpoint)
         self.family = self.info.family
         self.dtype = torch.float32
+        self.device = torch.device("cpu")
         self.state = ModelState.COLD
         self.loaded = False
         self.last_used = 0.0
@@ -108,6 +109,8 @@ class FakeRunner:
         self.unload_calls = 0
         self.load_error: BaseException | None = None
         self.generate_error: BaseException | None = None
+        self.self_check_passes = True
+        self.self_check_calls = 0
         self.gate: threading.Event | None = None
         self.entered = threading.Event()  # set when a generation is running
 
@@ -135,6 +138,11 @@ class FakeRunner:
     def pipelines(self) -> Any:
         assert self.loaded, "the worker called the pipeline while the model was not loaded"
         return object()
+
+    def self_check(self, request_id: str = "-") -> bool:
+        assert self.loaded, "the worker ran the self-check while the model was not loaded"
+        self.self_check_calls += 1
+        return self.self_check_passes
 
     def generate(self, request: GenerationRequest, progress: Callable[[int, int], None] | None = None,
                  cancelled: Callable[[], bool] | None = None) -> GenerationResult:
@@ -329,6 +337,38 @@ def test_unload_waits_for_running_jobs(demo_models_dir: Path) -> None:
     run(scenario())
 
 
+async def _failed_generation(worker: ModeWorker, error: BaseException, request_id: str) -> JobFailedError:
+    """`error` raised inside a generation: the JobFailedError the client gets, checked to carry no internals."""
+    _runner(worker).generate_error = error
+    with pytest.raises(JobFailedError) as info:
+        await worker.generate(_request(request_id))
+    _runner(worker).generate_error = None
+    assert "secret-detail-42" not in str(info.value) and "secret-detail-42" not in info.value.message
+    assert "secret-detail-42" not in str(info.value.to_dict())
+    assert request_id in info.value.message and info.value.status_code == 500
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert worker.inflight == 0
+    return info.value
+
+
+def test_a_failed_generation_with_a_sound_pipeline_keeps_the_replica(demo_models_dir: Path) -> None:
+    reg = _registry()
+
+    async def scenario() -> None:
+        worker = _worker(demo_models_dir, reg)
+        async with started(worker):
+            runner = _runner(worker)
+            err = await _failed_generation(worker, RuntimeError("scipy secret-detail-42 is missing"), "req-bad")
+            assert err.param is None
+            assert runner.self_check_calls == 1  # the pipeline was checked, and passed
+            assert runner.state is ModelState.READY and worker.report().state is ModelState.READY
+            worker.check_health()
+            assert (await worker.generate(_request("req-next"))).width == 64  # the next request is served
+            assert runner.load_calls == 1 and runner.loaded  # by the same, still loaded model
+
+    run(scenario())
+
+
 def test_broken_pipeline_fails_the_health_check(demo_models_dir: Path) -> None:
     reg = _registry()
 
@@ -336,14 +376,33 @@ def test_broken_pipeline_fails_the_health_check(demo_models_dir: Path) -> None:
         worker = _worker(demo_models_dir, reg)
         async with started(worker):
             worker.check_health()
-            _runner(worker).generate_error = RuntimeError("CUDA kernel secret-detail-42 exploded")
-            with pytest.raises(JobFailedError) as info:
-                await worker.generate(_request("req-boom"))
-            assert "secret-detail-42" not in str(info.value) and "secret-detail-42" not in info.value.message
-            assert "req-boom" in info.value.message and info.value.__cause__ is None
-            assert worker.inflight == 0
+            _runner(worker).self_check_passes = False
+            await _failed_generation(worker, RuntimeError("CUDA kernel secret-detail-42 exploded"), "req-boom")
+            assert _runner(worker).self_check_calls == 1
+            assert worker.report().state is ModelState.FAILED
             with pytest.raises(RuntimeError, match="pipeline is broken"):
                 worker.check_health()
+            # the registry hears it on the next heartbeat (what /v1/modes reports while Serve replaces us)
+            await wait_until(lambda: getattr(reg.stats().replicas.get(worker.replica_id), "state", None)
+                             is ModelState.FAILED)
+
+    run(scenario())
+
+
+def test_out_of_memory_fails_the_request_not_the_replica(demo_models_dir: Path) -> None:
+    reg = _registry()
+
+    async def scenario() -> None:
+        worker = _worker(demo_models_dir, reg)
+        async with started(worker):
+            runner = _runner(worker)
+            runner.self_check_passes = False  # were the pipeline checked and failed, the replica would go
+            oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (secret-detail-42)")
+            err = await _failed_generation(worker, oom, "req-huge")
+            assert "out of memory" in err.message and "width" in err.message and "num_images" in err.message
+            assert runner.self_check_calls == 0 and runner.state is ModelState.READY
+            worker.check_health()
+            assert (await worker.generate(_request("req-small"))).width == 64
 
     run(scenario())
 
@@ -359,7 +418,7 @@ def test_dream_lab_errors_pass_through_and_keep_the_replica_healthy(demo_models_
             with pytest.raises(RequestValidationError) as info:
                 await worker.generate(_request())
             assert info.value is error and info.value.param == "width"
-            assert _runner(worker).state is ModelState.READY
+            assert _runner(worker).state is ModelState.READY and _runner(worker).self_check_calls == 0
             worker.check_health()
             # and the replica still serves
             _runner(worker).generate_error = None

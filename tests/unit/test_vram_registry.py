@@ -18,6 +18,7 @@ from deployments.protocol import (
     HeartbeatAnswer,
     HeartbeatReport,
     ModelState,
+    OperatorState,
     Registration,
     ReserveAnswer,
     ReserveStatus,
@@ -310,7 +311,7 @@ def test_draining_flag_reaches_heartbeats(clock: FakeClock) -> None:
     assert reg.heartbeat("ra", _report("a", GiB)).draining is False
     reg.set_draining(True)
     assert reg.heartbeat("ra", _report("a", GiB)).draining is True
-    assert reg.router_poll("router-1", 3).draining is True
+    assert reg.router_poll("router-1", 3).state.draining is True
     reg.heartbeat("ra", _report("a", GiB, inflight=2))
     assert (reg.inflight().routers, reg.inflight().replicas) == (3, 2)  # what a drain waits for
 
@@ -369,10 +370,17 @@ def test_stale_loaded_heartbeat_after_unregister_does_not_reregister(clock: Fake
     assert _device_stats(reg).models == []
 
 
-def test_default_mode_switches_are_versioned(clock: FakeClock) -> None:
+def test_operator_state_is_versioned_and_survives_a_registry_restart(clock: FakeClock) -> None:
     reg = _registry(clock)
-    assert reg.router_poll("router-1", 0).default_version == 0
-    assert reg.set_default_mode("sdxl") == 1
-    assert reg.set_default_mode("sd1") == 2
-    ans = reg.router_poll("router-1", 0)
-    assert (ans.default_mode, ans.default_version) == ("sd1", 2)
+    assert reg.router_poll("router-1", 0).state.version == 0
+    assert reg.set_default_mode("sdxl").version == 1
+    reg.set_draining(True)
+    assert reg.set_default_mode("sd1").version == 3
+    state = reg.router_poll("router-1", 0).state
+    assert (state.default_mode, state.draining, state.version) == ("sd1", True, 3)
+    # an older copy from a slow router does not undo a newer change
+    assert reg.router_poll("router-2", 0, OperatorState(default_mode="sdxl", version=1)).state == state
+    # the registry restarts (a new object): the first router poll brings the state back
+    fresh = _registry(clock)
+    assert fresh.router_poll("router-1", 0, state).state == state and fresh.draining is True
+    assert fresh.set_default_mode("sd2").version == 4

@@ -1,0 +1,144 @@
+"""Hostile input against the demo application over real HTTP (through Serve's proxy): decompression-bomb
+images, bodies over the cap, 20 MB bad values, seeds that run out of range mid-run, malformed Unicode.
+
+Every one is answered by the router, in the front end's error shape, before anything is queued.
+
+Serve's proxy sets no body limit of its own (Ray 2.60): it and the replica's receive plumbing buffer what
+the client sends, and the 413 comes from the router's cap (`deployments.http_app.MAX_BODY_BYTES`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from deployments.http_app import MAX_BODY_BYTES
+from serve_app.model.generation import MAX_SEED
+
+pytestmark = pytest.mark.serve
+
+HUGE = 20_000_000
+SHORT_ERROR = 1000  # bytes
+
+
+@pytest.fixture(scope="module")
+def client(demo_url):
+    with httpx.Client(base_url=demo_url, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bomb() -> str:
+    """A real 20000x20000 PNG: 65 KB on the wire, 400 megapixels (1.2 GB as RGB) if decoded."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_20000_square_png_is_422_naming_the_field_in_native_and_a1111(client, bomb):
+    native = client.post("/v1/img2img", json={"prompt": "x", "image": bomb})
+    assert native.status_code == 422, native.text
+    assert native.json()["error"]["param"] == "image" and "too large" in native.json()["error"]["message"]
+    a1111 = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [bomb]})
+    assert a1111.status_code == 422, a1111.text
+    assert a1111.json()["param"] == "init_images" and "`init_images`" in a1111.json()["detail"]
+
+
+def test_an_image_over_the_modes_limits_is_422(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (2048, 64)).save(buf, format="PNG")  # the demo modes take up to 256: images up to 512
+    r = client.post("/v1/img2img", json={"prompt": "x", "image": base64.b64encode(buf.getvalue()).decode()})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "image" and "2048x64" in r.text
+
+
+def _body_of(size: int) -> bytes:
+    return b'{"prompt": "' + b"x" * size + b'"}'
+
+
+def test_a_100_mb_body_is_413_in_native_and_a1111_shape(client):
+    body = _body_of(100 * 2**20)
+    headers = {"content-type": "application/json"}
+    native = client.post("/v1/txt2img", content=body, headers=headers)
+    assert native.status_code == 413, native.text[:500]
+    err = native.json()["error"]
+    assert err["param"] == "body" and str(MAX_BODY_BYTES) in err["message"]
+    assert native.headers["x-request-id"]
+    a1111 = client.post("/sdapi/v1/txt2img", content=body, headers=headers)
+    assert a1111.status_code == 413, a1111.text[:500]
+    assert a1111.json()["param"] == "body" and str(MAX_BODY_BYTES) in a1111.json()["detail"]
+    openai = client.post("/v1/images/generations", content=body, headers=headers)
+    assert openai.status_code == 413 and openai.json()["error"]["param"] == "body"
+
+
+def test_a_chunked_body_over_the_cap_is_413(client):
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"x" * 2**20
+        yield b'"}'
+
+    r = client.post("/v1/txt2img", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text[:500]
+    assert r.json()["error"]["param"] == "body"
+
+
+def test_the_server_still_serves_after_hostile_bodies(client):
+    r = client.post("/v1/txt2img", json={"prompt": "a calm sea", "width": 64, "height": 64, "seed": 1, "steps": 2})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(("route", "body", "param"), [
+    ("/v1/txt2img", {"prompt": "x", "scheduler": "s" * HUGE}, "scheduler"),
+    ("/v1/txt2img", {"prompt": "x" * HUGE}, "prompt"),
+    ("/v1/txt2img", {"prompt": 12345, "negative_prompt": "n" * HUGE}, "prompt"),
+    ("/v1/images/generations", {"prompt": "x", "size": "9" * HUGE}, "size"),
+    ("/v1/images/generations", {"prompt": "x", "model": "m" * HUGE}, "model"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "s" * HUGE}, "sampler_name"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": "n" * HUGE}, "negative_prompt"),
+])
+def test_a_20_mb_bad_value_gives_an_error_of_a_few_hundred_bytes(client, route, body, param):
+    r = client.post(route, json=body)
+    assert r.status_code in (400, 422), r.text[:500]
+    assert len(r.content) < SHORT_ERROR, r.content[:500]
+    data = r.json()
+    got = data["param"] if route.startswith("/sdapi") else data["error"]["param"]
+    assert got == param
+
+
+def _sd1_last_use(client) -> list[float]:
+    return sorted(m["last_use"] for dev in client.get("/v1/registry").json()["devices"] for m in dev["models"]
+                  if m["mode"] == "sd1")
+
+
+def test_a1111_seed_past_the_range_mid_run_is_refused_before_any_batch(client):
+    before = _sd1_last_use(client)
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": MAX_SEED, "n_iter": 2, "width": 64, "height": 64,
+                                                "override_settings": {"sd_model_checkpoint": "sd1"}})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["param"] == "seed" and str(MAX_SEED) in body["detail"]
+    assert str(MAX_SEED + 1) not in body["detail"]  # never a value the client did not send
+    time.sleep(2)  # four heartbeats: a generation would have moved sd1's last use
+    assert _sd1_last_use(client) == before
+
+
+@pytest.mark.parametrize(("route", "field"), [
+    ("/v1/txt2img", "prompt"), ("/v1/txt2img", "negative_prompt"), ("/sdapi/v1/txt2img", "prompt"),
+    ("/v1/images/generations", "prompt")])
+def test_a_lone_surrogate_is_422_naming_the_field(client, route, field):
+    raw = {"prompt": "a cat", field: "PLACEHOLDER"}
+    text = json.dumps(raw).replace("PLACEHOLDER", "\\ud800")  # raw JSON text: `"\ud800"`
+    r = client.post(route, content=text.encode(), headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    data = r.json()
+    param = data["param"] if route.startswith("/sdapi") else data["error"]["param"]
+    assert param == field
+    # and the mode that would have tokenized it still serves
+    ok = client.post("/v1/txt2img", json={"prompt": "a cat", "width": 64, "height": 64, "steps": 2})
+    assert ok.status_code == 200, ok.text
