@@ -7,9 +7,10 @@ A1111's own API, unknown fields are ignored, while the fields we do use are vali
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
@@ -73,6 +74,13 @@ class A1111Txt2ImgRequest(BaseModel):
     sampler_index: str | None = Field(None, description="Old name of sampler_name.")
     scheduler: str | None = Field(None, description="A1111 >= 1.9 schedule type; 'Karras' picks Karras sigmas.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode.")
+
+    @field_validator("scheduler", "override_settings")
+    @classmethod
+    def _encodable(cls, value: object) -> object:
+        """Echoed back in `parameters`: text a UTF-8 response cannot carry (lone surrogates) is refused here."""
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError: a 422 naming the field
+        return value
 
     @model_validator(mode="after")
     def _seeds_fit(self) -> A1111Txt2ImgRequest:
