@@ -18,9 +18,11 @@ from serve_app.errors import QueueFullError
 
 
 class FairQueue:
-    def __init__(self, mode: str, capacity: Callable[[], int], max_waiting_per_client: int) -> None:
+    def __init__(self, mode: str, capacity: Callable[[], int], max_waiting: int, max_waiting_per_client: int) -> None:
+        """`max_waiting`: the mode's queue bound (-1: none); `max_waiting_per_client`: one client's share."""
         self.mode = mode
         self.capacity = capacity
+        self.max_waiting = max_waiting
         self.max_waiting_per_client = max_waiting_per_client
         self.out = 0  # requests sent on and not back yet
         self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
@@ -43,10 +45,12 @@ class FairQueue:
         if not self._waiting and self.out < self.capacity():
             self.out += 1
             return
+        if 0 <= self.max_waiting <= self.waiting():
+            raise QueueFullError(f"mode {self.mode!r} has a full queue; retry later", retry_after_s=1)
+        if self.waiting(client) >= self.max_waiting_per_client:
+            raise QueueFullError(f"you have {self.waiting(client)} requests waiting for mode {self.mode!r}; "
+                                 "retry later", retry_after_s=2)
         queue = self._waiting.setdefault(client, deque())
-        if len(queue) >= self.max_waiting_per_client:
-            raise QueueFullError(f"you have {len(queue)} requests waiting for mode {self.mode!r}; retry later",
-                                 retry_after_s=2)
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(turn)
         try:

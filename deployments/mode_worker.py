@@ -40,6 +40,7 @@ from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedErro
 from serve_app.model.jobs import JobContext, JobRegistry
 from serve_app.model.model_runner import ModelRunner
 from serve_app.model.pipeline_loader import dtype_name, free_device_memory
+from serve_app.model.vram_estimate import estimate_vram
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -200,13 +201,14 @@ class ModeWorker:
             await asyncio.sleep(self.registry_config.heartbeat_interval_s)
 
     # -- work ----------------------------------------------------------------------------------------
-    async def _with_model(self, call: Callable[[], T], what: str, request_id: str,
-                          check_pipeline: bool) -> tuple[T, float | None]:
+    async def _with_model(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,
+                          needed_bytes: int) -> tuple[T, float | None]:
         """Run `call` in a thread with the model loaded (see `_contained`); (its result, the load seconds it
         waited for). The model stays in use until the thread is done, self-check included."""
         load_s = await self._ensure_loaded()
         self._using += 1
-        work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id, check_pipeline))
+        work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id, check_pipeline,
+                                                       needed_bytes))
         try:
             return await asyncio.shield(work), load_s
         except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
@@ -217,13 +219,15 @@ class ModeWorker:
         finally:
             self._using -= 1
 
-    def _contained(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool) -> T:
+    def _contained(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,
+                   needed_bytes: int) -> T:
         """Run `call` (in a worker thread) so that a failure fails this request, not the replica.
 
-        Dream Lab's own errors pass through. Anything else reaches the client as a 500 without its text (the
-        traceback goes to the log), after the device memory it held is freed: a CUDA out-of-memory error says
-        to ask for less; any other error, with `check_pipeline`, is followed by the runner's self-check, and
-        only a failed self-check marks the model FAILED (the health check then fails, Serve replaces the replica).
+        Dream Lab's own errors pass through. Anything else fails the request after the device memory it held
+        is freed: a CUDA out-of-memory error is a 507 with the numbers (`needed_bytes`: what the request is
+        estimated to need) and the model stays loaded; any other error is a 500 without its text (the
+        traceback goes to the log) and, with `check_pipeline`, is followed by the runner's self-check: only a
+        failed self-check marks the model FAILED (the health check then fails, Serve replaces the replica).
         """
         error: str | None = None  # None: out of memory
         try:
@@ -238,9 +242,12 @@ class ModeWorker:
         # out of the except blocks: the error's traceback, and the tensors its frames held, are gone
         free_device_memory(self.runner.device)
         if error is None:
-            raise JobFailedError(
-                f"{what} on mode {self.mode.name!r} ran out of memory at this size; try a smaller width/height/"
-                f"num_images (request id {request_id})", param=None)
+            total = self.probe.total_bytes() or 0
+            free = total - (self.probe.used_bytes() or total)
+            raise InsufficientVRAMError(
+                f"{what} on mode {self.mode.name!r} ran out of device memory: it needs about {needed_bytes} bytes, "
+                f"{free} are free of {total}; try a smaller width/height/num_images (request id {request_id})",
+                needed_bytes=needed_bytes, free_bytes=free, budget_bytes=total)
         if check_pipeline:
             self._check_pipeline(request_id, error)
         raise JobFailedError(f"{what} failed on mode {self.mode.name!r} (request id {request_id})", param=None)
@@ -265,9 +272,11 @@ class ModeWorker:
                         cancelled: Callable[[], bool] | None = None) -> GenerationResult:
         started = time.perf_counter()
         first, self._first_request = self._first_request, False
+        needed = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), request.width, request.height,
+                               len(request.seeds)).total_bytes
         result, load_s = await self._with_model(
             lambda: self.runner.generate(request, progress, cancelled), request.kind, request.request_id,
-            check_pipeline=True)
+            check_pipeline=True, needed_bytes=needed)
         result.timings.job_s = round(time.perf_counter() - started, 4)
         if load_s is not None:
             result.timings.load_s = round(load_s, 4)
@@ -331,7 +340,7 @@ class ModeWorker:
         self.inflight += 1
         try:
             result, _ = await self._with_model(lambda: fn(JobContext(self.runner), payload), f"job {job_type!r}",
-                                               request_id, check_pipeline=False)
+                                               request_id, check_pipeline=False, needed_bytes=self._vram.total_bytes)
             return result
         finally:
             self.inflight -= 1

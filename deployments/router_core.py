@@ -67,8 +67,11 @@ class RouterCore:
         self.registry = RegistryClient(registry) if registry is not None else None
         set_access_policy(AccessPolicy.from_config(AccessConfig.model_validate(access or {})))
         share = FairShareConfig.model_validate(fair_share or {})
-        self.queues = {name: FairQueue(name, self._capacity(name, share.dispatch_per_replica),
-                                       share.max_waiting_per_client) for name in self.catalog.modes}
+        self.queues: dict[str, FairQueue] = {}
+        for name, mode in self.catalog.modes.items():
+            options = mode.config.deployment_options()
+            self.queues[name] = FairQueue(name, self._capacity(name, options["max_ongoing_requests"]),
+                                          options["max_queued_requests"], share.max_waiting_per_client)
         self.router_id = uuid.uuid4().hex[:12]
         self.inflight = 0
         self.operator = OperatorState()  # this router's copy of what operators set (see OperatorState)

@@ -19,11 +19,13 @@ the same logic.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from deployments.protocol import (
     DeviceStats,
@@ -44,6 +46,19 @@ from deployments.protocol import (
 from serve_app.config.app_args import RegistryConfig
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def serialised(method: F) -> F:
+    """One registry call at a time: Serve runs a deployment's sync methods in a thread pool, and two
+    `reserve` calls interleaved could both be granted room that only one fits in."""
+
+    @functools.wraps(method)
+    def locked(self: VramRegistry, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 @dataclass
@@ -81,6 +96,7 @@ class VramRegistry:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config if isinstance(config, RegistryConfig) else RegistryConfig.model_validate(config or {})
         self._clock = clock
+        self._lock = threading.RLock()
         self.devices: dict[str, DeviceEntry] = {}
         self.models: dict[str, ModelStats] = {}  # by replica id
         self.reservations: dict[str, Reservation] = {}
@@ -137,11 +153,13 @@ class VramRegistry:
         return seen
 
     # -- operations ----------------------------------------------------------------------------------
+    @serialised
     def can_fit(self, device: str, nbytes: int) -> bool:
         self._sweep()
         self._device(device)
         return nbytes <= self._free(device)
 
+    @serialised
     def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None = None,
                 reported_used: int | None = None) -> ReserveAnswer:
         """Reserve `nbytes` on `device` for `replica`'s load.
@@ -191,10 +209,12 @@ class VramRegistry:
             logger.info("evicting mode %s (replica %s) from %s for mode %s", model.mode, model.replica, device, mode)
         return answer(ReserveStatus.EVICTING, evicting=[m.mode for m in evicting + victims])
 
+    @serialised
     def release(self, replica: str) -> None:
         """Drop `replica`'s reservation (its load failed or was abandoned)."""
         self.reservations.pop(replica, None)
 
+    @serialised
     def register(self, reg: Registration) -> None:
         """A load finished: its reservation becomes a model entry with the measured footprint."""
         seen = self._seen(reg.replica, reg.mode, reg.device)
@@ -208,6 +228,7 @@ class VramRegistry:
         logger.info("registered mode %s on %s: %d bytes (estimate %d)", reg.mode, reg.device, reg.footprint_bytes,
                     reg.estimate_bytes)
 
+    @serialised
     def unregister(self, replica: str, forget: bool = False, epoch: int = 0) -> None:
         """The model of `replica` is gone (unloaded at `epoch`); `forget` also drops the replica (it stops)."""
         if replica in self.replicas:
@@ -217,6 +238,7 @@ class VramRegistry:
         if forget:
             self.replicas.pop(replica, None)
 
+    @serialised
     def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:
         """Liveness + state report of a replica; answers the commands for it and the drain flag.
 
@@ -253,14 +275,17 @@ class VramRegistry:
         self.operator = self.operator.model_copy(update={**changes, "version": self.operator.version + 1})
         return self.operator
 
+    @serialised
     def set_draining(self, draining: bool = True) -> None:
         self._change(draining=draining)
         logger.warning("draining %s", "started" if draining else "cancelled")
 
+    @serialised
     def set_default_mode(self, mode: str) -> OperatorState:
         """Switch the application's default mode."""
         return self._change(default_mode=mode)
 
+    @serialised
     def router_poll(self, router: str, inflight: int, state: OperatorState | None = None) -> RouterPollAnswer:
         """A router reports its in-flight requests and its copy of the operator state (a newer copy wins:
         after a registry restart the routers bring the state back); it learns the registry's."""
@@ -273,12 +298,14 @@ class VramRegistry:
             replicas[seen.mode] = replicas.get(seen.mode, 0) + 1
         return RouterPollAnswer(state=self.operator, replicas=replicas)
 
+    @serialised
     def inflight(self) -> InflightCounts:
         self._sweep()
         return InflightCounts(routers=sum(n for n, _ in self.routers.values()),
                               replicas=sum(s.inflight for s in self.replicas.values()))
 
     # -- reporting ------------------------------------------------------------------------------------
+    @serialised
     def stats(self) -> RegistryStats:
         self._sweep()
         devices = []

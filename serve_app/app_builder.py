@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.config.app_args import (
-    MODE_DEPLOYMENT_DEFAULTS,
     REGISTRY_DEPLOYMENT,
     ROUTER_DEPLOYMENT,
     parse_app_args,
@@ -46,10 +45,8 @@ def build_app(args: dict[str, Any] | None = None):
         logging_config={"enable_access_log": False}).bind(registry_cfg)  # heartbeats would flood the log
     handles = {}
     for mode in modes.modes:
-        options = {**MODE_DEPLOYMENT_DEFAULTS, **mode.deployment.model_dump(exclude_none=True)}
-        if "autoscaling_config" in options:
-            options.pop("num_replicas", None)
-        handles[mode.name] = serve.deployment(ModeWorkerDeployment, name=mode.name).options(**options).bind(
+        handles[mode.name] = serve.deployment(ModeWorkerDeployment, name=mode.name).options(
+            **mode.deployment_options()).bind(
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
     return serve.deployment(RouterIngress, name=ROUTER_DEPLOYMENT).options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(

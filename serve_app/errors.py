@@ -134,7 +134,7 @@ class ModeUnavailableError(QueueFullError):
 
 class InsufficientVRAMError(DreamLabError):
     status_code = 507
-    error_type = "insufficient_storage_error"
+    error_type = "insufficient_vram"
 
     def __init__(self, message: str, *, needed_bytes: int, free_bytes: int, budget_bytes: int) -> None:
         super().__init__(message)

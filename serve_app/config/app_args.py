@@ -51,12 +51,12 @@ class AccessConfig(StrictModel):
 
 
 class FairShareConfig(StrictModel):
-    """How the router shares each mode between clients (API keys, else client addresses)."""
+    """How the router shares each mode between clients (API keys, else client addresses). The router sends
+    a mode's requests on as its live replicas can take them (`max_ongoing_requests` each); the rest wait in
+    the router, at most the mode's `max_queued_requests`, and leave round-robin by client."""
 
-    max_waiting_per_client: int = Field(64, ge=1, description="Requests one client may have waiting per mode "
-                                        "in the router; more get 503 + Retry-After.")
-    dispatch_per_replica: int = Field(2, ge=1, description="Requests sent on to each live replica of a mode at "
-                                      "once; the rest wait in the router and go out round-robin by client.")
+    max_waiting_per_client: int = Field(32, ge=1, description="Requests one client may have waiting per mode; "
+                                        "more get 503 + Retry-After.")
 
 
 class AppArgs(StrictModel):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from serve_app.config.app_args import RESERVED_DEPLOYMENT_NAMES
+from serve_app.config.app_args import MODE_DEPLOYMENT_DEFAULTS, RESERVED_DEPLOYMENT_NAMES
 from serve_app.errors import ConfigError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
 from serve_app.model.families import Family
@@ -130,6 +130,14 @@ class ModeConfig(StrictModel):
             if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", target):
                 raise ValueError(f"job {name!r}: import path {target!r} must look like 'package.module:function'")
         return v
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The mode's Serve deployment options: Dream Lab's defaults under the modes file's `deployment:`
+        (a Serve config's `deployments:` entry still overrides them, the Serve way)."""
+        options = {**MODE_DEPLOYMENT_DEFAULTS, **self.deployment.model_dump(exclude_none=True)}
+        if "autoscaling_config" in options:
+            options.pop("num_replicas", None)
+        return options
 
     def vram_estimate(self, info: CheckpointInfo, dtype: DTypeName) -> VramEstimate:
         """What one generation of this mode can need: its default size at its largest batch."""

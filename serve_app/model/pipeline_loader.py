@@ -2,6 +2,8 @@
 
 Single files need the diffusers configs of their family. Dream Lab's demo files carry them in their
 safetensors metadata; every other file uses the configs shipped in `serve_app/model/family_configs/<family>/`.
+Converting a single file's key layout costs more than reading it, so the conversion is done once and kept
+as a diffusers folder in the conversion cache (`converted_cache`); later loads read that folder.
 Nothing is ever downloaded (`local_files_only=True`).
 """
 
@@ -11,15 +13,19 @@ import gc
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from serve_app.errors import UnsupportedCheckpointError
-from serve_app.model.checkpoint_inspect import CheckpointFormat, CheckpointInfo
+from serve_app.errors import CheckpointNotFoundError, UnsupportedCheckpointError
+from serve_app.model.checkpoint_inspect import CheckpointFormat, CheckpointInfo, read_safetensors_header
+from serve_app.model.converted_cache import CacheKey, ConvertedCache, resolve_cache_dir
 from serve_app.model.families import Family
 from serve_app.model.family_configs import config_dir
 from serve_app.model.single_file_layout import METADATA_DIFFUSERS_CONFIG
@@ -27,6 +33,7 @@ from serve_app.model.single_file_layout import METADATA_DIFFUSERS_CONFIG
 logger = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_STORED_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
 def pick_device() -> torch.device:
@@ -80,12 +87,87 @@ def _config_dir(info: CheckpointInfo, family: Family) -> Path:
     digest = hashlib.sha256(embedded.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"dreamlab-configs-{os.getuid()}" / digest
     if not (target / "model_index.json").is_file():
-        materialize_config_dir(embedded, target)
+        # written aside and renamed: a concurrent loader never converts with (or caches) a half-written folder
+        partial = target.with_name(f"{digest}.partial-{uuid.uuid4().hex[:8]}")
+        materialize_config_dir(embedded, partial)
+        try:
+            os.rename(partial, target)
+        except OSError:  # another loader materialised it first (or a crashed one left a partial folder)
+            shutil.rmtree(partial, ignore_errors=True)
+            if not (target / "model_index.json").is_file():
+                materialize_config_dir(embedded, target)
     return target
 
 
-def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, device: torch.device) -> LoadedPipelines:
-    """Load `info`'s checkpoint as `family` onto `device` in `dtype`, offline."""
+def _conversion_dtype(path: Path) -> torch.dtype | None:
+    """The dtype a cache entry is written in: the file's own, so a load from the entry at any dtype equals a
+    load from the file (fp32 for a file mixing fp16/bf16/fp32: widening is exact). None: not cached (fp64, fp8)."""
+    tensors, _ = read_safetensors_header(path)
+    floats = {t.dtype for t in tensors.values() if t.dtype.startswith(("F", "BF"))}
+    if floats - _STORED_FLOAT_DTYPES.keys():
+        return None
+    return _STORED_FLOAT_DTYPES[floats.pop()] if len(floats) == 1 else torch.float32
+
+
+def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwargs: dict[str, Any],
+                      cache_dir: str | Path | None) -> Any:
+    """From the conversion cache when it holds this file's conversion, else converted (and cached) now."""
+    path = Path(info.path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: checkpoint path does not exist", param="checkpoint")
+    config = _config_dir(info, family)
+    root = resolve_cache_dir(path, cache_dir)
+    if root is None:
+        return load_cls.from_single_file(str(path), config=str(config), **kwargs)
+    cache = ConvertedCache(root)
+    key = CacheKey.for_checkpoint(path, family.value, config)
+
+    entry = cache.lookup(key)
+    if entry is not None:
+        pipe = _load_entry(load_cls, cache, entry, kwargs)
+        if pipe is not None:
+            logger.info("%s: loaded from the conversion cache %s", path, entry)
+            return pipe
+    conversion_dtype = _conversion_dtype(path)
+    if conversion_dtype is None:
+        logger.info("%s: its stored dtypes (fp64/fp8) are not cached; it is converted on every load", path)
+        return load_cls.from_single_file(str(path), config=str(config), **kwargs)
+
+    def convert_into(folder: Path) -> None:
+        convert_kwargs = {**kwargs, "dtype": conversion_dtype}
+        load_cls.from_single_file(str(path), config=str(config), **convert_kwargs).save_pretrained(
+            folder, safe_serialization=True)
+
+    started = time.perf_counter()
+    entry = cache.write(key, convert_into)
+    gc.collect()  # the converted pipeline is garbage now; free it before loading the entry
+    if entry is not None:
+        logger.info("%s: converted once into the conversion cache %s in %.2fs", path, entry,
+                    time.perf_counter() - started)
+        pipe = _load_entry(load_cls, cache, entry, kwargs)
+        if pipe is not None:
+            return pipe
+    return load_cls.from_single_file(str(path), config=str(config), **kwargs)
+
+
+def _load_entry(load_cls: type, cache: ConvertedCache, entry: Path, kwargs: dict[str, Any]) -> Any | None:
+    """Load a cache entry; one that does not load is discarded (None), never trusted."""
+    try:
+        return load_cls.from_pretrained(str(entry), **kwargs)
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure of a derived copy: rebuild it from the checkpoint
+        cache.discard(entry, f"it does not load ({type(exc).__name__}: {exc})")
+        return None
+
+
+def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, device: torch.device, *,
+                   cache_dir: str | Path | None = None) -> LoadedPipelines:
+    """Load `info`'s checkpoint as `family` onto `device` in `dtype`, offline.
+
+    A single file goes through the conversion cache in `cache_dir` (default `$DREAMLAB_CACHE_DIR`, else
+    `.dreamlab-cache` next to the file; `off` disables it): see `converted_cache`.
+    """
     if info.inpainting:
         raise UnsupportedCheckpointError(
             f"{info.path}: inpainting checkpoints (unet in_channels 9) are detected but not served yet",
@@ -96,7 +178,7 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     if family in (Family.SD1, Family.SD2):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if info.format is CheckpointFormat.SINGLE_FILE:
-        pipe = load_cls.from_single_file(info.path, config=str(_config_dir(info, family)), **kwargs)
+        pipe = _load_single_file(load_cls, info, family, kwargs, cache_dir)
     else:
         pipe = load_cls.from_pretrained(info.path, **kwargs)
     if device.type != "cpu":  # weights load on the CPU; .to() there is a no-op that only warns

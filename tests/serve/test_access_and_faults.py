@@ -33,15 +33,14 @@ def secure(ray_serve, demo_models_dir, tmp_path_factory):
     modes = {"default_mode": "fast", "modes": [
         {"name": "fast", "checkpoint": "tiny-sd1", "defaults": {"width": 64, "height": 64, "steps": 2},
          "limits": {"max_width": 256, "max_height": 256, "max_steps": 50},
-         "deployment": {"max_ongoing_requests": 2}},
+         "deployment": {"max_ongoing_requests": 1}},
         {"name": "other", "checkpoint": "tiny-sd2.safetensors", "defaults": {"width": 64, "height": 64, "steps": 2}},
         {"name": "refine", "checkpoint": "tiny-sdxl-refiner", "load_on_start": False,
          "defaults": {"width": 64, "height": 64, "steps": 2}},
     ]}
     url = deploy_app("secure", modes, demo_models_dir, tmp,
                      registry={"heartbeat_interval_s": 0.3, "dead_after_s": 4.0},
-                     access={"api_keys_file": str(tmp / "client-keys"), "admin_key_file": str(tmp / "admin-key")},
-                     fair_share={"dispatch_per_replica": 1})
+                     access={"api_keys_file": str(tmp / "client-keys"), "admin_key_file": str(tmp / "admin-key")})
     return url
 
 

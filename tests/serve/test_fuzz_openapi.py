@@ -32,7 +32,7 @@ def _run(demo_url: str, tmp_path: Path, mode: str, *selection: str) -> None:
            "not_a_server_error,content_type_conformance", "--mode", mode, "--max-examples", EXAMPLES,
            "--phases", "examples,coverage,fuzzing", "--generation-deterministic", "--request-timeout", "120",
            "--workers", "2", "--report", "junit", "--report-dir", str(tmp_path), *selection]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache goes there
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
 
 

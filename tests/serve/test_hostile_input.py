@@ -142,3 +142,32 @@ def test_a_lone_surrogate_is_422_naming_the_field(client, route, field):
     # and the mode that would have tokenized it still serves
     ok = client.post("/v1/txt2img", json={"prompt": "a cat", "width": 64, "height": 64, "steps": 2})
     assert ok.status_code == 200, ok.text
+
+
+def _replica_ids(client, modes: tuple[str, ...]) -> dict[str, set[str]]:
+    replicas = client.get("/v1/registry").json()["replicas"]
+    return {mode: {rid for rid, r in replicas.items() if r["mode"] == mode} for mode in modes}
+
+
+def test_a_hostile_batch_leaves_every_replica_in_place(client, bomb):
+    """Every case above, several times: the same replicas serve afterwards (no restart) and still answer."""
+    fixed = ("sd1", "sd2")  # the demo's modes with a fixed replica count (the others autoscale)
+    before = _replica_ids(client, fixed)
+    assert all(before.values()), before
+    surrogate = json.dumps({"prompt": "PLACEHOLDER"}).replace("PLACEHOLDER", "\\ud800").encode()
+    for _ in range(3):
+        assert client.post("/v1/img2img", json={"prompt": "x", "image": bomb}).status_code == 422
+        assert client.post("/v1/txt2img", content=_body_of(60 * 2**20),
+                           headers={"content-type": "application/json"}).status_code == 413
+        assert client.post("/v1/txt2img", json={"prompt": "x", "scheduler": "s" * HUGE}).status_code == 422
+        assert client.post("/v1/txt2img", content=surrogate,
+                           headers={"content-type": "application/json"}).status_code == 422
+        assert client.post("/sdapi/v1/txt2img", json={"prompt": "x", "seed": MAX_SEED, "n_iter": 2}).status_code == 422
+        lms = {"prompt": "x", "mode": "sd2", "scheduler": "lms", "width": 64, "height": 64, "steps": 2}
+        assert client.post("/v1/txt2img", json=lms).status_code == 200
+    time.sleep(12)  # more than a health-check period (10 s): a broken replica would be replaced by now
+    assert _replica_ids(client, fixed) == before
+    states = {m["name"]: m["state"] for m in client.get("/v1/modes").json()["modes"]}
+    assert states["sd1"] == states["sd2"] == "ready", states
+    ok = client.post("/v1/txt2img", json={"prompt": "a calm sea", "width": 64, "height": 64, "seed": 1, "steps": 2})
+    assert ok.status_code == 200, ok.text

@@ -18,7 +18,7 @@ async def _run(queue: FairQueue, client: str, label: str, order: list[str], rele
 
 def test_a_burst_does_not_starve_another_client() -> None:
     async def scenario() -> list[str]:
-        queue = FairQueue("m", capacity=lambda: 1, max_waiting_per_client=100)
+        queue = FairQueue("m", capacity=lambda: 1, max_waiting=-1, max_waiting_per_client=100)
         order: list[str] = []
         gates = {f"a{i}": asyncio.Event() for i in range(6)} | {"b0": asyncio.Event()}
         tasks = [asyncio.create_task(_run(queue, "A", f"a{i}", order, gates[f"a{i}"])) for i in range(6)]
@@ -41,15 +41,22 @@ def test_a_burst_does_not_starve_another_client() -> None:
 
 def test_capacity_and_the_per_client_bound() -> None:
     async def scenario() -> None:
-        queue = FairQueue("m", capacity=lambda: 2, max_waiting_per_client=1)
+        queue = FairQueue("m", capacity=lambda: 2, max_waiting=5, max_waiting_per_client=1)
         hold = asyncio.Event()
         order: list[str] = []
         running = [asyncio.create_task(_run(queue, "A", f"a{i}", order, hold)) for i in range(3)]
         await asyncio.sleep(0)
         assert queue.out == 2 and queue.waiting("A") == 1
-        with pytest.raises(QueueFullError):
+        with pytest.raises(QueueFullError, match="you have 1"):  # A's share of the queue is used up
             async with queue.slot("A"):
                 pass
+        small = FairQueue("n", capacity=lambda: 0, max_waiting=1, max_waiting_per_client=10)
+        parked = asyncio.create_task(_run(small, "B", "b0", order, hold))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="full queue"):  # the mode's whole queue is used up
+            async with small.slot("C"):
+                pass
+        parked.cancel()
         hold.set()
         await asyncio.gather(*running)
         assert order == ["a0", "a1", "a2"] and queue.out == 0
@@ -59,7 +66,7 @@ def test_capacity_and_the_per_client_bound() -> None:
 
 def test_a_client_that_goes_away_while_waiting_leaves_no_trace() -> None:
     async def scenario() -> None:
-        queue = FairQueue("m", capacity=lambda: 1, max_waiting_per_client=10)
+        queue = FairQueue("m", capacity=lambda: 1, max_waiting=10, max_waiting_per_client=10)
         hold = asyncio.Event()
         order: list[str] = []
         first = asyncio.create_task(_run(queue, "A", "a0", order, hold))

@@ -22,7 +22,7 @@ from deployments.mode_worker import ModeWorker
 from deployments.protocol import DeviceStats, EntryState, ModelState, ReserveStatus
 from deployments.vram_registry import VramRegistry
 from serve_app.config.modes_file import ModeConfig
-from serve_app.errors import JobFailedError, RequestValidationError
+from serve_app.errors import InsufficientVRAMError, JobFailedError, RequestValidationError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.generation import GenerationRequest, GenerationResult, GenerationTimings
 
@@ -389,7 +389,7 @@ def test_broken_pipeline_fails_the_health_check(demo_models_dir: Path) -> None:
     run(scenario())
 
 
-def test_out_of_memory_fails_the_request_not_the_replica(demo_models_dir: Path) -> None:
+def test_out_of_memory_is_a_507_with_the_numbers_not_a_broken_replica(demo_models_dir: Path) -> None:
     reg = _registry()
 
     async def scenario() -> None:
@@ -397,9 +397,15 @@ def test_out_of_memory_fails_the_request_not_the_replica(demo_models_dir: Path) 
         async with started(worker):
             runner = _runner(worker)
             runner.self_check_passes = False  # were the pipeline checked and failed, the replica would go
-            oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (secret-detail-42)")
-            err = await _failed_generation(worker, oom, "req-huge")
-            assert "out of memory" in err.message and "width" in err.message and "num_images" in err.message
+            runner.generate_error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB "
+                                                                "(secret-detail-42)")
+            with pytest.raises(InsufficientVRAMError) as info:
+                await worker.generate(_request("req-huge"))
+            runner.generate_error = None
+            err = info.value
+            assert err.status_code == 507 and err.error_type == "insufficient_vram" and "req-huge" in err.message
+            assert "secret-detail-42" not in str(err.to_dict()) and "width" in err.message
+            assert err.needed_bytes > 0 and err.to_dict()["needed_bytes"] == err.needed_bytes
             assert runner.self_check_calls == 0 and runner.state is ModelState.READY
             worker.check_health()
             assert (await worker.generate(_request("req-small"))).width == 64

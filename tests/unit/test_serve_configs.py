@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app.app_builder import MODE_DEPLOYMENT_DEFAULTS, build_app, parse_app_args
+from serve_app.app_builder import build_app
+from serve_app.config.app_args import MODE_DEPLOYMENT_DEFAULTS, parse_app_args
 from serve_app.config.modes_file import load_modes_file
 from serve_app.errors import ConfigError
 
