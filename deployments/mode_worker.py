@@ -1,9 +1,14 @@
 """The mode deployment: each replica is one GPU actor serving one mode's checkpoint.
 
-A thin wrapper around `ModelRunner` that adds the cluster lifecycle: reserve at the registry -> load ->
-measure what the load really took -> register; a heartbeat that reports liveness and state and receives
-eviction commands; typed generation (`generate`, `generate_stream`) and custom jobs (`run`); and on
-shutdown (Serve drains in-flight requests first) unregister and free the memory.
+A thin wrapper around `ModelRunner` that adds the cluster lifecycle: reserve at the registry -> load (from
+disk, or a device copy from the RAM tier) -> measure what the load really took -> register; a heartbeat
+that reports liveness, state and tier and receives eviction commands (to the RAM tier or to disk); typed
+generation (`generate`, `generate_stream`) and custom jobs (`run`), one model-use discipline for both; and
+on shutdown (Serve drains in-flight requests first) unregister and free the memory.
+
+Working memory: a loaded model is accounted with its standing working memory (the mode's default size at
+its largest batch). A request that needs more (size x images) reserves the difference at the registry for
+its duration, evicting idle neighbours if needed; when even that cannot fit it answers 507 with the numbers.
 
 `ModeWorker` is a plain class with a sync constructor and an async `start`, so tests build it without
 Serve; `ModeWorkerDeployment` is what Serve runs (it starts in its async constructor).
@@ -12,6 +17,7 @@ Serve; `ModeWorkerDeployment` is what Serve runs (it starts in its async constru
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -28,9 +34,11 @@ from deployments.protocol import (
     HeartbeatReport,
     LoadAnswer,
     ModelState,
+    Offloaded,
     ProgressEvent,
     Registration,
     ReserveStatus,
+    Tier,
     UnloadAnswer,
 )
 from deployments.registry_client import RegistryClient
@@ -40,7 +48,7 @@ from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedErro
 from serve_app.model.jobs import JobContext, JobRegistry
 from serve_app.model.model_runner import ModelRunner
 from serve_app.model.pipeline_loader import dtype_name, free_device_memory
-from serve_app.model.vram_estimate import estimate_vram
+from serve_app.model.vram_estimate import VramEstimate, estimate_vram
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +94,7 @@ class ModeWorker:
         self.epoch = 0
         self.start_s = 0.0
         self._measured_bytes = 0
+        self._host_bytes = 0  # what the model holds in the RAM tier
         self._load_lock = asyncio.Lock()
         self._using = 0  # jobs past _ensure_loaded that still need the model
         self._unloading = False
@@ -105,8 +114,8 @@ class ModeWorker:
     # -- memory accounting ---------------------------------------------------------------------------
     def report(self) -> HeartbeatReport:
         return HeartbeatReport(
-            mode=self.mode.name, device=self.device_id, state=self.runner.state, loaded=self.runner.loaded,
-            epoch=self.epoch, inflight=self.inflight, footprint_bytes=self._accounted_bytes(),
+            mode=self.mode.name, device=self.device_id, state=self.runner.state, tier=self.runner.tier,
+            host_bytes=self._host_bytes if self.runner.tier is Tier.RAM else 0, epoch=self.epoch, inflight=self.inflight, footprint_bytes=self._accounted_bytes(),
             measured_bytes=self._measured_bytes, estimate_bytes=self._vram.total_bytes,
             last_use=self.runner.last_used, total_bytes=self.probe.total_bytes(),
             reported_used_bytes=self.probe.used_bytes())
@@ -115,25 +124,30 @@ class ModeWorker:
         """What this model holds: the measured load plus its working memory at the mode's limits."""
         return self._measured_bytes + self._vram.working_bytes
 
-    async def _reserve(self, nbytes: int) -> None:
-        """Poll the registry until the load is granted (evictions and busy models may take a while)."""
+    async def _reserve(self, nbytes: int, key: str | None = None, what: str = "") -> None:
+        """Poll the registry until `nbytes` are granted (evictions and busy models may take a while): for the
+        load (`key` None), or under `key` for a request's extra working memory (`what` says which)."""
         assert self.registry is not None
-        deadline = time.monotonic() + self.registry_config.reserve_timeout_s
+        timeout = self.registry_config.reserve_timeout_s if key is None else self.registry_config.working_timeout_s
+        deadline = time.monotonic() + timeout
         while True:
             ans = await self.registry.reserve(self.replica_id, self.mode.name, self.device_id, nbytes,
-                                              self.probe.total_bytes(), self.probe.used_bytes())
+                                              self.probe.total_bytes(), self.probe.used_bytes(), key)
             if ans.status is ReserveStatus.GRANTED:
                 return
             if ans.status is ReserveStatus.NO_FIT or time.monotonic() > deadline:
                 busy = f" (still busy: {', '.join(ans.busy_modes)})" if ans.busy_modes else ""
+                needs = f"mode {self.mode.name!r}" if key is None else f"{what} on mode {self.mode.name!r} (extra " \
+                    "working memory beyond the model's share; try a smaller width/height/num_images)"
                 raise InsufficientVRAMError(
-                    f"mode {self.mode.name!r} does not fit on {self.device_id}: needs {ans.needed_bytes} bytes, "
+                    f"{needs} does not fit on {self.device_id}: needs {ans.needed_bytes} bytes, "
                     f"{ans.free_bytes} free of a {ans.budget_bytes}-byte budget{busy}",
                     needed_bytes=ans.needed_bytes, free_bytes=ans.free_bytes, budget_bytes=ans.budget_bytes)
             await asyncio.sleep(min(0.05, self.registry_config.heartbeat_interval_s / 4))
 
-    async def _ensure_loaded(self) -> float | None:
-        """Load (reserve, load, measure, register) unless loaded; the load seconds, or None for a no-op.
+    async def _ensure_loaded(self) -> tuple[float, Tier] | None:
+        """Load (reserve, load, measure, register) unless loaded: (the load seconds, the tier it came from),
+        or None for a no-op.
 
         The caller counts itself in `_using` right after this returns (no await in between), which keeps
         an unload from pulling the model out from under its job.
@@ -161,36 +175,51 @@ class ModeWorker:
                     replica=self.replica_id, mode=self.mode.name, device=self.device_id,
                     footprint_bytes=self._accounted_bytes(), estimate_bytes=self._vram.total_bytes,
                     measured_bytes=self._measured_bytes, epoch=self.epoch))
-            return time.perf_counter() - started
+            return time.perf_counter() - started, self.runner.loaded_from or Tier.DISK
 
-    async def _unload(self, reason: str, only_if_idle: bool = False) -> bool:
-        """Unload after the jobs using the model finish; an eviction (`only_if_idle`) is skipped when busy
-        (the registry repeats it on the next heartbeat while the model stays marked for eviction)."""
-        if only_if_idle and self._using:
+    async def _evict(self, to: Tier, reason: str, only_from: Tier | None = None) -> bool:
+        """Move the model off its device, after the jobs using it finish: to the RAM tier (`to` RAM; only a
+        model on the device moves) or to disk (dropped from either tier). A registry eviction (`only_from`:
+        the tier the command was about) is skipped when busy, or when a load moved the model meanwhile (the
+        registry repeats a command that still holds on the next heartbeat)."""
+        if only_from is not None and self._using:
             return False
         self._unloading = True
+        moved = False
         try:
             async with self._load_lock:
                 while self._using:
                     await asyncio.sleep(0.01)
-                unloaded = await asyncio.to_thread(self.runner.unload)
-                self.epoch += 1
-                self._measured_bytes = 0
-                if self.registry is not None:
+                if only_from is not None and self.runner.tier is not only_from:
+                    return False
+                if to is Tier.RAM:
+                    moved = await asyncio.to_thread(self.runner.offload)
+                else:
+                    moved = await asyncio.to_thread(self.runner.unload)
+                if moved:
+                    self.epoch += 1
+                    self._measured_bytes = 0
+                    self._host_bytes = self.runner.parameter_bytes() if to is Tier.RAM else 0
+                    if self.registry is not None and to is Tier.RAM:
+                        await self.registry.offloaded(Offloaded(
+                            replica=self.replica_id, mode=self.mode.name, device=self.device_id,
+                            host_bytes=self._host_bytes, last_use=self.runner.last_used, epoch=self.epoch))
+                if self.registry is not None and to is Tier.DISK:
                     await self.registry.unregister(self.replica_id, False, self.epoch)
         finally:
             self._unloading = False
-        if unloaded:
-            logger.info("mode %s unloaded on %s (%s)", self.mode.name, self.device_id, reason)
-        return unloaded
+        if moved:
+            logger.info("mode %s moved from %s to %s (%s)", self.mode.name, self.device_id, to.value, reason)
+        return moved
 
     async def heartbeat_once(self) -> None:
-        """Report to the registry and obey its answer (an eviction)."""
+        """Report to the registry and obey its answer (an eviction to RAM or to disk)."""
         if self.registry is None:
             return
+        tier = self.runner.tier
         answer = await self.registry.heartbeat(self.replica_id, self.report())
-        if answer.unload:
-            await self._unload("evicted by the registry", only_if_idle=True)
+        if answer.evict is not None and tier is not Tier.DISK:
+            await self._evict(answer.evict, "evicted by the registry", only_from=tier)
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:
@@ -202,22 +231,39 @@ class ModeWorker:
 
     # -- work ----------------------------------------------------------------------------------------
     async def _with_model(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,
-                          needed_bytes: int) -> tuple[T, float | None]:
-        """Run `call` in a thread with the model loaded (see `_contained`); (its result, the load seconds it
-        waited for). The model stays in use until the thread is done, self-check included."""
-        load_s = await self._ensure_loaded()
+                          needed: VramEstimate) -> tuple[T, tuple[float, Tier] | None]:
+        """Run `call` in a thread with the model loaded (see `_contained`), generation and custom jobs alike:
+        (its result, the load it waited for). The model stays in use (no eviction or unload can tear it down)
+        until the thread is done, self-check included. Working memory beyond the model's standing share
+        (`needed` vs the mode's estimate) is reserved at the registry for the call's duration."""
+        loaded = await self._ensure_loaded()
         self._using += 1
-        work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id, check_pipeline,
-                                                       needed_bytes))
+        extra = needed.working_bytes - self._vram.working_bytes
+        key = f"{self.replica_id}/{request_id}/{uuid.uuid4().hex[:6]}"
+        reserved = False
         try:
-            return await asyncio.shield(work), load_s
-        except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
-            await asyncio.wait({work})
-            if not work.cancelled():
-                work.exception()  # retrieved: the caller is gone, nobody else will
-            raise
+            if extra > 0 and self.registry is not None:
+                await self._reserve(extra, key, what)
+                reserved = True
+            work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id, check_pipeline,
+                                                           needed.total_bytes))
+            try:
+                return await asyncio.shield(work), loaded
+            except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
+                await asyncio.wait({work})
+                if not work.cancelled():
+                    work.exception()  # retrieved: the caller is gone, nobody else will
+                raise
         finally:
             self._using -= 1
+            if reserved:
+                await self._release(key)
+
+    async def _release(self, key: str) -> None:
+        try:
+            await asyncio.shield(self.registry.release(key))  # type: ignore[union-attr]
+        except Exception as exc:  # the registry restarts: the reservation expires there on its own
+            logger.warning("could not release %s: %s", key, exc)
 
     def _contained(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,
                    needed_bytes: int) -> T:
@@ -273,13 +319,14 @@ class ModeWorker:
         started = time.perf_counter()
         first, self._first_request = self._first_request, False
         needed = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), request.width, request.height,
-                               len(request.seeds)).total_bytes
-        result, load_s = await self._with_model(
+                               len(request.seeds))
+        result, loaded = await self._with_model(
             lambda: self.runner.generate(request, progress, cancelled), request.kind, request.request_id,
-            check_pipeline=True, needed_bytes=needed)
+            check_pipeline=True, needed=needed)
         result.timings.job_s = round(time.perf_counter() - started, 4)
-        if load_s is not None:
-            result.timings.load_s = round(load_s, 4)
+        if loaded is not None:
+            result.timings.load_s = round(loaded[0], 4)
+            result.timings.load_tier = loaded[1].value
         if first:
             result.timings.replica_start_s = round(self.start_s, 4)
         return result
@@ -339,20 +386,22 @@ class ModeWorker:
         logger.info("[%s] job %s on mode %s", request_id, job_type, self.mode.name)
         self.inflight += 1
         try:
-            result, _ = await self._with_model(lambda: fn(JobContext(self.runner), payload), f"job {job_type!r}",
-                                               request_id, check_pipeline=False, needed_bytes=self._vram.total_bytes)
+            job = functools.partial(fn, JobContext(self.runner), payload)
+            result, _ = await self._with_model(lambda: self.runner.run_exclusive(job), f"job {job_type!r}",
+                                               request_id, check_pipeline=False, needed=self._vram)
             return result
         finally:
             self.inflight -= 1
 
     # -- operator actions and state --------------------------------------------------------------------
     async def load(self) -> LoadAnswer:
-        load_s = await self._ensure_loaded()
-        return LoadAnswer(mode=self.mode.name, status="already_loaded" if load_s is None else "loaded",
-                          load_s=load_s, replica=self.replica_id)
+        loaded = await self._ensure_loaded()
+        return LoadAnswer(mode=self.mode.name, status="already_loaded" if loaded is None else "loaded",
+                          load_s=None if loaded is None else loaded[0],
+                          load_tier=None if loaded is None else loaded[1], replica=self.replica_id)
 
     async def unload(self) -> UnloadAnswer:
-        unloaded = await self._unload("operator request")
+        unloaded = await self._evict(Tier.DISK, "operator request")
         return UnloadAnswer(mode=self.mode.name, status="unloaded" if unloaded else "already_unloaded",
                             replica=self.replica_id)
 

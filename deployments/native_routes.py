@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from deployments.access_control import ADMIN, CLIENT
 from deployments.http_app import current_request_id, http_app
-from deployments.protocol import GenerationResult, LoadAnswer, ModelState, RegistryStats, UnloadAnswer
+from deployments.protocol import GenerationResult, LoadAnswer, ModelState, RegistryStats, Tier, UnloadAnswer
 from deployments.router_core import Generated, RouterCore, worker_errors
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
 from serve_app.api.native_schemas import (
@@ -132,6 +132,7 @@ class NativeRoutes(RouterCore):
         await self.ensure_poller()  # the default mode and the replica counts come with the registry's poll
         stats = await self._stats()
         models = [m for d in stats.devices for m in d.models]
+        in_ram = {m.mode for n in stats.nodes for m in n.models}
         out = []
         for name, mode in self.catalog.modes.items():
             loaded = [m for m in models if m.mode == name]
@@ -139,10 +140,12 @@ class NativeRoutes(RouterCore):
             serving = [m for m in loaded if m.replica not in stats.replicas
                        or stats.replicas[m.replica].state is not ModelState.FAILED]
             state = (ModelState.READY if serving else ModelState.LOADING if ModelState.LOADING in states
+                     else ModelState.OFFLOADED if name in in_ram
                      else ModelState.FAILED if ModelState.FAILED in states else ModelState.COLD)
+            tier = Tier.VRAM if serving else Tier.RAM if name in in_ram else Tier.DISK
             out.append(ModeOut(
                 name=name, family=mode.family.value, checkpoint=mode.config.checkpoint, format=mode.info.format.value,
-                aliases=mode.config.aliases, default=name == self.current_default, state=state,
+                aliases=mode.config.aliases, default=name == self.current_default, state=state, tier=tier,
                 replicas=sum(r.mode == name for r in stats.replicas.values()), loaded_replicas=len(loaded),
                 measured_bytes=max((m.measured_bytes for m in loaded), default=None),
                 estimated_bytes=mode.estimate_bytes(), scheduler=mode.config.scheduler,

@@ -2,8 +2,9 @@
 
 Router -> mode worker: a resolved `GenerationRequest` (from the model layer, so the runner takes it as
 is); back: a `GenerationResult`, or while streaming `ProgressEvent`s then the result. Operator actions
-answer `LoadAnswer` / `UnloadAnswer`. Mode worker <-> registry: `ReserveAnswer` for a load,
-`Registration` when it is done, `HeartbeatReport` / `HeartbeatAnswer` every beat. Router <-> registry:
+answer `LoadAnswer` / `UnloadAnswer`. Mode worker <-> registry: `ReserveAnswer` for a load (or a large
+request's extra working memory), `Registration` when it is done, `Offloaded` when an evicted model moved to
+the RAM tier, `HeartbeatReport` / `HeartbeatAnswer` every beat. Router <-> registry:
 `RouterPollAnswer`, `InflightCounts` and `RegistryStats` (also the body of `GET /v1/registry`).
 """
 
@@ -14,12 +15,12 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.model.generation import GenerationRequest, GenerationResult, ProgressEvent
-from serve_app.model.model_state import ModelState
+from serve_app.model.model_state import ModelState, Tier
 
 __all__ = [
     "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport", "InflightCounts",
-    "LoadAnswer", "ModelState", "OperatorState", "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer",
-    "ReserveStatus", "RouterPollAnswer", "UnloadAnswer",
+    "LoadAnswer", "ModelState", "Offloaded", "OperatorState", "ProgressEvent", "Registration", "RegistryStats",
+    "ReserveAnswer", "ReserveStatus", "RouterPollAnswer", "Tier", "UnloadAnswer",
 ]
 
 
@@ -40,11 +41,23 @@ class Registration(Message):
     epoch: int = Field(description="Counts the replica's loads and unloads: a stale report cannot undo a newer one.")
 
 
+class Offloaded(Message):
+    """An evicted model moved from its device to its node's host memory (the RAM tier)."""
+
+    replica: str
+    mode: str
+    device: str
+    host_bytes: int
+    last_use: float
+    epoch: int
+
+
 class HeartbeatReport(Message):
     mode: str
     device: str
     state: ModelState
-    loaded: bool
+    tier: Tier
+    host_bytes: int = Field(description="What the model holds in host memory (the RAM tier), else 0.")
     epoch: int
     inflight: int
     footprint_bytes: int
@@ -56,7 +69,8 @@ class HeartbeatReport(Message):
 
 
 class HeartbeatAnswer(Message):
-    unload: bool = Field(description="The registry evicts this replica's model: unload it when idle.")
+    evict: Tier | None = Field(None, description="The registry evicts this replica's model, when idle: `ram` "
+                               "moves it to host memory, `disk` drops it (from either tier).")
     draining: bool
 
 
@@ -115,9 +129,24 @@ class ModelStats(BaseModel):
     estimate_bytes: int
     measured_bytes: int
     state: EntryState
+    evict_to: Tier | None = Field(None, description="Where an evicting model goes: `ram` or `disk`.")
     last_use: float
     epoch: int
     inflight: int
+
+
+class RamModelStats(BaseModel):
+    """One model in a node's RAM tier (mutable, like `ModelStats`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    replica: str
+    node: str
+    host_bytes: int
+    last_use: float
+    epoch: int
+    dropping: bool = Field(False, description="Pushed out of RAM for a newer offload: the replica drops it.")
 
 
 class DeviceStats(Message):
@@ -132,6 +161,13 @@ class DeviceStats(Message):
     models: list[ModelStats]
 
 
+class NodeStats(Message):
+    node: str
+    ram_budget_bytes: int = Field(description="Host memory the RAM tier may hold on this node.")
+    ram_used_bytes: int = Field(description="Held by offloaded models, and promised to offloads under way.")
+    models: list[RamModelStats]
+
+
 class ReplicaStats(Message):
     mode: str
     device: str
@@ -141,6 +177,7 @@ class ReplicaStats(Message):
 
 class RegistryStats(Message):
     devices: list[DeviceStats]
+    nodes: list[NodeStats] = Field(default_factory=list, description="Host memory (the RAM tier) per node.")
     draining: bool
     replicas: dict[str, ReplicaStats] = Field(description="By replica id.")
 
@@ -150,6 +187,7 @@ class LoadAnswer(Message):
     mode: str
     status: str = Field(description="`loaded`, or `already_loaded` (a no-op).")
     load_s: float | None
+    load_tier: Tier | None = Field(None, description="Where the load came from: `disk`, or `ram` (a device copy).")
     replica: str
 
 

@@ -10,6 +10,7 @@ from deployments.protocol import (
     HeartbeatAnswer,
     HeartbeatReport,
     InflightCounts,
+    Offloaded,
     OperatorState,
     Registration,
     RegistryStats,
@@ -29,11 +30,14 @@ class RegistryClient:
         return await asyncio.wait_for(getattr(self.handle, method).remote(*args), timeout_s or self.timeout_s)
 
     async def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None,
-                      reported_used: int | None) -> ReserveAnswer:
-        return await self._call("reserve", replica, mode, device, nbytes, total_bytes, reported_used)
+                      reported_used: int | None, key: str | None = None) -> ReserveAnswer:
+        return await self._call("reserve", replica, mode, device, nbytes, total_bytes, reported_used, key)
 
-    async def release(self, replica: str) -> None:
-        await self._call("release", replica)
+    async def release(self, key: str) -> None:
+        await self._call("release", key)
+
+    async def offloaded(self, moved: Offloaded) -> None:
+        await self._call("offloaded", moved)
 
     async def register(self, registration: Registration) -> None:
         await self._call("register", registration)

@@ -2,11 +2,13 @@
 
 It runs as the application's `VramRegistry` deployment (one replica, so its lifetime is the
 application's and an operator finds it in the dashboard under that name). It keeps, per device, the
-budget, the accounted use of registered models and the open reservations, and per model its mode,
-replica, footprint, estimate, state and last use.
+budget, the accounted use of registered models and the open reservations (loads, and the extra working
+memory of requests larger than a model's standing share), and per model its mode, replica, footprint,
+estimate, state and last use. Per node it keeps the RAM tier: evicted models held in host memory under
+`ram_budget_bytes`, least recently used first out (dropped to disk) when a newer eviction needs the room.
 
 Eviction channel: the registry answers each mode replica's heartbeat with the commands for it
-(`HeartbeatAnswer.unload`). A DeploymentHandle cannot address one replica, and a separate GPU actor per replica would
+(`HeartbeatAnswer.evict`: to `ram` or to `disk`). A DeploymentHandle cannot address one replica, and a separate GPU actor per replica would
 add a hop (and a second copy of progress streaming) to every generation; the heartbeat already exists
 for liveness and for re-registration after a registry restart, so it carries eviction too. The loading
 side polls `reserve` until the victims have unloaded and unregistered.
@@ -35,18 +37,27 @@ from deployments.protocol import (
     InflightCounts,
     ModelState,
     ModelStats,
+    NodeStats,
+    Offloaded,
     OperatorState,
+    RamModelStats,
     Registration,
     RegistryStats,
     ReplicaStats,
     ReserveAnswer,
     ReserveStatus,
     RouterPollAnswer,
+    Tier,
 )
 from serve_app.config.app_args import RegistryConfig
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def node_of(device: str) -> str:
+    """`<node id>:gpu0` -> `<node id>`: the RAM tier is per node."""
+    return device.split(":", 1)[0]
 
 
 def serialised(method: F) -> F:
@@ -99,7 +110,8 @@ class VramRegistry:
         self._lock = threading.RLock()
         self.devices: dict[str, DeviceEntry] = {}
         self.models: dict[str, ModelStats] = {}  # by replica id
-        self.reservations: dict[str, Reservation] = {}
+        self.in_ram: dict[str, RamModelStats] = {}  # the RAM tier, by replica id
+        self.reservations: dict[str, Reservation] = {}  # by key: the replica id (a load) or replica/request
         self.replicas: dict[str, ReplicaSeen] = {}
         self.operator = OperatorState()
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
@@ -121,7 +133,7 @@ class VramRegistry:
         return sum(m.footprint_bytes for m in self.models.values() if m.device == device)
 
     def _reserved(self, device: str, exclude: str | None = None) -> int:
-        return sum(r.bytes for r in self.reservations.values() if r.device == device and r.replica != exclude)
+        return sum(r.bytes for key, r in self.reservations.items() if r.device == device and key != exclude)
 
     def _free(self, device: str, exclude: str | None = None) -> int:
         return self.devices[device].budget_bytes - self._used(device) - self._reserved(device, exclude)
@@ -143,7 +155,46 @@ class VramRegistry:
     def _forget(self, replica: str) -> None:
         self.replicas.pop(replica, None)
         self.models.pop(replica, None)
-        self.reservations.pop(replica, None)
+        self.in_ram.pop(replica, None)
+        for key in [k for k, r in self.reservations.items() if r.replica == replica]:
+            del self.reservations[key]
+
+    # -- the RAM tier --------------------------------------------------------------------------------
+    def _ram_committed(self, node: str) -> int:
+        """Host memory of `node` held by RAM-tier models not being dropped, plus offloads under way."""
+        held = sum(e.host_bytes for e in self.in_ram.values() if e.node == node and not e.dropping)
+        coming = sum(m.measured_bytes for m in self.models.values()
+                     if node_of(m.device) == node and m.state is EntryState.EVICTING and m.evict_to is Tier.RAM)
+        return held + coming
+
+    def _eviction_target(self, model: ModelStats) -> Tier:
+        """Where an evicted model goes: RAM when it fits in its node's budget (pushing the least recently used
+        RAM-tier models out to disk), else disk. A RAM-tier model being restored is never pushed out."""
+        node, need, budget = node_of(model.device), model.measured_bytes, self.config.ram_budget_bytes
+        if need <= 0 or need > budget:
+            return Tier.DISK
+        room = budget - self._ram_committed(node)
+        restoring = {r.replica for r in self.reservations.values()}
+        victims = []
+        for entry in sorted((e for e in self.in_ram.values() if e.node == node and not e.dropping
+                             and e.replica not in restoring), key=lambda e: e.last_use):
+            if room >= need:
+                break
+            victims.append(entry)
+            room += entry.host_bytes
+        if room < need:
+            return Tier.DISK
+        for entry in victims:
+            entry.dropping = True
+            logger.info("RAM tier of %s: dropping mode %s (replica %s) for mode %s", node, entry.mode, entry.replica,
+                        model.mode)
+        return Tier.RAM
+
+    def _evict(self, model: ModelStats, for_mode: str) -> None:
+        model.state = EntryState.EVICTING
+        model.evict_to = self._eviction_target(model)
+        logger.info("evicting mode %s (replica %s) from %s to %s for mode %s", model.mode, model.replica,
+                    model.device, model.evict_to.value, for_mode)
 
     def _seen(self, replica: str, mode: str, device: str) -> ReplicaSeen:
         seen = self.replicas.get(replica)
@@ -161,33 +212,35 @@ class VramRegistry:
 
     @serialised
     def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None = None,
-                reported_used: int | None = None) -> ReserveAnswer:
-        """Reserve `nbytes` on `device` for `replica`'s load.
+                reported_used: int | None = None, key: str | None = None) -> ReserveAnswer:
+        """Reserve `nbytes` on `device` for `replica`: its load (`key` None), or the extra working memory of
+        one large request (`key` names it; `release(key)` after).
 
         GRANTED; or EVICTING (idle models, least recently used first, were told to unload: call again); or
         WAITING_BUSY (it fits once models busy now go idle: call again); or NO_FIT with the numbers when
-        even evicting every model on the device would not make room.
+        even evicting every other model on the device would not make room.
         """
         self._sweep()
+        key = key or replica
         self._seen(replica, mode, device)
         dev = self._device(device, total_bytes, reported_used)
-        free = self._free(device, exclude=replica)
+        free = self._free(device, exclude=key)
 
         def answer(status: ReserveStatus, **more: list[str]) -> ReserveAnswer:
             return ReserveAnswer(status=status, needed_bytes=nbytes, free_bytes=free, budget_bytes=dev.budget_bytes,
                                  **more)
 
         if nbytes <= free:
-            self.reservations[replica] = Reservation(replica, mode, device, nbytes,
-                                                     self._clock() + self.config.reservation_ttl_s)
+            self.reservations[key] = Reservation(replica, mode, device, nbytes,
+                                                 self._clock() + self.config.reservation_ttl_s)
             return answer(ReserveStatus.GRANTED)
-        if nbytes > dev.budget_bytes:
+        own = sum(m.footprint_bytes for m in self.models.values() if m.replica == replica and m.device == device)
+        if nbytes > dev.budget_bytes - own:
             return answer(ReserveStatus.NO_FIT)
-        on_device = [m for m in self.models.values() if m.device == device]
+        on_device = [m for m in self.models.values() if m.device == device and m.replica != replica]
         evicting = [m for m in on_device if m.state is EntryState.EVICTING]
         pending = sum(m.footprint_bytes for m in evicting)
-        idle = sorted((m for m in on_device
-                       if m.state is EntryState.READY and m.inflight == 0 and m.replica != replica),
+        idle = sorted((m for m in on_device if m.state is EntryState.READY and m.inflight == 0),
                       key=lambda m: m.last_use)
         victims: list[ModelStats] = []
         for model in idle:
@@ -197,22 +250,21 @@ class VramRegistry:
             pending += model.footprint_bytes
         busy = [m for m in on_device if m.state is EntryState.READY and m.inflight > 0]
         if free + pending < nbytes:
-            later = sum(m.footprint_bytes for m in busy) + self._reserved(device, exclude=replica)
+            later = sum(m.footprint_bytes for m in busy) + self._reserved(device, exclude=key)
             if free + pending + later < nbytes:
                 return answer(ReserveStatus.NO_FIT)
             # Fits once busy models (and loads in progress) go idle: evict what is idle now, poll again.
             for model in victims:
-                model.state = EntryState.EVICTING
+                self._evict(model, mode)
             return answer(ReserveStatus.WAITING_BUSY, busy_modes=[m.mode for m in busy])
         for model in victims:
-            model.state = EntryState.EVICTING
-            logger.info("evicting mode %s (replica %s) from %s for mode %s", model.mode, model.replica, device, mode)
+            self._evict(model, mode)
         return answer(ReserveStatus.EVICTING, evicting=[m.mode for m in evicting + victims])
 
     @serialised
-    def release(self, replica: str) -> None:
-        """Drop `replica`'s reservation (its load failed or was abandoned)."""
-        self.reservations.pop(replica, None)
+    def release(self, key: str) -> None:
+        """Drop the reservation under `key` (a replica's failed or abandoned load, or a request's extra)."""
+        self.reservations.pop(key, None)
 
     @serialised
     def register(self, reg: Registration) -> None:
@@ -221,6 +273,7 @@ class VramRegistry:
         seen.epoch = max(seen.epoch, reg.epoch)
         self._device(reg.device)
         self.reservations.pop(reg.replica, None)
+        self.in_ram.pop(reg.replica, None)
         self.models[reg.replica] = ModelStats(
             mode=reg.mode, replica=reg.replica, device=reg.device, footprint_bytes=reg.footprint_bytes,
             estimate_bytes=reg.estimate_bytes, measured_bytes=reg.measured_bytes, state=EntryState.READY,
@@ -229,42 +282,63 @@ class VramRegistry:
                     reg.estimate_bytes)
 
     @serialised
+    def offloaded(self, moved: Offloaded) -> None:
+        """An evicted model left its device for the RAM tier of its node."""
+        seen = self._seen(moved.replica, moved.mode, moved.device)
+        seen.epoch = max(seen.epoch, moved.epoch)
+        self.models.pop(moved.replica, None)
+        self.in_ram[moved.replica] = RamModelStats(
+            mode=moved.mode, replica=moved.replica, node=node_of(moved.device), host_bytes=moved.host_bytes,
+            last_use=moved.last_use, epoch=moved.epoch)
+
+    @serialised
     def unregister(self, replica: str, forget: bool = False, epoch: int = 0) -> None:
-        """The model of `replica` is gone (unloaded at `epoch`); `forget` also drops the replica (it stops)."""
+        """The model of `replica` is gone from both tiers (unloaded at `epoch`); `forget` also drops the replica
+        (it stops)."""
         if replica in self.replicas:
             self.replicas[replica].epoch = max(self.replicas[replica].epoch, epoch)
         self.models.pop(replica, None)
+        self.in_ram.pop(replica, None)
         self.reservations.pop(replica, None)
         if forget:
-            self.replicas.pop(replica, None)
+            self._forget(replica)
 
     @serialised
     def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:
         """Liveness + state report of a replica; answers the commands for it and the drain flag.
 
-        A report of a loaded model the registry does not know (it restarted) re-registers it.
+        A report of a model the registry does not know in that tier (it restarted) re-registers it there.
         """
         self._sweep()
         seen = self._seen(replica, report.mode, report.device)
         seen.inflight = report.inflight
         seen.state = report.state
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
-        model = self.models.get(replica)
-        if report.epoch < seen.epoch:
-            pass  # a report older than the last registration or unregistration
-        elif report.loaded:
+        if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
+            self._sync_tier(replica, report)
+        model, in_ram = self.models.get(replica), self.in_ram.get(replica)
+        evict = (model.evict_to if model is not None and model.state is EntryState.EVICTING
+                 else Tier.DISK if in_ram is not None and in_ram.dropping else None)
+        return HeartbeatAnswer(evict=evict, draining=self.draining)
+
+    def _sync_tier(self, replica: str, report: HeartbeatReport) -> None:
+        if report.tier is Tier.VRAM:
+            model = self.models.get(replica)
             if model is None:
                 self.register(Registration(
                     replica=replica, mode=report.mode, device=report.device, footprint_bytes=report.footprint_bytes,
                     estimate_bytes=report.estimate_bytes, measured_bytes=report.measured_bytes, epoch=report.epoch))
                 model = self.models[replica]
-            model.inflight = seen.inflight
+            model.inflight = report.inflight
             model.last_use = max(model.last_use, report.last_use)
-        elif model is not None:
-            self.models.pop(replica)
-            model = None
-        return HeartbeatAnswer(unload=model is not None and model.state is EntryState.EVICTING,
-                               draining=self.draining)
+            return
+        self.models.pop(replica, None)
+        if report.tier is Tier.RAM:
+            if replica not in self.in_ram:
+                self.offloaded(Offloaded(replica=replica, mode=report.mode, device=report.device,
+                                         host_bytes=report.host_bytes, last_use=report.last_use, epoch=report.epoch))
+        else:
+            self.in_ram.pop(replica, None)
 
     # -- draining and the default mode ---------------------------------------------------------------------
     @property
@@ -316,7 +390,12 @@ class VramRegistry:
                 reserved_bytes=reserved, free_bytes=dev.budget_bytes - used - reserved,
                 reported_used_bytes=dev.reported_used_bytes, simulated=dev.simulated,
                 models=[m.model_copy() for m in self.models.values() if m.device == name]))
+        nodes = sorted({node_of(d) for d in self.devices} | {e.node for e in self.in_ram.values()})
         return RegistryStats(devices=devices, draining=self.draining,
+                             nodes=[NodeStats(node=node, ram_budget_bytes=self.config.ram_budget_bytes,
+                                              ram_used_bytes=self._ram_committed(node),
+                                              models=[e.model_copy() for e in self.in_ram.values() if e.node == node])
+                                    for node in nodes],
                              replicas={rid: ReplicaStats(mode=s.mode, device=s.device, inflight=s.inflight,
                                                          state=s.state)
                                        for rid, s in self.replicas.items()})

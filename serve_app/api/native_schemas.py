@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from serve_app.model.generation import MAX_SEED, GenerationResult, OutputFormat
-from serve_app.model.model_state import ModelState
+from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.schedulers import SchedulerName
 from serve_app.strict_model import StrictModel
 
@@ -65,6 +65,7 @@ class TimingsOut(BaseModel):
     total_s: float = Field(description="Router to router, as the router measured it.")
     overhead_s: float = Field(description="Router, queue and transport: total_s - job_s.")
     load_s: float | None = Field(None, description="Model load this request waited for.")
+    load_tier: Tier | None = Field(None, description="Where that load came from: `disk`, or `ram` (a device copy).")
     replica_start_s: float | None = Field(None, description="Start of the replica, on its first request.")
 
 
@@ -94,7 +95,9 @@ class ModeOut(BaseModel):
     format: str = Field(description="`diffusers` folder or `single-file`.")
     aliases: list[str]
     default: bool = Field(description="The application's current default mode.")
-    state: ModelState = Field(description="ready when a replica holds it loaded.")
+    state: ModelState = Field(description="ready when a replica holds it on its device; offloaded when the best "
+                              "a replica holds is a copy in its node's host memory (the RAM tier).")
+    tier: Tier = Field(description="vram (on a device), ram (in host memory: a device copy away) or disk (cold).")
     replicas: int = Field(description="Replicas the registry hears from.")
     loaded_replicas: int
     measured_bytes: int | None = Field(description="What a load really took (largest replica), once loaded.")
@@ -127,4 +130,4 @@ def generation_response(result: GenerationResult, mode: str, family: str, reques
                 for img in result.images],
         timings=TimingsOut(inference_s=t.inference_s, encode_s=t.encode_s, job_s=t.job_s, total_s=round(total_s, 4),
                            overhead_s=round(max(0.0, total_s - t.job_s), 4), load_s=t.load_s,
-                           replica_start_s=t.replica_start_s))
+                           load_tier=t.load_tier, replica_start_s=t.replica_start_s))

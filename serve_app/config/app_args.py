@@ -38,6 +38,10 @@ class RegistryConfig(StrictModel):
     dead_after_s: float = Field(6.0, gt=0, description="A replica silent this long is dropped.")
     reservation_ttl_s: float = Field(300.0, gt=0, description="A reservation not turned into a registration expires.")
     reserve_timeout_s: float = Field(120.0, gt=0, description="How long a load waits for evictions and busy models.")
+    working_timeout_s: float = Field(15.0, gt=0, description="How long a large request waits for its extra working "
+                                     "memory (evictions, busy neighbours) before it answers 507.")
+    ram_budget_bytes: int = Field(8 * GiB, ge=0, description="Host memory per node that the RAM tier may hold "
+                                  "(evicted models kept for a fast switch back); 0 turns the tier off.")
 
 
 class AccessConfig(StrictModel):

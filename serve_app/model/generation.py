@@ -60,6 +60,7 @@ class GenerationTimings:
     encode_s: float = 0.0
     job_s: float = 0.0
     load_s: float | None = None
+    load_tier: str | None = None  # where that load came from: "disk", or "ram" (a device copy)
     replica_start_s: float | None = None
 
 

@@ -1,4 +1,8 @@
-"""One mode's model: load, generate, unload. The mode worker deployment is a thin wrapper around this.
+"""One mode's model: load, generate, offload, unload. The mode worker deployment is a thin wrapper around this.
+
+Tiers: a loaded model is in `vram` (on its device); `offload` moves it to `ram` (host memory, pinned on
+CUDA; on a CPU device the built pipeline is simply kept), from where `load` is a device copy instead of a
+read from disk and a pipeline construction; `unload` drops it from either tier (`disk`).
 
 Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
 scheduler is swapped in under the same lock. `self_check` tells a request that failed from a pipeline that
@@ -13,16 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from PIL import Image
 
-from serve_app.errors import GenerationCancelledError, ModelNotReadyError
+from serve_app.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.families import Family
 from serve_app.model.generation import GeneratedImage, GenerationRequest, GenerationResult, GenerationTimings
-from serve_app.model.model_state import ModelState
+from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.pipeline_loader import (
     LoadedPipelines,
     free_device_memory,
@@ -34,6 +38,7 @@ from serve_app.model.schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
@@ -82,63 +87,111 @@ class ModelRunner:
         self._schedulers: dict[str, Any] = {}  # name -> instance; reused (generation is serialised)
         self._lock = threading.RLock()
         self.state = ModelState.COLD
+        self.tier = Tier.DISK
+        self.loaded_from: Tier | None = None  # where the last load came from
         self.last_error: str | None = None
         self.last_used = 0.0
 
     @property
     def loaded(self) -> bool:
-        return self._pipes is not None
+        """On its device, ready to generate."""
+        return self.tier is Tier.VRAM
 
     def load(self) -> bool:
-        """Load the pipelines; False (a no-op) when they are already loaded."""
+        """Bring the pipelines onto the device: a copy from the RAM tier, else a load from disk; False (a
+        no-op) when they are there. A checkpoint that cannot be read (gone, corrupt) leaves the model cold:
+        the error names the file and the next request tries again."""
         with self._lock:
-            if self._pipes is not None:
+            if self.tier is Tier.VRAM:
                 return False
-            self.state = ModelState.LOADING
             started = time.perf_counter()
+            self.state = ModelState.LOADING
+            if self.tier is Tier.RAM:
+                return self._restore(started)
             try:
                 self._pipes = self._loader(self.info, self.family, self.dtype, self.device)
-            except Exception as exc:
-                self.state = ModelState.FAILED
-                self.last_error = str(exc)
+            except DreamLabError as exc:
+                self.state, self.last_error = ModelState.COLD, str(exc)
                 raise
+            except Exception as exc:
+                self.state, self.last_error = ModelState.FAILED, str(exc)
+                raise
+            self.loaded_from = Tier.DISK
             self._scheduler_config = dict(self._pipes.base.scheduler.config)
             self._schedulers = {}
             if self.mode.prediction_type is not None:
                 self._scheduler_config["prediction_type"] = self.mode.prediction_type
+            self.tier = Tier.VRAM
             self.state = ModelState.READY
             self.last_used = time.time()
             logger.info("mode %s loaded (%s, %s on %s) in %.2fs", self.mode.name, self.family.value,
                         self.dtype, self.device, time.perf_counter() - started)
             return True
 
+    def _restore(self, started: float) -> bool:
+        assert self._pipes is not None
+        if self.device.type != "cpu":
+            try:
+                self._pipes.move_to(self.device)
+            except BaseException:  # half moved: drop it; the next load reads the checkpoint again
+                self._pipes, self.tier, self.state = None, Tier.DISK, ModelState.COLD
+                free_device_memory(self.device)
+                raise
+        self.tier = Tier.VRAM
+        self.loaded_from = Tier.RAM
+        self.state = ModelState.READY
+        logger.info("mode %s restored from the RAM tier to %s in %.3fs", self.mode.name, self.device,
+                    time.perf_counter() - started)
+        return True
+
+    def offload(self) -> bool:
+        """Move the pipelines from the device to host memory (the RAM tier); False when not on the device."""
+        with self._lock:
+            if self.tier is not Tier.VRAM or self._pipes is None:
+                return False
+            if self.device.type != "cpu":
+                self._pipes.move_to(torch.device("cpu"))
+                free_device_memory(self.device)
+            self.tier = Tier.RAM
+            self.state = ModelState.OFFLOADED
+            logger.info("mode %s offloaded to the RAM tier", self.mode.name)
+            return True
+
     def unload(self) -> bool:
-        """Drop the pipelines and free their memory; False when nothing was loaded."""
+        """Drop the pipelines from either tier and free their memory; False when nothing was held."""
         with self._lock:
             if self._pipes is None:
                 return False
             self._pipes = None
             free_device_memory(self.device)
+            self.tier = Tier.DISK
             self.state = ModelState.COLD
             logger.info("mode %s unloaded", self.mode.name)
             return True
 
     def parameter_bytes(self) -> int:
-        """Bytes of every parameter and buffer of the loaded pipeline (its footprint without CUDA)."""
+        """Bytes of every parameter and buffer of the held pipeline (its footprint without CUDA, and what it
+        takes in the RAM tier)."""
         if self._pipes is None:
             return 0
-        total = 0
-        for module in self._pipes.base.components.values():
-            if isinstance(module, torch.nn.Module):
-                total += sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-        return total
+        return sum(t.numel() * t.element_size() for module in self._pipes.modules()
+                   for t in (*module.parameters(), *module.buffers()))
 
     def pipelines(self) -> LoadedPipelines:
-        """The loaded pipelines, for custom jobs; raises when the mode is not loaded."""
-        if self._pipes is None:
+        """The loaded pipelines, for custom jobs; raises when the mode is not on its device."""
+        if self._pipes is None or not self.loaded:
             raise ModelNotReadyError(f"mode {self.mode.name!r} is not loaded (state {self.state.value})",
                                      param="mode")
         return self._pipes
+
+    def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run `fn` (a custom job) the way a generation runs: alone on the pipeline, which no offload or unload
+        can take away meanwhile; raises when the mode is not on its device."""
+        with self._lock:
+            self.pipelines()
+            result = fn()
+            self.last_used = time.time()
+            return result
 
     def _scheduler(self, name: str) -> Any:
         if name not in self._schedulers:  # building one costs 2-8 ms: build each once
@@ -150,7 +203,7 @@ class ModelRunner:
         logged (under `request_id`, the request whose failure asked for it), when it raises or its pixels are not
         finite, or when nothing is loaded."""
         with self._lock:
-            if self._pipes is None:
+            if self._pipes is None or not self.loaded:
                 logger.error("[%s] mode %s self-check failed: not loaded (state %s)", request_id, self.mode.name,
                              self.state.value)
                 return False

@@ -67,6 +67,19 @@ class LoadedPipelines:
     def base(self) -> Any:
         return self.txt2img if self.txt2img is not None else self.img2img
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
+
+    def move_to(self, device: torch.device) -> None:
+        """Move every module (shared by both pipelines) to `device`; to the CPU from CUDA, into pinned memory,
+        so the copy back is a fast DMA."""
+        for module in self.modules():
+            module.to(device)
+            if device.type == "cpu" and torch.cuda.is_available():
+                for tensor in (*module.parameters(), *module.buffers()):
+                    tensor.data = tensor.data.pin_memory()
+        self.device = device
+
 
 def _pipeline_classes(family: Family) -> tuple[type | None, type]:
     import diffusers as d
@@ -113,8 +126,6 @@ def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwar
                       cache_dir: str | Path | None) -> Any:
     """From the conversion cache when it holds this file's conversion, else converted (and cached) now."""
     path = Path(info.path)
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{path}: checkpoint path does not exist", param="checkpoint")
     config = _config_dir(info, family)
     root = resolve_cache_dir(path, cache_dir)
     if root is None:
@@ -168,6 +179,8 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     A single file goes through the conversion cache in `cache_dir` (default `$DREAMLAB_CACHE_DIR`, else
     `.dreamlab-cache` next to the file; `off` disables it): see `converted_cache`.
     """
+    if not Path(info.path).exists():  # deleted since it was inspected: name the file, not a library's error
+        raise CheckpointNotFoundError(f"{info.path}: checkpoint path does not exist", param="checkpoint")
     if info.inpainting:
         raise UnsupportedCheckpointError(
             f"{info.path}: inpainting checkpoints (unet in_channels 9) are detected but not served yet",

@@ -53,15 +53,19 @@ def _gpu_device(client: httpx.Client) -> dict:
 
 def test_alternating_requests_switch_modes_by_eviction_within_budget(switching_app):
     client, budget = switching_app
-    for mode in ["a", "b", "a", "b", "a"]:
+    for i, mode in enumerate(["a", "b", "a", "b", "a"]):
         r = client.post("/v1/txt2img", json={"prompt": "switch", "mode": mode, "seed": 1})
         assert r.status_code == 200, r.text
+        # from the third request on, each switch brings the other mode back from the RAM tier
+        assert r.json()["timings"].get("load_tier") == ("ram" if i >= 2 else "disk"), r.json()["timings"]
         dev = _gpu_device(client)
         assert dev["budget_bytes"] == budget
         assert dev["used_bytes"] + dev["reserved_bytes"] <= budget
         assert [m["mode"] for m in dev["models"]] == [mode]
-    modes = {m["name"]: m["state"] for m in client.get("/v1/modes").json()["modes"]}
-    assert modes["a"] == "ready" and modes["b"] == "cold"
+    modes = {m["name"]: (m["state"], m["tier"]) for m in client.get("/v1/modes").json()["modes"]}
+    assert modes["a"] == ("ready", "vram") and modes["b"] == ("offloaded", "ram") and modes["big"][1] == "disk"
+    (node,) = [n for n in client.get("/v1/registry").json()["nodes"] if n["models"]]
+    assert [m["mode"] for m in node["models"]] == ["b"] and 0 < node["ram_used_bytes"] <= node["ram_budget_bytes"]
 
 
 def test_concurrent_requests_for_both_modes_all_succeed_within_budget(switching_app):

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from deployments.protocol import HeartbeatReport, ModelState, Registration, ReserveStatus
+from deployments.protocol import HeartbeatReport, ModelState, Registration, ReserveStatus, Tier
 
 pytestmark = pytest.mark.serve
 
@@ -52,10 +52,11 @@ def _caller(handle, replica: str, seed: int) -> tuple[int, int]:
             handle.unregister.remote(replica, False, epoch).result()
             holding = 0
         answer = handle.heartbeat.remote(replica, HeartbeatReport(
-            mode="m", device=DEV, state=ModelState.READY if holding else ModelState.COLD, loaded=bool(holding),
+            mode="m", device=DEV, state=ModelState.READY if holding else ModelState.COLD, tier=Tier.VRAM if holding else Tier.DISK,
+            host_bytes=0,
             epoch=epoch, inflight=0, footprint_bytes=holding, measured_bytes=holding, estimate_bytes=holding,
             last_use=0.0, total_bytes=None, reported_used_bytes=None)).result()
-        if answer.unload and holding:  # evicted for someone else: unload as a worker would
+        if answer.evict and holding:  # evicted for someone else: unload as a worker would
             epoch += 1
             handle.unregister.remote(replica, False, epoch).result()
             holding = 0

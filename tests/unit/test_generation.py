@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import gc
 import io
+import shutil
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +22,11 @@ from PIL import Image
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
 from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
-from serve_app.errors import ModelNotReadyError, RequestValidationError
+from serve_app.errors import CheckpointNotFoundError, ModelNotReadyError, RequestValidationError
 from serve_app.model.families import Family
 from serve_app.model.generation import GenerationRequest
 from serve_app.model.model_runner import GenerationCancelledError, GenerationResult, ModelRunner, ModelState
+from serve_app.model.model_state import Tier
 
 WIDTH, HEIGHT, STEPS = 64, 48, 2
 TXT2IMG_CHECKPOINTS = ["tiny-sd1", "tiny-sd1.safetensors", "tiny-sd2", "tiny-sd2.safetensors",
@@ -293,6 +296,67 @@ def test_unload_frees_and_reload_works(demo_models_dir: Path, runner_for) -> Non
     # and a second, independent runner of the same checkpoint agrees byte for byte
     assert _txt2img(runner_for("tiny-sd1"), seed=42).images[0].data == before
     runner.unload()
+
+
+def test_offload_keeps_the_pipeline_and_load_brings_it_back(demo_models_dir: Path) -> None:
+    path = demo_models_dir / "tiny-sd1"
+    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
+    assert runner.offload() is False  # nothing on the device yet
+    runner.load()
+    before = _txt2img(runner, seed=42).images[0].data
+    unet = runner.pipelines().txt2img.unet
+    size = runner.parameter_bytes()
+
+    assert runner.offload() is True
+    assert (runner.tier, runner.state, runner.loaded) == (Tier.RAM, ModelState.OFFLOADED, False)
+    assert runner.parameter_bytes() == size  # what it holds in host memory
+    with pytest.raises(ModelNotReadyError):
+        _txt2img(runner, seed=42)
+    assert runner.load() is True and runner.loaded_from is Tier.RAM and runner.tier is Tier.VRAM
+    assert runner.pipelines().txt2img.unet is unet  # no read from disk, no construction
+    assert _txt2img(runner, seed=42).images[0].data == before
+    runner.offload()
+    assert runner.unload() is True and runner.tier is Tier.DISK and runner.parameter_bytes() == 0
+    assert runner.load() is True and runner.loaded_from is Tier.DISK
+    runner.unload()
+
+
+def test_a_custom_job_holds_the_pipeline_against_an_unload(demo_models_dir: Path) -> None:
+    path = demo_models_dir / "tiny-sd1"
+    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
+    runner.load()
+    inside, release, seen = threading.Event(), threading.Event(), []
+
+    def job() -> str:
+        inside.set()
+        release.wait(10)
+        seen.append(runner.pipelines().txt2img.unet is not None)  # still there: the unload waited
+        return "done"
+
+    worker = threading.Thread(target=lambda: seen.append(runner.run_exclusive(job)))
+    worker.start()
+    assert inside.wait(10)
+    unloader = threading.Thread(target=runner.unload)
+    unloader.start()
+    unloader.join(0.3)
+    assert unloader.is_alive() and runner.loaded  # waits for the job
+    release.set()
+    worker.join(10)
+    unloader.join(10)
+    assert seen == [True, "done"] and not runner.loaded
+    with pytest.raises(ModelNotReadyError):
+        runner.run_exclusive(job)
+
+
+def test_a_checkpoint_deleted_while_cold_fails_that_load_with_its_name(demo_models_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    path = tmp_path / "gone.safetensors"
+    shutil.copy(demo_models_dir / "tiny-sd1.safetensors", path)
+    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
+    path.unlink()
+    with pytest.raises(CheckpointNotFoundError, match="gone.safetensors"):
+        runner.load()
+    assert runner.state is ModelState.COLD and runner.tier is Tier.DISK  # not a broken pipeline: no restart
 
 
 def test_failed_load_is_reported(demo_models_dir: Path) -> None:

@@ -9,6 +9,7 @@ an event, a load or a generation can raise).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -19,12 +20,13 @@ import pytest
 import torch
 
 from deployments.mode_worker import ModeWorker
-from deployments.protocol import DeviceStats, EntryState, ModelState, ReserveStatus
+from deployments.protocol import DeviceStats, EntryState, ModelState, ReserveStatus, Tier
 from deployments.vram_registry import VramRegistry
 from serve_app.config.modes_file import ModeConfig
 from serve_app.errors import InsufficientVRAMError, JobFailedError, RequestValidationError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.generation import GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.vram_estimate import estimate_vram
 
 GiB = 1024**3
 DEV = "node:gpu0"
@@ -102,11 +104,13 @@ class FakeRunner:
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self.state = ModelState.COLD
-        self.loaded = False
+        self.tier = Tier.DISK
+        self.loaded_from: Tier | None = None
         self.last_used = 0.0
         self.last_error: str | None = None
         self.load_calls = 0
         self.unload_calls = 0
+        self.offload_calls = 0
         self.load_error: BaseException | None = None
         self.generate_error: BaseException | None = None
         self.self_check_passes = True
@@ -122,18 +126,34 @@ class FakeRunner:
             raise self.load_error
         if self.loaded:
             return False
-        self.loaded, self.state = True, ModelState.READY
+        self.loaded_from = Tier.RAM if self.tier is Tier.RAM else Tier.DISK
+        self.tier, self.state = Tier.VRAM, ModelState.READY
+        return True
+
+    @property
+    def loaded(self) -> bool:
+        return self.tier is Tier.VRAM
+
+    def offload(self) -> bool:
+        self.offload_calls += 1
+        if not self.loaded:
+            return False
+        self.tier, self.state = Tier.RAM, ModelState.OFFLOADED
         return True
 
     def unload(self) -> bool:
         self.unload_calls += 1
-        if not self.loaded:
+        if self.tier is Tier.DISK:
             return False
-        self.loaded, self.state = False, ModelState.COLD
+        self.tier, self.state = Tier.DISK, ModelState.COLD
         return True
 
     def parameter_bytes(self) -> int:
-        return PARAM_BYTES if self.loaded else 0
+        return 0 if self.tier is Tier.DISK else PARAM_BYTES
+
+    def run_exclusive(self, fn: Callable[[], T]) -> T:
+        assert self.loaded, "the worker ran a job while the model was not loaded"
+        return fn()
 
     def pipelines(self) -> Any:
         assert self.loaded, "the worker called the pipeline while the model was not loaded"
@@ -230,7 +250,7 @@ def test_load_registers_measured_footprint(demo_models_dir: Path) -> None:
             report = worker.report()
             assert report.measured_bytes == PARAM_BYTES
             assert report.footprint_bytes == PARAM_BYTES + expected.working_bytes
-            assert report.estimate_bytes == expected.total_bytes and report.loaded and report.epoch == 1
+            assert report.estimate_bytes == expected.total_bytes and report.tier is Tier.VRAM and report.epoch == 1
             dev = _device_stats(reg)
             (model,) = dev.models
             assert (model.mode, model.replica, model.device) == (MODE, worker.replica_id, DEV)
@@ -305,9 +325,12 @@ def test_eviction_is_skipped_while_busy_and_repeated_on_the_next_heartbeat(demo_
             result = await asyncio.wait_for(task, WAIT_S)
             assert result.width == 64
             assert runner.loaded  # nothing unloads it until the registry repeats the command
-            await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # repeated, now idle: unloads, unregisters
-            assert not runner.loaded and runner.unload_calls == 1
+            await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # repeated, now idle: offloads to RAM
+            assert not runner.loaded and runner.offload_calls == 1 and runner.unload_calls == 0
             assert _device_stats(reg).models == [] and worker.report().footprint_bytes == worker._vram.working_bytes
+            (node,) = reg.stats().nodes
+            assert [(m.mode, m.host_bytes) for m in node.models] == [(MODE, PARAM_BYTES)]
+            assert node.ram_used_bytes == PARAM_BYTES
             assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.GRANTED
 
     run(scenario())
@@ -474,5 +497,96 @@ def test_timings_of_first_and_loading_generations(demo_models_dir: Path) -> None
             assert _runner(lazy).load_calls == 1
             second = await lazy.generate(_request("second"))
             assert second.timings.load_s is None and second.timings.replica_start_s is None
+
+    run(scenario())
+
+
+def _evict_for_another_mode(reg: VramRegistry) -> None:
+    """Another replica asks for the whole device: our idle model is marked for eviction."""
+    assert reg.reserve("other", "big", DEV, reg.devices[DEV].budget_bytes).status is ReserveStatus.EVICTING
+
+
+def test_an_evicted_model_comes_back_from_the_ram_tier(demo_models_dir: Path) -> None:
+    reg = _registry()
+
+    async def scenario() -> None:
+        worker = _worker(demo_models_dir, reg, heartbeat_interval_s=60)
+        async with started(worker):
+            runner = _runner(worker)
+            _evict_for_another_mode(reg)
+            await worker.heartbeat_once()
+            assert runner.tier is Tier.RAM and worker.report().state is ModelState.OFFLOADED
+            assert worker.report().host_bytes == PARAM_BYTES and worker.report().tier is Tier.RAM
+            reg.release("other")  # the other mode went away again
+            result = await worker.generate(_request("back"))
+            assert result.timings.load_tier == "ram" and result.timings.load_s is not None
+            assert runner.load_calls == 2 and runner.unload_calls == 0 and runner.loaded
+            assert reg.stats().nodes[0].models == [] and [m.mode for m in _device_stats(reg).models] == [MODE]
+            # an operator unload drops it from every tier; the next load reads the disk
+            assert (await worker.unload()).status == "unloaded" and runner.tier is Tier.DISK
+            assert (await worker.load()).load_tier is Tier.DISK
+
+    run(scenario())
+
+
+def test_without_a_ram_budget_an_evicted_model_is_dropped(demo_models_dir: Path) -> None:
+    reg = VramRegistry({"simulated_vram_bytes": GiB, "ram_budget_bytes": 0})
+
+    async def scenario() -> None:
+        worker = _worker(demo_models_dir, reg, heartbeat_interval_s=60)
+        async with started(worker):
+            _evict_for_another_mode(reg)
+            await worker.heartbeat_once()
+            assert _runner(worker).tier is Tier.DISK and _runner(worker).offload_calls == 0
+            assert reg.stats().nodes[0].models == [] and _device_stats(reg).models == []
+
+    run(scenario())
+
+
+def _large_request(request_id: str) -> GenerationRequest:
+    return dataclasses.replace(_request(request_id), width=1024, height=1024, seeds=[1, 2, 3, 4])
+
+
+def test_a_large_request_reserves_its_extra_working_memory_while_it_runs(demo_models_dir: Path) -> None:
+    reg = _registry(budget_bytes=64 * GiB)
+
+    async def scenario() -> None:
+        worker = _worker(demo_models_dir, reg)
+        async with started(worker):
+            runner = _runner(worker)
+            needed = estimate_vram(runner.info, "fp32", 1024, 1024, 4)
+            extra = needed.working_bytes - worker._vram.working_bytes
+            assert extra > 0  # 4x the pixels of the mode's default size at the same batch
+            runner.gate = threading.Event()
+            runner.entered.clear()
+            task = asyncio.get_running_loop().create_task(worker.generate(_large_request("large")))
+            await wait_until(runner.entered.is_set)
+            assert _device_stats(reg).reserved_bytes == extra
+            runner.gate.set()
+            await asyncio.wait_for(task, WAIT_S)
+            assert _device_stats(reg).reserved_bytes == 0
+            # a request within the standing share reserves nothing
+            runner.gate = None
+            await worker.generate(_request("small"))
+            assert reg.reservations == {}
+
+    run(scenario())
+
+
+def test_a_large_request_that_cannot_fit_is_a_507_and_the_model_keeps_serving(demo_models_dir: Path) -> None:
+    reg = _registry()
+
+    async def scenario() -> None:
+        worker = _worker(demo_models_dir, reg)
+        async with started(worker):
+            dev = _device_stats(reg)
+            reg.devices[DEV].budget_bytes = dev.used_bytes + 1024  # the model fits, nothing more does
+            with pytest.raises(InsufficientVRAMError) as info:
+                await worker.generate(_large_request("too-large"))
+            err = info.value
+            assert err.status_code == 507 and "extra working memory" in err.message and "width" in err.message
+            assert err.needed_bytes > err.free_bytes == 1024
+            assert reg.reservations == {} and _runner(worker).loaded
+            assert (await worker.generate(_request("small"))).width == 64
 
     run(scenario())

@@ -18,10 +18,12 @@ from deployments.protocol import (
     HeartbeatAnswer,
     HeartbeatReport,
     ModelState,
+    Offloaded,
     OperatorState,
     Registration,
     ReserveAnswer,
     ReserveStatus,
+    Tier,
 )
 from deployments.vram_registry import VramRegistry
 
@@ -52,7 +54,7 @@ def _registry(clock: FakeClock, budget_gib: int = 10, **cfg: Any) -> VramRegistr
 def _report(mode: str, footprint: int, *, loaded: bool = True, epoch: int = 1, inflight: int = 0,
             last_use: float | None = None, device: str = DEV) -> HeartbeatReport:
     return HeartbeatReport(mode=mode, device=device, state=ModelState.READY if loaded else ModelState.COLD,
-                           loaded=loaded, epoch=epoch, inflight=inflight, footprint_bytes=footprint,
+                           tier=Tier.VRAM if loaded else Tier.DISK, host_bytes=0, epoch=epoch, inflight=inflight, footprint_bytes=footprint,
                            measured_bytes=footprint, estimate_bytes=footprint, last_use=last_use or 0.0,
                            total_bytes=None, reported_used_bytes=None)
 
@@ -172,9 +174,9 @@ def test_lru_eviction_order(clock: FakeClock) -> None:
     states = {m.mode: m.state for m in _device_stats(reg).models}
     assert states == {"a": "evicting", "b": "ready", "c": "evicting"}
     # the victims' heartbeats carry the command; the others' do not
-    assert reg.heartbeat("ra", _report("a", 3 * GiB)).unload is True
-    assert reg.heartbeat("rc", _report("c", 3 * GiB)).unload is True
-    assert reg.heartbeat("rb", _report("b", 3 * GiB)).unload is False
+    assert reg.heartbeat("ra", _report("a", 3 * GiB)).evict is not None
+    assert reg.heartbeat("rc", _report("c", 3 * GiB)).evict is not None
+    assert reg.heartbeat("rb", _report("b", 3 * GiB)).evict is None
     # until they are gone the load waits, and asking again does not pick more victims
     again = reg.reserve("rd", "d", DEV, 5 * GiB)
     assert again.status == "evicting" and sorted(again.evicting) == ["a", "c"]
@@ -211,18 +213,18 @@ def test_busy_models_are_never_evicted(clock: FakeClock) -> None:
     reg.heartbeat("rb", _report("b", 4 * GiB, inflight=0, last_use=base + 2))
     ans = reg.reserve("rc", "c", DEV, 5 * GiB)
     assert ans.evicting == ["b"]
-    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2)).unload is False
+    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2)).evict is None
     # with b gone, 6 GiB free; 8 GiB more would need a, which is busy: not granted, a is not told to unload
     reg.unregister("rb")
     ans = reg.reserve("rd", "big", DEV, 8 * GiB)
     assert ans.status not in ("granted", "evicting")
     assert "a" in ans.busy_modes
-    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2)).unload is False
+    assert reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2)).evict is None
     assert {m.mode: m.state for m in _device_stats(reg).models}["a"] == "ready"
     # once a is idle it may go
     reg.heartbeat("ra", _report("a", 4 * GiB, inflight=0))
     assert reg.reserve("rd", "big", DEV, 8 * GiB).status == "evicting"
-    assert reg.heartbeat("ra", _report("a", 4 * GiB)).unload is True
+    assert reg.heartbeat("ra", _report("a", 4 * GiB)).evict is not None
 
 
 def test_waiting_reserve_is_granted_after_unregister(clock: FakeClock) -> None:
@@ -231,7 +233,7 @@ def test_waiting_reserve_is_granted_after_unregister(clock: FakeClock) -> None:
     reg.heartbeat("ra", _report("a", 7 * GiB, inflight=1))  # busy: cannot be evicted now
     first = reg.reserve("rb", "b", DEV, 6 * GiB)
     assert first.status not in ("granted", "evicting")
-    assert reg.heartbeat("ra", _report("a", 7 * GiB, inflight=1)).unload is False
+    assert reg.heartbeat("ra", _report("a", 7 * GiB, inflight=1)).evict is None
     reg.unregister("ra", forget=True)  # the replica stops (scale-down)
     assert reg.reserve("rb", "b", DEV, 6 * GiB).status == "granted"
     assert "ra" not in reg.stats().replicas
@@ -255,7 +257,7 @@ def test_heartbeat_of_unknown_loaded_replica_reregisters(clock: FakeClock) -> No
     """After a registry restart the replicas' heartbeats rebuild the accounting."""
     reg = _registry(clock)
     ans = reg.heartbeat("ra", _report("a", 3 * GiB, epoch=4, inflight=1))
-    assert ans == HeartbeatAnswer(unload=False, draining=False)
+    assert ans == HeartbeatAnswer(evict=None, draining=False)
     dev = _device_stats(reg)
     assert dev.used_bytes == 3 * GiB
     (model,) = dev.models
@@ -347,7 +349,7 @@ def test_stats_never_exceed_the_budget(clock: FakeClock) -> None:
                 ans = reg.heartbeat(other, _report(other, 0, epoch=loaded[other], inflight=rng.choice([0, 0, 1]),
                                                    last_use=base + rng.random()).model_copy(
                     update={"footprint_bytes": 1}))
-                if ans.unload:
+                if ans.evict:
                     unloads += 1
                     reg.unregister(other)
                     loaded.pop(other)
@@ -364,7 +366,7 @@ def test_stale_loaded_heartbeat_after_unregister_does_not_reregister(clock: Fake
     _load(reg, "r1", "sd1", 2 * GiB, epoch=1)
     reg.unregister("r1", epoch=2)  # evicted: the worker's epoch moved on
     ans = reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=True, epoch=1))  # sent before the unload
-    assert ans.unload is False
+    assert ans.evict is None
     assert _device_stats(reg).models == [] and _device_stats(reg).used_bytes == 0
     reg.heartbeat("r1", _report("sd1", 2 * GiB, loaded=False, epoch=2))
     assert _device_stats(reg).models == []
@@ -384,3 +386,68 @@ def test_operator_state_is_versioned_and_survives_a_registry_restart(clock: Fake
     fresh = _registry(clock)
     assert fresh.router_poll("router-1", 0, state).state == state and fresh.draining is True
     assert fresh.set_default_mode("sd2").version == 4
+
+
+def _offload(reg: VramRegistry, replica: str, mode: str, nbytes: int, epoch: int, last_use: float) -> None:
+    """What a worker does when told `evict: ram`: the model leaves the device for host memory."""
+    reg.offloaded(Offloaded(replica=replica, mode=mode, device=DEV, host_bytes=nbytes, last_use=last_use,
+                            epoch=epoch))
+
+
+def test_evicted_models_go_to_the_ram_tier_and_the_least_recent_is_pushed_out(clock: FakeClock) -> None:
+    reg = _registry(clock, budget_gib=10, ram_budget_bytes=7 * GiB)
+    _load(reg, "ra", "a", 4 * GiB)
+    _load(reg, "rb", "b", 4 * GiB)
+    reg.heartbeat("ra", _report("a", 4 * GiB, last_use=1.0))
+    reg.heartbeat("rb", _report("b", 4 * GiB, last_use=2.0))
+    # c needs 6 GiB: a (least recent) is evicted, to RAM (4 of 7 GiB)
+    assert reg.reserve("rc", "c", DEV, 6 * GiB).evicting == ["a"]
+    assert reg.heartbeat("ra", _report("a", 4 * GiB, last_use=1.0)).evict is Tier.RAM
+    assert reg.stats().nodes[0].ram_used_bytes == 4 * GiB  # promised before the move is done
+    _offload(reg, "ra", "a", 4 * GiB, epoch=2, last_use=1.0)
+    assert reg.reserve("rc", "c", DEV, 6 * GiB).status == "granted"
+    reg.register(_registration("rc", "c", 6 * GiB))
+    # d needs the device again: b goes to RAM too, which pushes a (older) out of RAM to disk
+    reg.heartbeat("rc", _report("c", 6 * GiB, last_use=3.0, inflight=1))  # c is busy: only b can go
+    assert reg.reserve("rd", "d", DEV, 4 * GiB).evicting == ["b"]
+    assert reg.heartbeat("rb", _report("b", 4 * GiB, last_use=2.0)).evict is Tier.RAM
+    ans = reg.heartbeat("ra", _report("a", 0, loaded=False, epoch=2).model_copy(
+        update={"tier": Tier.RAM, "host_bytes": 4 * GiB, "state": ModelState.OFFLOADED}))
+    assert ans.evict is Tier.DISK
+    (node,) = reg.stats().nodes
+    assert node.ram_used_bytes == 4 * GiB and [(m.mode, m.dropping) for m in node.models] == [("a", True)]
+    reg.unregister("ra", epoch=3)  # a dropped it
+    _offload(reg, "rb", "b", 4 * GiB, epoch=2, last_use=2.0)
+    (node,) = reg.stats().nodes
+    assert [m.mode for m in node.models] == ["b"] and node.ram_used_bytes == 4 * GiB
+
+
+def test_a_model_too_large_for_the_ram_budget_is_evicted_to_disk(clock: FakeClock) -> None:
+    reg = _registry(clock, ram_budget_bytes=3 * GiB)
+    _load(reg, "ra", "a", 4 * GiB)
+    assert reg.reserve("rb", "b", DEV, 8 * GiB).evicting == ["a"]
+    assert reg.heartbeat("ra", _report("a", 4 * GiB)).evict is Tier.DISK
+
+
+def test_a_registry_restart_relearns_the_ram_tier_from_heartbeats(clock: FakeClock) -> None:
+    reg = _registry(clock)
+    report = _report("a", 0, loaded=False, epoch=2, last_use=5.0).model_copy(
+        update={"tier": Tier.RAM, "host_bytes": 3 * GiB, "state": ModelState.OFFLOADED})
+    assert reg.heartbeat("ra", report).evict is None
+    (node,) = reg.stats().nodes
+    assert [(m.mode, m.host_bytes, m.last_use) for m in node.models] == [("a", 3 * GiB, 5.0)]
+    assert reg.stats().devices[0].models == []
+
+
+def test_extra_working_memory_is_reserved_per_request_and_released(clock: FakeClock) -> None:
+    reg = _registry(clock)
+    _load(reg, "ra", "a", 4 * GiB)
+    reg.heartbeat("ra", _report("a", 4 * GiB, inflight=2))  # two large requests run
+    assert reg.reserve("ra", "a", DEV, 2 * GiB, key="ra/req-1").status == "granted"
+    assert reg.reserve("ra", "a", DEV, 2 * GiB, key="ra/req-2").status == "granted"
+    assert _device_stats(reg).reserved_bytes == 4 * GiB and _device_stats(reg).free_bytes == 2 * GiB
+    # a's own model is never a victim for its own request, nor counted as freeing up later
+    assert reg.reserve("ra", "a", DEV, 7 * GiB, key="ra/req-3").status == "no_fit"
+    reg.release("ra/req-1")
+    reg.release("ra/req-2")
+    assert _device_stats(reg).reserved_bytes == 0 and [m.mode for m in _device_stats(reg).models] == ["a"]
