@@ -115,7 +115,8 @@ class ModeWorker:
     def report(self) -> HeartbeatReport:
         return HeartbeatReport(
             mode=self.mode.name, device=self.device_id, state=self.runner.state, tier=self.runner.tier,
-            host_bytes=self._host_bytes if self.runner.tier is Tier.RAM else 0, epoch=self.epoch, inflight=self.inflight, footprint_bytes=self._accounted_bytes(),
+            host_bytes=self._host_bytes if self.runner.tier is Tier.RAM else 0, epoch=self.epoch,
+            inflight=self.inflight, footprint_bytes=self._accounted_bytes(),
             measured_bytes=self._measured_bytes, estimate_bytes=self._vram.total_bytes,
             last_use=self.runner.last_used, total_bytes=self.probe.total_bytes(),
             reported_used_bytes=self.probe.used_bytes())

@@ -8,10 +8,10 @@ estimate, state and last use. Per node it keeps the RAM tier: evicted models hel
 `ram_budget_bytes`, least recently used first out (dropped to disk) when a newer eviction needs the room.
 
 Eviction channel: the registry answers each mode replica's heartbeat with the commands for it
-(`HeartbeatAnswer.evict`: to `ram` or to `disk`). A DeploymentHandle cannot address one replica, and a separate GPU actor per replica would
-add a hop (and a second copy of progress streaming) to every generation; the heartbeat already exists
-for liveness and for re-registration after a registry restart, so it carries eviction too. The loading
-side polls `reserve` until the victims have unloaded and unregistered.
+(`HeartbeatAnswer.evict`: to `ram` or to `disk`). A DeploymentHandle cannot address one replica, and a
+separate GPU actor per replica would add a hop (and a second copy of progress streaming) to every
+generation; the heartbeat already exists for liveness and for re-registration after a registry restart,
+so it carries eviction too. The loading side polls `reserve` until the victims have left the device.
 
 Memory is accounted, not sampled: `used` is the sum of the footprints the workers measured
 (`torch.cuda.memory_allocated` deltas on CUDA, parameter bytes on the CPU); the device's own report

@@ -52,9 +52,9 @@ def _caller(handle, replica: str, seed: int) -> tuple[int, int]:
             handle.unregister.remote(replica, False, epoch).result()
             holding = 0
         answer = handle.heartbeat.remote(replica, HeartbeatReport(
-            mode="m", device=DEV, state=ModelState.READY if holding else ModelState.COLD, tier=Tier.VRAM if holding else Tier.DISK,
-            host_bytes=0,
-            epoch=epoch, inflight=0, footprint_bytes=holding, measured_bytes=holding, estimate_bytes=holding,
+            mode="m", device=DEV, state=ModelState.READY if holding else ModelState.COLD,
+            tier=Tier.VRAM if holding else Tier.DISK, host_bytes=0, epoch=epoch, inflight=0, footprint_bytes=holding,
+            measured_bytes=holding, estimate_bytes=holding,
             last_use=0.0, total_bytes=None, reported_used_bytes=None)).result()
         if answer.evict and holding:  # evicted for someone else: unload as a worker would
             epoch += 1

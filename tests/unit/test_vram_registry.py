@@ -54,7 +54,8 @@ def _registry(clock: FakeClock, budget_gib: int = 10, **cfg: Any) -> VramRegistr
 def _report(mode: str, footprint: int, *, loaded: bool = True, epoch: int = 1, inflight: int = 0,
             last_use: float | None = None, device: str = DEV) -> HeartbeatReport:
     return HeartbeatReport(mode=mode, device=device, state=ModelState.READY if loaded else ModelState.COLD,
-                           tier=Tier.VRAM if loaded else Tier.DISK, host_bytes=0, epoch=epoch, inflight=inflight, footprint_bytes=footprint,
+                           tier=Tier.VRAM if loaded else Tier.DISK, host_bytes=0, epoch=epoch, inflight=inflight,
+                           footprint_bytes=footprint,
                            measured_bytes=footprint, estimate_bytes=footprint, last_use=last_use or 0.0,
                            total_bytes=None, reported_used_bytes=None)
 
