@@ -6,9 +6,8 @@ that reports liveness, state and tier and receives eviction commands (to the RAM
 generation (`generate`, `generate_stream`) and custom jobs (`run`), one model-use discipline for both; and
 on shutdown (Serve drains in-flight requests first) unregister and free the memory.
 
-Working memory: a loaded model is accounted with its standing working memory (the mode's default size at
-its largest batch). A request that needs more (size x images) reserves the difference at the registry for
-its duration, evicting idle neighbours if needed; when even that cannot fit it answers 507 with the numbers.
+Working memory: a loaded model is accounted with its standing share (the mode's default size at its
+largest batch); a request that needs more reserves the difference (see `replica_reservations`).
 
 `ModeWorker` is a plain class with a sync constructor and an async `start`, so tests build it without
 Serve; `ModeWorkerDeployment` is what Serve runs (it starts in its async constructor).
@@ -37,11 +36,11 @@ from deployments.protocol import (
     Offloaded,
     ProgressEvent,
     Registration,
-    ReserveStatus,
     Tier,
     UnloadAnswer,
 )
 from deployments.registry_client import RegistryClient
+from deployments.replica_reservations import ReplicaReservations
 from serve_app.config.app_args import RegistryConfig
 from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
 from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
@@ -90,6 +89,8 @@ class ModeWorker:
         self.probe = probe or DeviceProbe()
         self.replica_id = _replica_id()
         self.device_id = self.probe.device_id()
+        self.reservations = ReplicaReservations(self.registry, self.registry_config, self.replica_id, self.mode.name,
+                                                self.device_id, self.probe)
         self.inflight = 0
         self.epoch = 0
         self.start_s = 0.0
@@ -122,29 +123,8 @@ class ModeWorker:
             reported_used_bytes=self.probe.used_bytes())
 
     def _accounted_bytes(self) -> int:
-        """What this model holds: the measured load plus its working memory at the mode's limits."""
+        """What this model holds: the measured load plus its standing working memory."""
         return self._measured_bytes + self._vram.working_bytes
-
-    async def _reserve(self, nbytes: int, key: str | None = None, what: str = "") -> None:
-        """Poll the registry until `nbytes` are granted (evictions and busy models may take a while): for the
-        load (`key` None), or under `key` for a request's extra working memory (`what` says which)."""
-        assert self.registry is not None
-        timeout = self.registry_config.reserve_timeout_s if key is None else self.registry_config.working_timeout_s
-        deadline = time.monotonic() + timeout
-        while True:
-            ans = await self.registry.reserve(self.replica_id, self.mode.name, self.device_id, nbytes,
-                                              self.probe.total_bytes(), self.probe.used_bytes(), key)
-            if ans.status is ReserveStatus.GRANTED:
-                return
-            if ans.status is ReserveStatus.NO_FIT or time.monotonic() > deadline:
-                busy = f" (still busy: {', '.join(ans.busy_modes)})" if ans.busy_modes else ""
-                needs = f"mode {self.mode.name!r}" if key is None else f"{what} on mode {self.mode.name!r} (extra " \
-                    "working memory beyond the model's share; try a smaller width/height/num_images)"
-                raise InsufficientVRAMError(
-                    f"{needs} does not fit on {self.device_id}: needs {ans.needed_bytes} bytes, "
-                    f"{ans.free_bytes} free of a {ans.budget_bytes}-byte budget{busy}",
-                    needed_bytes=ans.needed_bytes, free_bytes=ans.free_bytes, budget_bytes=ans.budget_bytes)
-            await asyncio.sleep(min(0.05, self.registry_config.heartbeat_interval_s / 4))
 
     async def _ensure_loaded(self) -> tuple[float, Tier] | None:
         """Load (reserve, load, measure, register) unless loaded: (the load seconds, the tier it came from),
@@ -159,14 +139,12 @@ class ModeWorker:
             if self.runner.loaded:
                 return None
             started = time.perf_counter()
-            if self.registry is not None:
-                await self._reserve(self._vram.total_bytes)
+            await self.reservations.for_load(self._vram.total_bytes)
             before = self.probe.allocated_bytes()
             try:
                 await asyncio.to_thread(self.runner.load)
             except BaseException:
-                if self.registry is not None:
-                    await self.registry.release(self.replica_id)
+                await self.reservations.release_load()
                 raise
             measured = self.probe.allocated_bytes() - before
             self._measured_bytes = measured if self.probe.cuda else self.runner.parameter_bytes()
@@ -239,32 +217,19 @@ class ModeWorker:
         (`needed` vs the mode's estimate) is reserved at the registry for the call's duration."""
         loaded = await self._ensure_loaded()
         self._using += 1
-        extra = needed.working_bytes - self._vram.working_bytes
-        key = f"{self.replica_id}/{request_id}/{uuid.uuid4().hex[:6]}"
-        reserved = False
         try:
-            if extra > 0 and self.registry is not None:
-                await self._reserve(extra, key, what)
-                reserved = True
-            work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id, check_pipeline,
-                                                           needed.total_bytes))
-            try:
-                return await asyncio.shield(work), loaded
-            except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
-                await asyncio.wait({work})
-                if not work.cancelled():
-                    work.exception()  # retrieved: the caller is gone, nobody else will
-                raise
+            async with self.reservations.working(needed.working_bytes - self._vram.working_bytes, request_id, what):
+                work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id,
+                                                               check_pipeline, needed.total_bytes))
+                try:
+                    return await asyncio.shield(work), loaded
+                except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
+                    await asyncio.wait({work})
+                    if not work.cancelled():
+                        work.exception()  # retrieved: the caller is gone, nobody else will
+                    raise
         finally:
             self._using -= 1
-            if reserved:
-                await self._release(key)
-
-    async def _release(self, key: str) -> None:
-        try:
-            await asyncio.shield(self.registry.release(key))  # type: ignore[union-attr]
-        except Exception as exc:  # the registry restarts: the reservation expires there on its own
-            logger.warning("could not release %s: %s", key, exc)
 
     def _contained(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,
                    needed_bytes: int) -> T:

@@ -37,10 +37,8 @@ from deployments.protocol import (
     InflightCounts,
     ModelState,
     ModelStats,
-    NodeStats,
     Offloaded,
     OperatorState,
-    RamModelStats,
     Registration,
     RegistryStats,
     ReplicaStats,
@@ -49,15 +47,11 @@ from deployments.protocol import (
     RouterPollAnswer,
     Tier,
 )
+from deployments.ram_tier import RamTier, node_of
 from serve_app.config.app_args import RegistryConfig
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def node_of(device: str) -> str:
-    """`<node id>:gpu0` -> `<node id>`: the RAM tier is per node."""
-    return device.split(":", 1)[0]
 
 
 def serialised(method: F) -> F:
@@ -110,7 +104,7 @@ class VramRegistry:
         self._lock = threading.RLock()
         self.devices: dict[str, DeviceEntry] = {}
         self.models: dict[str, ModelStats] = {}  # by replica id
-        self.in_ram: dict[str, RamModelStats] = {}  # the RAM tier, by replica id
+        self.ram = RamTier(self.config.ram_budget_bytes)
         self.reservations: dict[str, Reservation] = {}  # by key: the replica id (a load) or replica/request
         self.replicas: dict[str, ReplicaSeen] = {}
         self.operator = OperatorState()
@@ -155,44 +149,21 @@ class VramRegistry:
     def _forget(self, replica: str) -> None:
         self.replicas.pop(replica, None)
         self.models.pop(replica, None)
-        self.in_ram.pop(replica, None)
+        self.ram.drop(replica)
         for key in [k for k, r in self.reservations.items() if r.replica == replica]:
             del self.reservations[key]
 
     # -- the RAM tier --------------------------------------------------------------------------------
-    def _ram_committed(self, node: str) -> int:
-        """Host memory of `node` held by RAM-tier models not being dropped, plus offloads under way."""
-        held = sum(e.host_bytes for e in self.in_ram.values() if e.node == node and not e.dropping)
-        coming = sum(m.measured_bytes for m in self.models.values()
-                     if node_of(m.device) == node and m.state is EntryState.EVICTING and m.evict_to is Tier.RAM)
-        return held + coming
-
-    def _eviction_target(self, model: ModelStats) -> Tier:
-        """Where an evicted model goes: RAM when it fits in its node's budget (pushing the least recently used
-        RAM-tier models out to disk), else disk. A RAM-tier model being restored is never pushed out."""
-        node, need, budget = node_of(model.device), model.measured_bytes, self.config.ram_budget_bytes
-        if need <= 0 or need > budget:
-            return Tier.DISK
-        room = budget - self._ram_committed(node)
-        restoring = {r.replica for r in self.reservations.values()}
-        victims = []
-        for entry in sorted((e for e in self.in_ram.values() if e.node == node and not e.dropping
-                             and e.replica not in restoring), key=lambda e: e.last_use):
-            if room >= need:
-                break
-            victims.append(entry)
-            room += entry.host_bytes
-        if room < need:
-            return Tier.DISK
-        for entry in victims:
-            entry.dropping = True
-            logger.info("RAM tier of %s: dropping mode %s (replica %s) for mode %s", node, entry.mode, entry.replica,
-                        model.mode)
-        return Tier.RAM
+    def _promised_to_ram(self, node: str) -> int:
+        """Host memory that evictions to RAM under way on `node` will take."""
+        return sum(m.measured_bytes for m in self.models.values()
+                   if node_of(m.device) == node and m.state is EntryState.EVICTING and m.evict_to is Tier.RAM)
 
     def _evict(self, model: ModelStats, for_mode: str) -> None:
         model.state = EntryState.EVICTING
-        model.evict_to = self._eviction_target(model)
+        node = node_of(model.device)
+        model.evict_to = self.ram.place(model.mode, node, model.measured_bytes, self._promised_to_ram(node),
+                                        restoring=(r.replica for r in self.reservations.values()))
         logger.info("evicting mode %s (replica %s) from %s to %s for mode %s", model.mode, model.replica,
                     model.device, model.evict_to.value, for_mode)
 
@@ -273,7 +244,7 @@ class VramRegistry:
         seen.epoch = max(seen.epoch, reg.epoch)
         self._device(reg.device)
         self.reservations.pop(reg.replica, None)
-        self.in_ram.pop(reg.replica, None)
+        self.ram.drop(reg.replica)
         self.models[reg.replica] = ModelStats(
             mode=reg.mode, replica=reg.replica, device=reg.device, footprint_bytes=reg.footprint_bytes,
             estimate_bytes=reg.estimate_bytes, measured_bytes=reg.measured_bytes, state=EntryState.READY,
@@ -287,9 +258,7 @@ class VramRegistry:
         seen = self._seen(moved.replica, moved.mode, moved.device)
         seen.epoch = max(seen.epoch, moved.epoch)
         self.models.pop(moved.replica, None)
-        self.in_ram[moved.replica] = RamModelStats(
-            mode=moved.mode, replica=moved.replica, node=node_of(moved.device), host_bytes=moved.host_bytes,
-            last_use=moved.last_use, epoch=moved.epoch)
+        self.ram.put(moved)
 
     @serialised
     def unregister(self, replica: str, forget: bool = False, epoch: int = 0) -> None:
@@ -298,7 +267,7 @@ class VramRegistry:
         if replica in self.replicas:
             self.replicas[replica].epoch = max(self.replicas[replica].epoch, epoch)
         self.models.pop(replica, None)
-        self.in_ram.pop(replica, None)
+        self.ram.drop(replica)
         self.reservations.pop(replica, None)
         if forget:
             self._forget(replica)
@@ -316,9 +285,9 @@ class VramRegistry:
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
-        model, in_ram = self.models.get(replica), self.in_ram.get(replica)
+        model = self.models.get(replica)
         evict = (model.evict_to if model is not None and model.state is EntryState.EVICTING
-                 else Tier.DISK if in_ram is not None and in_ram.dropping else None)
+                 else Tier.DISK if self.ram.dropping(replica) else None)
         return HeartbeatAnswer(evict=evict, draining=self.draining)
 
     def _sync_tier(self, replica: str, report: HeartbeatReport) -> None:
@@ -334,11 +303,11 @@ class VramRegistry:
             return
         self.models.pop(replica, None)
         if report.tier is Tier.RAM:
-            if replica not in self.in_ram:
+            if replica not in self.ram.models:
                 self.offloaded(Offloaded(replica=replica, mode=report.mode, device=report.device,
                                          host_bytes=report.host_bytes, last_use=report.last_use, epoch=report.epoch))
         else:
-            self.in_ram.pop(replica, None)
+            self.ram.drop(replica)
 
     # -- draining and the default mode ---------------------------------------------------------------------
     @property
@@ -390,12 +359,9 @@ class VramRegistry:
                 reserved_bytes=reserved, free_bytes=dev.budget_bytes - used - reserved,
                 reported_used_bytes=dev.reported_used_bytes, simulated=dev.simulated,
                 models=[m.model_copy() for m in self.models.values() if m.device == name]))
-        nodes = sorted({node_of(d) for d in self.devices} | {e.node for e in self.in_ram.values()})
+        nodes = sorted({node_of(d) for d in self.devices} | {e.node for e in self.ram.models.values()})
         return RegistryStats(devices=devices, draining=self.draining,
-                             nodes=[NodeStats(node=node, ram_budget_bytes=self.config.ram_budget_bytes,
-                                              ram_used_bytes=self._ram_committed(node),
-                                              models=[e.model_copy() for e in self.in_ram.values() if e.node == node])
-                                    for node in nodes],
+                             nodes=[self.ram.stats(node, self._promised_to_ram(node)) for node in nodes],
                              replicas={rid: ReplicaStats(mode=s.mode, device=s.device, inflight=s.inflight,
                                                          state=s.state)
                                        for rid, s in self.replicas.items()})

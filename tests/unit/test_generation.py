@@ -7,11 +7,7 @@ by the module); images are 64x48 with 2 steps, so the whole module runs in secon
 from __future__ import annotations
 
 import base64
-import gc
 import io
-import shutil
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,26 +17,17 @@ from PIL import Image
 
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
-from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
-from serve_app.errors import CheckpointNotFoundError, ModelNotReadyError, RequestValidationError
+from serve_app.config.modes_file import ModeConfig
+from serve_app.errors import RequestValidationError
 from serve_app.model.families import Family
 from serve_app.model.generation import GenerationRequest
-from serve_app.model.model_runner import GenerationCancelledError, GenerationResult, ModelRunner, ModelState
-from serve_app.model.model_state import Tier
+from serve_app.model.model_runner import GenerationCancelledError, ModelRunner, ModelState
+from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, txt2img
 
-WIDTH, HEIGHT, STEPS = 64, 48, 2
 TXT2IMG_CHECKPOINTS = ["tiny-sd1", "tiny-sd1.safetensors", "tiny-sd2", "tiny-sd2.safetensors",
                        "tiny-sdxl", "tiny-sdxl.safetensors"]
 FAMILY_OF = {"tiny-sd1": Family.SD1, "tiny-sd2": Family.SD2, "tiny-sdxl": Family.SDXL,
              "tiny-sdxl-refiner": Family.SDXL_REFINER}
-
-
-def _mode(checkpoint: Path, **kw) -> ModeConfig:
-    return ModeConfig(
-        name=checkpoint.name.replace(".safetensors", "-file"), checkpoint=str(checkpoint), scheduler="euler",
-        defaults=ModeDefaults(width=WIDTH, height=HEIGHT, steps=STEPS, guidance_scale=5.0),
-        limits=ModeLimits(max_width=256, max_height=256, max_steps=50, max_num_images=4, max_prompt_chars=200),
-        **kw)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +38,7 @@ def runner_for(demo_models_dir: Path) -> Iterator[Callable[[str], ModelRunner]]:
     def get(name: str) -> ModelRunner:
         if name not in cache:
             path = demo_models_dir / name
-            runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
+            runner = ModelRunner(mode_for(path), path, device=torch.device("cpu"))
             assert runner.load() is True
             cache[name] = runner
         return cache[name]
@@ -59,11 +46,6 @@ def runner_for(demo_models_dir: Path) -> Iterator[Callable[[str], ModelRunner]]:
     yield get
     for runner in cache.values():
         runner.unload()
-
-
-def _txt2img(runner: ModelRunner, **fields) -> GenerationResult:
-    req = Txt2ImgRequest(prompt=fields.pop("prompt", "a red fox in the snow"), **fields)
-    return runner.generate(resolve_request(req, runner.mode, runner.family))
 
 
 def _png(data: bytes) -> Image.Image:
@@ -88,20 +70,20 @@ def test_txt2img_png_size_seeds_and_determinism(runner_for, name: str) -> None:
     assert runner.family is FAMILY_OF[name.removesuffix(".safetensors")]
     assert runner.state is ModelState.READY and runner.loaded
 
-    first = _txt2img(runner, seed=7)
+    first = txt2img(runner, seed=7)
     assert (first.width, first.height, first.steps) == (WIDTH, HEIGHT, STEPS)
     assert [i.seed for i in first.images] == [7]
     img = _png(first.images[0].data)
     assert img.size == (WIDTH, HEIGHT) and img.mode == "RGB"
     assert len(set(img.getdata())) > 1  # a real picture, not a constant fill
 
-    again = _txt2img(runner, seed=7)
+    again = txt2img(runner, seed=7)
     assert again.images[0].data == first.images[0].data  # same seed -> same bytes
 
-    other = _txt2img(runner, seed=8)
+    other = txt2img(runner, seed=8)
     assert other.images[0].data != first.images[0].data  # different seed -> different bytes
 
-    pair = _txt2img(runner, seed=100, num_images=2)
+    pair = txt2img(runner, seed=100, num_images=2)
     assert [i.seed for i in pair.images] == [100, 101]
     assert pair.images[0].data != pair.images[1].data
     assert all(_png(i.data).size == (WIDTH, HEIGHT) for i in pair.images)
@@ -109,14 +91,14 @@ def test_txt2img_png_size_seeds_and_determinism(runner_for, name: str) -> None:
 
 
 def test_requested_size_is_honoured(runner_for) -> None:
-    result = _txt2img(runner_for("tiny-sd1"), seed=1, width=32, height=80, steps=1)
+    result = txt2img(runner_for("tiny-sd1"), seed=1, width=32, height=80, steps=1)
     assert _png(result.images[0].data).size == (32, 80)
 
 
 def test_other_output_formats(runner_for) -> None:
     runner = runner_for("tiny-sd1")
     for fmt, pil_name in (("jpeg", "JPEG"), ("webp", "WEBP")):
-        data = _txt2img(runner, seed=1, steps=1, output_format=fmt).images[0].data
+        data = txt2img(runner, seed=1, steps=1, output_format=fmt).images[0].data
         img = Image.open(io.BytesIO(data))
         assert img.format == pil_name and img.size == (WIDTH, HEIGHT)
 
@@ -139,10 +121,10 @@ def test_schedulers_run(runner_for, scheduler: str, cls: str) -> None:
 
 def test_schedulers_change_the_image(runner_for) -> None:
     runner = runner_for("tiny-sd1")
-    outputs = {s: _txt2img(runner, seed=5, scheduler=s, steps=3).images[0].data for s in ("euler", "ddim")}
+    outputs = {s: txt2img(runner, seed=5, scheduler=s, steps=3).images[0].data for s in ("euler", "ddim")}
     assert outputs["euler"] != outputs["ddim"]
     # and swapping back restores the first result exactly (no scheduler state leaks between requests)
-    assert _txt2img(runner, seed=5, scheduler="euler", steps=3).images[0].data == outputs["euler"]
+    assert txt2img(runner, seed=5, scheduler="euler", steps=3).images[0].data == outputs["euler"]
 
 
 @pytest.mark.parametrize("name", ["tiny-sd2.safetensors", "tiny-sdxl"])
@@ -163,7 +145,7 @@ def test_cancel_stops_after_the_current_step(runner_for) -> None:
                         cancelled=lambda: len(calls) >= 2)
     assert calls == [1, 2]
     assert runner.state is ModelState.READY  # still serves afterwards
-    assert _png(_txt2img(runner, seed=3, steps=1).images[0].data).size == (WIDTH, HEIGHT)
+    assert _png(txt2img(runner, seed=3, steps=1).images[0].data).size == (WIDTH, HEIGHT)
 
 
 @pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl.safetensors"])
@@ -210,7 +192,7 @@ def test_txt2img_on_the_refiner_is_refused(runner_for) -> None:
 
 @pytest.fixture(scope="module")
 def sd1_mode(demo_models_dir: Path) -> ModeConfig:
-    return _mode(demo_models_dir / "tiny-sd1")
+    return mode_for(demo_models_dir / "tiny-sd1")
 
 
 @pytest.mark.parametrize(("fields", "param", "value"), [
@@ -270,115 +252,14 @@ def test_defaults_fill_what_the_request_leaves_out(sd1_mode: ModeConfig) -> None
 
 # -- unload frees, reload works ------------------------------------------------------------------------
 
-def test_unload_frees_and_reload_works(demo_models_dir: Path, runner_for) -> None:
-    path = demo_models_dir / "tiny-sd1"
-    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
-    assert runner.loaded is False and runner.parameter_bytes() == 0 and runner.state is ModelState.COLD
-    assert runner.load() is True
-    assert runner.load() is False  # loading a loaded runner is a no-op that says so
-    assert runner.parameter_bytes() > 0
-    before = _txt2img(runner, seed=42).images[0].data
-    unet = weakref.ref(runner.pipelines().txt2img.unet)
-
-    assert runner.unload() is True
-    gc.collect()
-    assert runner.loaded is False and runner.parameter_bytes() == 0 and runner.state is ModelState.COLD
-    assert unet() is None  # nothing keeps the weights alive
-    with pytest.raises(ModelNotReadyError):
-        runner.pipelines()
-    with pytest.raises(ModelNotReadyError):
-        _txt2img(runner, seed=42)
-    assert runner.unload() is False
-
-    assert runner.load() is True
-    after = _txt2img(runner, seed=42).images[0].data
-    assert after == before  # same weights, same image
-    # and a second, independent runner of the same checkpoint agrees byte for byte
-    assert _txt2img(runner_for("tiny-sd1"), seed=42).images[0].data == before
-    runner.unload()
-
-
-def test_offload_keeps_the_pipeline_and_load_brings_it_back(demo_models_dir: Path) -> None:
-    path = demo_models_dir / "tiny-sd1"
-    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
-    assert runner.offload() is False  # nothing on the device yet
-    runner.load()
-    before = _txt2img(runner, seed=42).images[0].data
-    unet = runner.pipelines().txt2img.unet
-    size = runner.parameter_bytes()
-
-    assert runner.offload() is True
-    assert (runner.tier, runner.state, runner.loaded) == (Tier.RAM, ModelState.OFFLOADED, False)
-    assert runner.parameter_bytes() == size  # what it holds in host memory
-    with pytest.raises(ModelNotReadyError):
-        _txt2img(runner, seed=42)
-    assert runner.load() is True and runner.loaded_from is Tier.RAM and runner.tier is Tier.VRAM
-    assert runner.pipelines().txt2img.unet is unet  # no read from disk, no construction
-    assert _txt2img(runner, seed=42).images[0].data == before
-    runner.offload()
-    assert runner.unload() is True and runner.tier is Tier.DISK and runner.parameter_bytes() == 0
-    assert runner.load() is True and runner.loaded_from is Tier.DISK
-    runner.unload()
-
-
-def test_a_custom_job_holds_the_pipeline_against_an_unload(demo_models_dir: Path) -> None:
-    path = demo_models_dir / "tiny-sd1"
-    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
-    runner.load()
-    inside, release, seen = threading.Event(), threading.Event(), []
-
-    def job() -> str:
-        inside.set()
-        release.wait(10)
-        seen.append(runner.pipelines().txt2img.unet is not None)  # still there: the unload waited
-        return "done"
-
-    worker = threading.Thread(target=lambda: seen.append(runner.run_exclusive(job)))
-    worker.start()
-    assert inside.wait(10)
-    unloader = threading.Thread(target=runner.unload)
-    unloader.start()
-    unloader.join(0.3)
-    assert unloader.is_alive() and runner.loaded  # waits for the job
-    release.set()
-    worker.join(10)
-    unloader.join(10)
-    assert seen == [True, "done"] and not runner.loaded
-    with pytest.raises(ModelNotReadyError):
-        runner.run_exclusive(job)
-
-
-def test_a_checkpoint_deleted_while_cold_fails_that_load_with_its_name(demo_models_dir: Path,
-                                                                       tmp_path: Path) -> None:
-    path = tmp_path / "gone.safetensors"
-    shutil.copy(demo_models_dir / "tiny-sd1.safetensors", path)
-    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))
-    path.unlink()
-    with pytest.raises(CheckpointNotFoundError, match="gone.safetensors"):
-        runner.load()
-    assert runner.state is ModelState.COLD and runner.tier is Tier.DISK  # not a broken pipeline: no restart
-
-
-def test_failed_load_is_reported(demo_models_dir: Path) -> None:
-    path = demo_models_dir / "tiny-sd1"
-
-    def broken_loader(*args):
-        raise RuntimeError("disk on fire")
-
-    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"), loader=broken_loader)
-    with pytest.raises(RuntimeError):
-        runner.load()
-    assert runner.state is ModelState.FAILED and runner.last_error == "disk on fire" and not runner.loaded
-
-
 def test_prediction_type_override_reaches_the_scheduler(demo_models_dir: Path, runner_for) -> None:
     path = demo_models_dir / "tiny-sd2"
-    runner = ModelRunner(_mode(path, prediction_type="v_prediction"), path, device=torch.device("cpu"))
+    runner = ModelRunner(mode_for(path, prediction_type="v_prediction"), path, device=torch.device("cpu"))
     runner.load()
     try:
-        overridden = _txt2img(runner, seed=3).images[0].data
+        overridden = txt2img(runner, seed=3).images[0].data
         assert runner.pipelines().txt2img.scheduler.config.prediction_type == "v_prediction"  # the one just used
-        assert overridden != _txt2img(runner_for("tiny-sd2"), seed=3).images[0].data
+        assert overridden != txt2img(runner_for("tiny-sd2"), seed=3).images[0].data
     finally:
         runner.unload()
 
@@ -388,13 +269,13 @@ def test_prediction_type_override_reaches_the_scheduler(demo_models_dir: Path, r
 def test_self_check_passes_on_a_sound_pipeline_and_fails_on_a_broken_unet(demo_models_dir: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     path = demo_models_dir / "tiny-sd1"
-    runner = ModelRunner(_mode(path), path, device=torch.device("cpu"))  # its own: this test breaks it
+    runner = ModelRunner(mode_for(path), path, device=torch.device("cpu"))  # its own: this test breaks it
     assert runner.self_check() is False  # nothing loaded, nothing sound to find
     runner.load()
     try:
         assert runner.self_check() is True
         assert runner.self_check() is True  # repeatable, and leaves the runner serving
-        assert _png(_txt2img(runner, seed=1, steps=1).images[0].data).size == (WIDTH, HEIGHT)
+        assert _png(txt2img(runner, seed=1, steps=1).images[0].data).size == (WIDTH, HEIGHT)
         unet = runner.pipelines().txt2img.unet
 
         def exploding_forward(*args, **kwargs):
