@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
-
 from bench_serving import PORT, deploy, pct  # noqa: E402
 
 MAX_SIZE = 256

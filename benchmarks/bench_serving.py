@@ -5,7 +5,8 @@ Prints, on tiny demo models:
      (p50/p99), and the in-process pipeline call for reference (target: overhead p50 <= 15 ms);
   2. throughput at concurrency 8 with 1 replica and with 2 replicas;
   3. cold start of a scaled-to-zero mode (first request vs a warm one);
-  4. mode switch by eviction on one simulated GPU whose budget fits one of two modes.
+  4. mode switch by eviction on one simulated GPU whose budget fits one of two modes: the evicted mode
+     comes back from the RAM tier, and (RAM tier off) from disk.
 """
 
 from __future__ import annotations
@@ -158,21 +159,31 @@ def main() -> None:
         from serve_app.config.modes_file import ModesFile
 
         est = {k: m.estimate_bytes() for k, m in ModeCatalog(ModesFile.model_validate(modes), root).modes.items()}
-        url = deploy("switch", modes, root, tmp,
-                     registry={"budget_bytes": max(est.values()) + 8 * 2**20, "heartbeat_interval_s": 0.2})
-        switches, warm_times = [], []
-        with httpx.Client(base_url=url, timeout=600) as client:
-            for m in ["a", "b"] * 2:  # first loads
-                client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
-            for m in ["a", "b"] * 4:
-                started = time.perf_counter()
-                client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
-                switches.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
-                warm_times.append(time.perf_counter() - started)
-        print(f"mode switch by eviction p50       {pct(switches, .5):8.2f} s    "
-              f"(warm request p50 {pct(warm_times, .5) * 1000:.0f} ms)")
+        switch = {}
+        for tier, ram_budget in (("ram", 8 * 2**30), ("disk", 0)):  # evicted models kept in RAM, or dropped
+            url = deploy(f"switch-{tier}", modes, root, tmp, registry={
+                "budget_bytes": max(est.values()) + 8 * 2**20, "heartbeat_interval_s": 0.2,
+                "ram_budget_bytes": ram_budget})
+            switches, loads, warm_times = [], [], []
+            with httpx.Client(base_url=url, timeout=600) as client:
+                for m in ["a", "b"] * 2:  # first loads
+                    client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
+                for m in ["a", "b"] * 4:
+                    started = time.perf_counter()
+                    r = client.post("/v1/txt2img", json={**REQ, "mode": m})
+                    switches.append(time.perf_counter() - started)
+                    r.raise_for_status()
+                    assert r.json()["timings"]["load_tier"] == tier, r.json()["timings"]
+                    loads.append(r.json()["timings"]["load_s"])
+                    started = time.perf_counter()
+                    client.post("/v1/txt2img", json={**REQ, "mode": m}).raise_for_status()
+                    warm_times.append(time.perf_counter() - started)
+            switch[tier] = (pct(switches, .5), pct(loads, .5))
+            print(f"mode switch by eviction, from {tier:4}  {switch[tier][0]:8.2f} s    "
+                  f"(its load {switch[tier][1]:.3f} s; warm request p50 {pct(warm_times, .5) * 1000:.0f} ms)")
+            serve.delete(f"switch-{tier}")
+        print(f"switch back from the RAM tier vs from disk: {switch['ram'][0] / switch['disk'][0]:.2f}x of the "
+              f"request, {switch['ram'][1] / switch['disk'][1]:.3f}x of the load (target 0.1x)")
     finally:
         serve.shutdown()
         ray.shutdown()

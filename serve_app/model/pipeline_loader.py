@@ -172,6 +172,15 @@ def _load_entry(load_cls: type, cache: ConvertedCache, entry: Path, kwargs: dict
         return None
 
 
+def _quiet_loading() -> None:
+    """No per-component progress bars in a replica's log on every load: the load is logged once, with its time."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, device: torch.device, *,
                    cache_dir: str | Path | None = None) -> LoadedPipelines:
     """Load `info`'s checkpoint as `family` onto `device` in `dtype`, offline.
@@ -179,6 +188,7 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     A single file goes through the conversion cache in `cache_dir` (default `$DREAMLAB_CACHE_DIR`, else
     `.dreamlab-cache` next to the file; `off` disables it): see `converted_cache`.
     """
+    _quiet_loading()
     if not Path(info.path).exists():  # deleted since it was inspected: name the file, not a library's error
         raise CheckpointNotFoundError(f"{info.path}: checkpoint path does not exist", param="checkpoint")
     if info.inpainting:
