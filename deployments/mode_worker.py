@@ -171,10 +171,7 @@ class ModeWorker:
                     await asyncio.sleep(0.01)
                 if only_from is not None and self.runner.tier is not only_from:
                     return False
-                if to is Tier.RAM:
-                    moved = await asyncio.to_thread(self.runner.offload)
-                else:
-                    moved = await asyncio.to_thread(self.runner.unload)
+                moved = await asyncio.to_thread(self.runner.offload if to is Tier.RAM else self.runner.unload)
                 if moved:
                     self.epoch += 1
                     self._measured_bytes = 0
@@ -191,22 +188,25 @@ class ModeWorker:
             logger.info("mode %s moved from %s to %s (%s)", self.mode.name, self.device_id, to.value, reason)
         return moved
 
-    async def heartbeat_once(self) -> None:
-        """Report to the registry and obey its answer (an eviction to RAM or to disk)."""
+    async def heartbeat_once(self, wait_s: float = 0.0) -> None:
+        """Report to the registry (which may hold the call up to `wait_s`) and obey its answer (an eviction)."""
         if self.registry is None:
             return
-        tier = self.runner.tier
-        answer = await self.registry.heartbeat(self.replica_id, self.report())
-        if answer.evict is not None and tier is not Tier.DISK:
-            await self._evict(answer.evict, "evicted by the registry", only_from=tier)
+        answer = await self.registry.heartbeat(self.replica_id, self.report(), wait_s)
+        if answer.evict is not None:
+            await self._evict(answer.evict, "evicted by the registry", only_from=answer.evict_from)
 
     async def _heartbeat_loop(self) -> None:
+        """One beat per interval; the registry holds each beat open for the interval, so a command decided
+        meanwhile arrives at once."""
+        interval = self.registry_config.heartbeat_interval_s
         while not self._stopping:
+            started = time.monotonic()
             try:
-                await self.heartbeat_once()
+                await self.heartbeat_once(wait_s=interval)
             except Exception as exc:  # the registry restarts: keep beating, it re-learns us
                 logger.warning("heartbeat of %s failed: %s", self.replica_id, exc)
-            await asyncio.sleep(self.registry_config.heartbeat_interval_s)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     # -- work ----------------------------------------------------------------------------------------
     async def _with_model(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,

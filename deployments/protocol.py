@@ -70,7 +70,9 @@ class HeartbeatReport(Message):
 
 class HeartbeatAnswer(Message):
     evict: Tier | None = Field(None, description="The registry evicts this replica's model, when idle: `ram` "
-                               "moves it to host memory, `disk` drops it (from either tier).")
+                               "moves it to host memory, `disk` drops it.")
+    evict_from: Tier | None = Field(None, description="The tier the eviction is about (`vram` or `ram`): a model "
+                                    "that has moved since is left alone.")
     draining: bool
 
 

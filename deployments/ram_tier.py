@@ -32,10 +32,12 @@ class RamTier:
         """Host memory of `node` held by models not being dropped, plus `promised` (evictions under way)."""
         return promised + sum(e.host_bytes for e in self.models.values() if e.node == node and not e.dropping)
 
-    def place(self, mode: str, node: str, nbytes: int, promised: int, restoring: Iterable[str]) -> Tier:
-        """Where an evicted model of `nbytes` on `node` goes; RAM-tier models pushed out are marked dropping."""
+    def place(self, mode: str, node: str, nbytes: int, promised: int,
+              restoring: Iterable[str]) -> tuple[Tier, list[str]]:
+        """Where an evicted model of `nbytes` on `node` goes, and the replicas whose RAM-tier models it pushes
+        out (marked dropping)."""
         if nbytes <= 0 or nbytes > self.budget_bytes:
-            return Tier.DISK
+            return Tier.DISK, []
         room = self.budget_bytes - self.committed(node, promised)
         keep = set(restoring)
         victims = []
@@ -46,12 +48,12 @@ class RamTier:
             victims.append(entry)
             room += entry.host_bytes
         if room < nbytes:
-            return Tier.DISK
+            return Tier.DISK, []
         for entry in victims:
             entry.dropping = True
             logger.info("RAM tier of %s: dropping mode %s (replica %s) for mode %s", node, entry.mode, entry.replica,
                         mode)
-        return Tier.RAM
+        return Tier.RAM, [e.replica for e in victims]
 
     def put(self, moved: Offloaded) -> None:
         self.models[moved.replica] = RamModelStats(

@@ -46,8 +46,9 @@ class RegistryClient:
                          timeout_s: float | None = None) -> None:
         await self._call("unregister", replica, forget, epoch, timeout_s=timeout_s)
 
-    async def heartbeat(self, replica: str, report: HeartbeatReport) -> HeartbeatAnswer:
-        return await self._call("heartbeat", replica, report)
+    async def heartbeat(self, replica: str, report: HeartbeatReport, wait_s: float = 0.0) -> HeartbeatAnswer:
+        """`wait_s`: the registry may hold the call that long, answering as soon as it has a command."""
+        return await self._call("heartbeat_wait", replica, report, wait_s, timeout_s=self.timeout_s + wait_s)
 
     async def router_poll(self, router: str, inflight: int, state: OperatorState) -> RouterPollAnswer:
         return await self._call("router_poll", router, inflight, state, timeout_s=5.0)

@@ -48,6 +48,7 @@ from deployments.protocol import (
     Tier,
 )
 from deployments.ram_tier import RamTier, node_of
+from deployments.wakeups import Wakeups
 from serve_app.config.app_args import RegistryConfig
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class VramRegistry:
         self.replicas: dict[str, ReplicaSeen] = {}
         self.operator = OperatorState()
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
+        self.waiting = Wakeups()  # heartbeats held open, by replica id
 
     # -- devices -------------------------------------------------------------------------------------
     def _device(self, device: str, total_bytes: int | None = None, reported_used: int | None = None) -> DeviceEntry:
@@ -162,8 +164,10 @@ class VramRegistry:
     def _evict(self, model: ModelStats, for_mode: str) -> None:
         model.state = EntryState.EVICTING
         node = node_of(model.device)
-        model.evict_to = self.ram.place(model.mode, node, model.measured_bytes, self._promised_to_ram(node),
-                                        restoring=(r.replica for r in self.reservations.values()))
+        model.evict_to, dropped = self.ram.place(model.mode, node, model.measured_bytes, self._promised_to_ram(node),
+                                                 restoring=(r.replica for r in self.reservations.values()))
+        for replica in [model.replica, *dropped]:
+            self.waiting.wake(replica)
         logger.info("evicting mode %s (replica %s) from %s to %s for mode %s", model.mode, model.replica,
                     model.device, model.evict_to.value, for_mode)
 
@@ -285,10 +289,25 @@ class VramRegistry:
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
+        return self._commands(replica)
+
+    def _commands(self, replica: str) -> HeartbeatAnswer:
         model = self.models.get(replica)
-        evict = (model.evict_to if model is not None and model.state is EntryState.EVICTING
-                 else Tier.DISK if self.ram.dropping(replica) else None)
-        return HeartbeatAnswer(evict=evict, draining=self.draining)
+        if model is not None and model.state is EntryState.EVICTING:
+            return HeartbeatAnswer(evict=model.evict_to, evict_from=Tier.VRAM, draining=self.draining)
+        if self.ram.dropping(replica):
+            return HeartbeatAnswer(evict=Tier.DISK, evict_from=Tier.RAM, draining=self.draining)
+        return HeartbeatAnswer(draining=self.draining)
+
+    async def heartbeat_wait(self, replica: str, report: HeartbeatReport, wait_s: float) -> HeartbeatAnswer:
+        """A heartbeat that, when it brings no command, is held open up to `wait_s` and answered as soon as one
+        is decided (an eviction, a drain): a victim leaves its device at once instead of at its next beat, which
+        is most of what a switch between modes waits for."""
+        answer = self.heartbeat(replica, report)
+        if answer.evict is not None or answer.draining or wait_s <= 0 or not await self.waiting.wait(replica, wait_s):
+            return answer
+        with self._lock:
+            return self._commands(replica)
 
     def _sync_tier(self, replica: str, report: HeartbeatReport) -> None:
         if report.tier is Tier.VRAM:
@@ -321,6 +340,7 @@ class VramRegistry:
     @serialised
     def set_draining(self, draining: bool = True) -> None:
         self._change(draining=draining)
+        self.waiting.wake_all()
         logger.warning("draining %s", "started" if draining else "cancelled")
 
     @serialised

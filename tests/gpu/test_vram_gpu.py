@@ -88,3 +88,28 @@ def test_generate_on_cuda_then_unload(demo_models_dir: Path, cuda_warm) -> None:
     baseline = _settle()
     cycle()
     assert _settle() == baseline  # weights, activations and scratch all went with the pipeline
+
+
+def test_the_ram_tier_frees_the_device_and_copies_back(demo_models_dir: Path, cuda_warm) -> None:
+    from serve_app.api.request_resolution import Txt2ImgRequest, resolve_request
+    from serve_app.model.model_state import Tier
+
+    runner = _runner(demo_models_dir, "tiny-sd1")
+    baseline = _settle()
+    runner.load()
+    params = resolve_request(Txt2ImgRequest(prompt="a red fox", width=64, height=64, steps=2, seed=3),
+                             runner.mode, runner.family)
+    before = runner.generate(params).images[0].data
+    loaded, weights = _settle(), runner.parameter_bytes()
+    try:
+        assert runner.offload() is True and runner.tier is Tier.RAM
+        assert loaded - _settle() >= 0.95 * weights  # the weights left the device (scheduler tables may stay)
+        unet = runner._pipes.txt2img.unet  # held in the RAM tier: pipelines() refuses while offloaded
+        assert all(p.device.type == "cpu" and p.is_pinned() for p in unet.parameters())
+        assert runner.load() is True and runner.loaded_from is Tier.RAM
+        assert all(p.device.type == "cuda" for p in unet.parameters())  # the same modules, copied back
+        assert abs(_settle() - loaded) <= 0.05 * weights
+        assert runner.generate(params).images[0].data == before
+    finally:
+        runner.unload()
+    assert _settle() == baseline

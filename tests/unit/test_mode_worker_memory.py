@@ -147,3 +147,16 @@ def test_a_large_request_that_cannot_fit_is_a_507_and_the_model_keeps_serving(de
             assert (await worker.generate(make_request("small"))).width == 64
 
     run(scenario())
+
+
+def test_a_held_heartbeat_carries_an_eviction_at_once(demo_models_dir: Path) -> None:
+    reg = make_registry()
+
+    async def scenario() -> None:
+        worker = make_worker(demo_models_dir, reg, heartbeat_interval_s=30)  # each beat is held up to 30 s
+        async with started(worker):
+            await wait_until(lambda: worker.replica_id in reg.waiting)
+            _evict_for_another_mode(reg)
+            await wait_until(lambda: runner_of(worker).tier is Tier.RAM, timeout_s=2.0)  # not 30 s later
+
+    run(scenario())

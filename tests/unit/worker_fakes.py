@@ -8,6 +8,7 @@ an event, a load or a generation can raise).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -56,7 +57,8 @@ class _Method:
         self.fn = fn
 
     async def remote(self, *args: Any) -> Any:
-        return self.fn(*args)
+        result = self.fn(*args)
+        return await result if inspect.isawaitable(result) else result
 
 
 class InProcessHandle:
