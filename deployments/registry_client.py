@@ -30,8 +30,10 @@ class RegistryClient:
         return await asyncio.wait_for(getattr(self.handle, method).remote(*args), timeout_s or self.timeout_s)
 
     async def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None,
-                      reported_used: int | None, key: str | None = None) -> ReserveAnswer:
-        return await self._call("reserve", replica, mode, device, nbytes, total_bytes, reported_used, key)
+                      reported_used: int | None, key: str | None = None, wait_s: float = 0.0) -> ReserveAnswer:
+        """`wait_s`: when the answer would be to ask again, the registry may hold the call that long."""
+        return await self._call("reserve_wait", replica, mode, device, nbytes, total_bytes, reported_used, key,
+                                wait_s, timeout_s=self.timeout_s + wait_s)
 
     async def release(self, key: str) -> None:
         await self._call("release", key)

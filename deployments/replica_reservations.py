@@ -1,7 +1,8 @@
 """A mode replica's reservations at the registry: room for its load, and the extra working memory of each
 request that needs more than the model's standing share (released when the request is done).
 
-A reservation is polled until granted: evictions and busy neighbours may take a while. A load waits up to
+A reservation is asked for until granted (the registry holds each ask until room may have been freed):
+evictions and busy neighbours may take a while. A load waits up to
 `reserve_timeout_s`, a request's extra up to `working_timeout_s` (a request should not hold its caller
 for minutes behind another mode's long job); then, or at once when even evicting everything else on the
 device would not make room, it answers 507 with the numbers.
@@ -64,8 +65,9 @@ class ReplicaReservations:
             return
         deadline = time.monotonic() + timeout_s
         while True:
+            wait_s = max(0.0, min(1.0, deadline - time.monotonic()))
             ans = await self.registry.reserve(self.replica, self.mode, self.device, nbytes, self.probe.total_bytes(),
-                                              self.probe.used_bytes(), key)
+                                              self.probe.used_bytes(), key, wait_s)
             if ans.status is ReserveStatus.GRANTED:
                 return
             if ans.status is ReserveStatus.NO_FIT or time.monotonic() > deadline:
@@ -74,4 +76,3 @@ class ReplicaReservations:
                     f"{what} does not fit on {self.device}: needs {ans.needed_bytes} bytes, {ans.free_bytes} free "
                     f"of a {ans.budget_bytes}-byte budget{busy}",
                     needed_bytes=ans.needed_bytes, free_bytes=ans.free_bytes, budget_bytes=ans.budget_bytes)
-            await asyncio.sleep(min(0.05, self.config.heartbeat_interval_s / 4))

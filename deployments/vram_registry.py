@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from deployments.protocol import (
@@ -35,7 +34,6 @@ from deployments.protocol import (
     HeartbeatAnswer,
     HeartbeatReport,
     InflightCounts,
-    ModelState,
     ModelStats,
     Offloaded,
     OperatorState,
@@ -48,6 +46,7 @@ from deployments.protocol import (
     Tier,
 )
 from deployments.ram_tier import RamTier, node_of
+from deployments.registry_records import DeviceEntry, ReplicaSeen, Reservation
 from deployments.wakeups import Wakeups
 from serve_app.config.app_args import RegistryConfig
 
@@ -67,34 +66,6 @@ def serialised(method: F) -> F:
     return locked  # type: ignore[return-value]
 
 
-@dataclass
-class Reservation:
-    replica: str
-    mode: str
-    device: str
-    bytes: int
-    expires: float
-
-
-@dataclass
-class DeviceEntry:
-    device: str
-    total_bytes: int
-    budget_bytes: int
-    reported_used_bytes: int | None = None
-    simulated: bool = True
-
-
-@dataclass
-class ReplicaSeen:
-    mode: str
-    device: str
-    last_heartbeat: float
-    inflight: int = 0
-    state: ModelState = ModelState.COLD
-    epoch: int = 0  # newest load/unload epoch the registry has heard of from this replica
-
-
 class VramRegistry:
     """Per-device VRAM accounting with reservations and LRU eviction. Plain class: Serve wraps it."""
 
@@ -111,6 +82,7 @@ class VramRegistry:
         self.operator = OperatorState()
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
         self.waiting = Wakeups()  # heartbeats held open, by replica id
+        self.reserving = Wakeups()  # reserve calls held open until room may have been freed, by reservation key
 
     # -- devices -------------------------------------------------------------------------------------
     def _device(self, device: str, total_bytes: int | None = None, reported_used: int | None = None) -> DeviceEntry:
@@ -236,10 +208,22 @@ class VramRegistry:
             self._evict(model, mode)
         return answer(ReserveStatus.EVICTING, evicting=[m.mode for m in evicting + victims])
 
+    async def reserve_wait(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None = None,
+                           reported_used: int | None = None, key: str | None = None,
+                           wait_s: float = 0.0) -> ReserveAnswer:
+        """`reserve`; when the answer is to ask again, the call is held up to `wait_s` and asks again as soon as
+        room may have been freed (a victim left, a reservation was released, a heartbeat came in)."""
+        answer = self.reserve(replica, mode, device, nbytes, total_bytes, reported_used, key)
+        if answer.status not in (ReserveStatus.EVICTING, ReserveStatus.WAITING_BUSY) or wait_s <= 0:
+            return answer
+        await self.reserving.wait(key or replica, wait_s)
+        return self.reserve(replica, mode, device, nbytes, total_bytes, reported_used, key)
+
     @serialised
     def release(self, key: str) -> None:
         """Drop the reservation under `key` (a replica's failed or abandoned load, or a request's extra)."""
         self.reservations.pop(key, None)
+        self.reserving.wake_all()
 
     @serialised
     def register(self, reg: Registration) -> None:
@@ -249,6 +233,7 @@ class VramRegistry:
         self._device(reg.device)
         self.reservations.pop(reg.replica, None)
         self.ram.drop(reg.replica)
+        self.reserving.wake_all()
         self.models[reg.replica] = ModelStats(
             mode=reg.mode, replica=reg.replica, device=reg.device, footprint_bytes=reg.footprint_bytes,
             estimate_bytes=reg.estimate_bytes, measured_bytes=reg.measured_bytes, state=EntryState.READY,
@@ -263,6 +248,7 @@ class VramRegistry:
         seen.epoch = max(seen.epoch, moved.epoch)
         self.models.pop(moved.replica, None)
         self.ram.put(moved)
+        self.reserving.wake_all()
 
     @serialised
     def unregister(self, replica: str, forget: bool = False, epoch: int = 0) -> None:
@@ -273,6 +259,7 @@ class VramRegistry:
         self.models.pop(replica, None)
         self.ram.drop(replica)
         self.reservations.pop(replica, None)
+        self.reserving.wake_all()
         if forget:
             self._forget(replica)
 
@@ -289,6 +276,7 @@ class VramRegistry:
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
+        self.reserving.wake_all()  # a model may have left, or gone idle
         return self._commands(replica)
 
     def _commands(self, replica: str) -> HeartbeatAnswer:

@@ -3,6 +3,8 @@ what a registry restart relearns, and extra reservations keyed per request."""
 
 from __future__ import annotations
 
+import asyncio
+
 from deployments.protocol import ModelState, Offloaded, Tier
 from deployments.vram_registry import VramRegistry
 from tests.unit.registry_fakes import (
@@ -83,3 +85,17 @@ def test_extra_working_memory_is_reserved_per_request_and_released(clock: FakeCl
     reg.release("ra/req-1")
     reg.release("ra/req-2")
     assert device_stats(reg).reserved_bytes == 0 and [m.mode for m in device_stats(reg).models] == ["a"]
+
+
+def test_a_held_reserve_is_granted_as_soon_as_the_victim_leaves(clock: FakeClock) -> None:
+    reg = make_registry(clock)
+    load(reg, "ra", "a", 8 * GiB)
+
+    async def scenario() -> None:
+        ask = asyncio.get_running_loop().create_task(reg.reserve_wait("rb", "b", DEV, 6 * GiB, wait_s=30))
+        await asyncio.sleep(0.05)
+        assert not ask.done() and reg.models["ra"].evict_to is Tier.RAM  # held while a leaves
+        _offload(reg, "ra", "a", 8 * GiB, epoch=2, last_use=0.0)
+        assert (await asyncio.wait_for(ask, 2)).status == "granted"  # at once, not after 30 s
+
+    asyncio.run(scenario())
