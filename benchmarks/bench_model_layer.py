@@ -12,6 +12,9 @@
    conversion cache; the later (cold) loads read the cache: both are shown, against a 3x-of-raw-read target.
 3. For the same checkpoints, a switch back from the RAM tier (`offload` then `load`) against a load from
    disk, against a 0.1x target.
+4. With `--full-size`: the same first / cached load of a full-size random-weight SD1.5 single file (2.1 GB
+   fp16, built from the shipped family config; about a minute to build), loaded in fp16, where reading the
+   bytes rather than building the pipeline is what a load costs.
 
 Offline; everything is written under a temporary folder that is removed afterwards (unless --keep).
 """
@@ -110,6 +113,22 @@ def read_all_bytes(path: Path) -> int:
     return total
 
 
+def write_full_size_sd15(work: Path) -> Path:
+    """A full-size SD1.5 single file with seeded random fp16 weights (the GPU benchmark's builder)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_checkpoints import build_full_size_pipeline
+
+    from serve_app.model.families import Family
+    from serve_app.model.single_file_writer import write_single_file
+
+    path = work / "full-sd15.safetensors"
+    started = time.perf_counter()
+    write_single_file(build_full_size_pipeline("sd1", seed=0), Family.SD1, path)
+    print(f"full-size SD1.5 single file: {path.stat().st_size / 1e9:.2f} GB, built in "
+          f"{time.perf_counter() - started:.0f}s")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=1.1, help="size of the big single file (GB, 1e9 bytes)")
@@ -117,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-runs", type=int, default=3, help="timed loads per checkpoint")
     parser.add_argument("--family", default="sdxl", help="demo family for the load benchmark")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    parser.add_argument("--full-size", action="store_true", help="also measure a full-size SD1.5 single file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
 
@@ -161,11 +181,15 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. load time vs the time to read the checkpoint's bytes
         family = Family(args.family)
-        for name in (f"tiny-{family.value}", f"tiny-{family.value}.safetensors"):
-            path = work / "demo" / name
+        checkpoints = [(work / "demo" / f"tiny-{family.value}", "auto"),
+                       (work / "demo" / f"tiny-{family.value}.safetensors", "auto")]
+        if args.full_size:
+            checkpoints.append((write_full_size_sd15(work), "fp16"))
+        for path, dtype in checkpoints:
+            name = path.name
             nbytes = read_all_bytes(path)  # warms the page cache, as a load right after a download would see it
             read_med, _ = median_time(lambda: read_all_bytes(path), args.runs)
-            mode = ModeConfig(name="bench", checkpoint=str(path))
+            mode = ModeConfig(name="bench", checkpoint=str(path), dtype=dtype)
             runner = ModelRunner(mode, path, device=torch.device("cpu"))
             started = time.perf_counter()
             runner.load()  # first load: imports, config materialisation and, for a single file, the conversion

@@ -27,8 +27,8 @@ def drain(timeout_s: float = 300.0, poll_s: float = 0.2, settle_polls: int = 3) 
     from ray import serve
 
     registries = [serve.get_deployment_handle(REGISTRY_DEPLOYMENT, app) for app in dreamlab_apps()]
-    for reg in registries:
-        reg.set_draining.remote(True).result()
+    for answer in [reg.set_draining.remote(True) for reg in registries]:  # every app at once
+        answer.result()
     time.sleep(3 * poll_s)  # routers poll the flag every 0.2 s
     deadline = time.monotonic() + timeout_s
     quiet = 0

@@ -51,9 +51,10 @@ def _wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def _start_long_requests(url: str, n: int):
+def _start_long_requests(url: str, n: int, steps: int = LONG["steps"]):
     pool = ThreadPoolExecutor(n)
-    futures = [pool.submit(httpx.post, f"{url}/v1/txt2img", json=LONG, timeout=300) for _ in range(n)]
+    futures = [pool.submit(httpx.post, f"{url}/v1/txt2img", json={**LONG, "steps": steps}, timeout=300)
+               for _ in range(n)]
     _wait_for(lambda: sum(r["inflight"] for r in _replicas(url).values()) >= n, 60, f"{n} requests in flight")
     return pool, futures
 
@@ -115,13 +116,13 @@ def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app):
     url, redeploy = drain_app
     redeploy(2)
     _wait_for(lambda: len(_replicas(url)) == 2, 180, "two replicas")
-    pool, futures = _start_long_requests(url, 2)
+    pool, futures = _start_long_requests(url, 2, steps=160)  # they outlast the drain flag's way to the routers
     stopper = threading.Thread(target=drain_and_shutdown, kwargs={"timeout_s": 120})
     stopper.start()
-    time.sleep(1.0)  # the drain flag has reached the routers
+    _wait_for(lambda: httpx.get(f"{url}/readyz", timeout=30).status_code == 503, 15, "readiness to go 503")
     refused = httpx.post(f"{url}/v1/txt2img", json={"prompt": "late"}, timeout=60)
     assert refused.status_code == 503 and refused.headers["retry-after"]
-    assert httpx.get(f"{url}/readyz", timeout=30).status_code == 503
+    assert not any(f.done() for f in futures)  # the late request came while work was in flight
     assert [f.result().status_code for f in futures] == [200, 200]
     pool.shutdown()
     stopper.join(timeout=180)
