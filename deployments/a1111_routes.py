@@ -7,6 +7,7 @@ default).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -27,6 +28,7 @@ from serve_app.api.a1111_schemas import (
     A1111_SAMPLERS,
     A1111GenerationResponse,
     A1111Img2ImgRequest,
+    A1111Lora,
     A1111Options,
     A1111Progress,
     A1111ProgressState,
@@ -38,6 +40,7 @@ from serve_app.api.a1111_schemas import (
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.errors import RequestValidationError, UnknownModeError
+from serve_app.model.adapter_inspect import AdapterKind
 from serve_app.model.generation import random_seed
 
 A1111 = [FrontEnd.A1111.value]
@@ -139,6 +142,19 @@ class A1111Routes(RouterCore):
         return [A1111SdModel(title=self._a1111_title(m), model_name=m.name, hash=checkpoint_sha256(m)[:10],
                              sha256=checkpoint_sha256(m), filename=m.info.path)
                 for m in self.catalog.modes.values()]
+
+    @http_app.get("/sdapi/v1/loras", tags=A1111, dependencies=CLIENT, summary="A1111: LoRAs (use <lora:name:w>)",
+                  response_model=list[A1111Lora], responses=ERRORS)
+    async def sdapi_loras(self) -> list[A1111Lora]:
+        return [A1111Lora(name=a.name, alias=a.name, path=a.path,
+                          metadata={"family": a.family.value if a.family else None, "format": a.format.value,
+                                    "rank": a.rank})
+                for a in self.adapters.of_kind(AdapterKind.LORA)]
+
+    @http_app.post("/sdapi/v1/refresh-loras", tags=A1111, dependencies=CLIENT, summary="A1111: rescan the LoRAs",
+                   responses=ERRORS)
+    async def sdapi_refresh_loras(self) -> None:
+        await asyncio.to_thread(self.adapters.refresh)
 
     @http_app.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
                   summary="A1111: options", response_model=A1111Options,

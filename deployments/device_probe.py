@@ -1,8 +1,21 @@
-"""Which device a replica runs on and how much memory it holds: real CUDA numbers when CUDA is there."""
+"""Which replica this is, which device it runs on and how much memory it holds: real CUDA numbers when CUDA
+is there."""
 
 from __future__ import annotations
 
+import uuid
+
 import torch
+
+
+def replica_id() -> str:
+    """Serve's id of this replica (`local-...` when built outside Serve, in unit tests)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return f"local-{uuid.uuid4().hex[:12]}"
 
 
 class DeviceProbe:

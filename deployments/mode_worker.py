@@ -19,14 +19,13 @@ import asyncio
 import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from deployments.device_probe import DeviceProbe
+from deployments.device_probe import DeviceProbe, replica_id
 from deployments.protocol import (
     GenerationRequest,
     GenerationResult,
@@ -41,6 +40,7 @@ from deployments.protocol import (
 )
 from deployments.registry_client import RegistryClient
 from deployments.replica_reservations import ReplicaReservations
+from deployments.shielded import finish_even_if_cancelled
 from serve_app.config.app_args import RegistryConfig
 from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
 from serve_app.errors import DreamLabError, InsufficientVRAMError, JobFailedError
@@ -51,15 +51,6 @@ from serve_app.model.vram_estimate import VramEstimate, estimate_vram
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def _replica_id() -> str:
-    try:
-        from ray import serve
-
-        return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # constructed outside Serve (unit tests)
-        return f"local-{uuid.uuid4().hex[:12]}"
 
 
 class ModeWorker:
@@ -87,7 +78,7 @@ class ModeWorker:
         self.registry = RegistryClient(registry) if registry is not None else None
         self.registry_config = RegistryConfig.model_validate(registry_config or {})
         self.probe = probe or DeviceProbe()
-        self.replica_id = _replica_id()
+        self.replica_id = replica_id()
         self.device_id = self.probe.device_id()
         self.reservations = ReplicaReservations(self.registry, self.registry_config, self.replica_id, self.mode.name,
                                                 self.device_id, self.probe)
@@ -97,6 +88,7 @@ class ModeWorker:
         self._measured_bytes = 0
         self._host_bytes = 0  # what the model holds in the RAM tier
         self._load_lock = asyncio.Lock()
+        self._run_lock = asyncio.Lock()
         self._using = 0  # jobs past _ensure_loaded that still need the model
         self._unloading = False
         self._stopping = False
@@ -123,8 +115,8 @@ class ModeWorker:
             reported_used_bytes=self.probe.used_bytes())
 
     def _accounted_bytes(self) -> int:
-        """What this model holds: the measured load plus its standing working memory."""
-        return self._measured_bytes + self._vram.working_bytes
+        """What this model holds: the measured load, its LoRAs and its standing working memory."""
+        return self._measured_bytes + self.runner.adapter_bytes() + self._vram.working_bytes
 
     async def _ensure_loaded(self) -> tuple[float, Tier] | None:
         """Load (reserve, load, measure, register) unless loaded: (the load seconds, the tier it came from),
@@ -135,6 +127,9 @@ class ModeWorker:
         """
         if self.runner.loaded and not self._unloading:
             return None
+        return await finish_even_if_cancelled(self._load())  # a load half done is never left uncounted
+
+    async def _load(self) -> tuple[float, Tier] | None:
         async with self._load_lock:
             if self.runner.loaded:
                 return None
@@ -143,8 +138,10 @@ class ModeWorker:
             before = self.probe.allocated_bytes()
             try:
                 await asyncio.to_thread(self.runner.load)
-            except BaseException:
+            except BaseException as exc:
                 await self.reservations.release_load()
+                if isinstance(exc, torch.cuda.OutOfMemoryError):  # the runner left it cold: an answer, not a crash
+                    raise self._out_of_memory(f"loading mode {self.mode.name!r}", self._vram.total_bytes) from None
                 raise
             measured = self.probe.allocated_bytes() - before
             self._measured_bytes = measured if self.probe.cuda else self.runner.parameter_bytes()
@@ -161,8 +158,8 @@ class ModeWorker:
         model on the device moves) or to disk (dropped from either tier). A registry eviction (`only_from`:
         the tier the command was about) is skipped when busy, or when a load moved the model meanwhile (the
         registry repeats a command that still holds on the next heartbeat)."""
-        if only_from is not None and self._using:
-            return False
+        if only_from is not None and (self._using or self._load_lock.locked()):
+            return False  # busy, or a load is under way: never hold up the heartbeat behind it
         self._unloading = True
         moved = False
         try:
@@ -217,17 +214,11 @@ class ModeWorker:
         (`needed` vs the mode's estimate) is reserved at the registry for the call's duration."""
         loaded = await self._ensure_loaded()
         self._using += 1
-        try:
-            async with self.reservations.working(needed.working_bytes - self._vram.working_bytes, request_id, what):
-                work = asyncio.ensure_future(asyncio.to_thread(self._contained, call, what, request_id,
-                                                               check_pipeline, needed.total_bytes))
-                try:
-                    return await asyncio.shield(work), loaded
-                except asyncio.CancelledError:  # the caller went away; the thread runs on and still uses the model
-                    await asyncio.wait({work})
-                    if not work.cancelled():
-                        work.exception()  # retrieved: the caller is gone, nobody else will
-                    raise
+        try:  # one at a time, as the runner runs them: a waiting request holds no extra working memory
+            async with self._run_lock, self.reservations.working(needed.working_bytes - self._vram.working_bytes,
+                                                                  request_id, what):
+                return await finish_even_if_cancelled(asyncio.to_thread(
+                    self._contained, call, what, request_id, check_pipeline, needed.total_bytes)), loaded
         finally:
             self._using -= 1
 
@@ -254,15 +245,18 @@ class ModeWorker:
         # out of the except blocks: the error's traceback, and the tensors its frames held, are gone
         free_device_memory(self.runner.device)
         if error is None:
-            total = self.probe.total_bytes() or 0
-            free = total - (self.probe.used_bytes() or total)
-            raise InsufficientVRAMError(
-                f"{what} on mode {self.mode.name!r} ran out of device memory: it needs about {needed_bytes} bytes, "
-                f"{free} are free of {total}; try a smaller width/height/num_images (request id {request_id})",
-                needed_bytes=needed_bytes, free_bytes=free, budget_bytes=total)
+            raise self._out_of_memory(f"{what} on mode {self.mode.name!r}", needed_bytes,
+                                      f"; try a smaller width/height/num_images (request id {request_id})")
         if check_pipeline:
             self._check_pipeline(request_id, error)
         raise JobFailedError(f"{what} failed on mode {self.mode.name!r} (request id {request_id})", param=None)
+
+    def _out_of_memory(self, what: str, needed_bytes: int, advice: str = "") -> InsufficientVRAMError:
+        total = self.probe.total_bytes() or 0
+        free = total - (self.probe.used_bytes() or total)
+        return InsufficientVRAMError(f"{what} ran out of device memory: it needs about {needed_bytes} bytes, {free} "
+                                     f"are free of {total}{advice}", needed_bytes=needed_bytes, free_bytes=free,
+                                     budget_bytes=total)
 
     def _check_pipeline(self, request_id: str, error: str) -> None:
         """After an unexpected error: a pipeline that fails its self-check is marked FAILED."""

@@ -18,6 +18,7 @@ from deployments.router_core import Generated, RouterCore, worker_errors
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
 from serve_app.api.native_schemas import (
     IMAGE_CONTENT,
+    AdaptersResponse,
     GenerationResponse,
     HealthResponse,
     Img2ImgRequest,
@@ -166,6 +167,11 @@ class NativeRoutes(RouterCore):
         mode = self.catalog.select(name, param="name")
         with worker_errors(mode.name):
             return await self.handles[mode.name].unload.remote()
+
+    @http_app.get("/v1/adapters", tags=NATIVE, dependencies=CLIENT, summary="LoRAs, embeddings and VAEs",
+                  response_model=AdaptersResponse, responses=error_responses(FrontEnd.NATIVE))
+    async def list_adapters(self) -> AdaptersResponse:
+        return AdaptersResponse(adapters=self.adapters.adapters, problems=self.adapters.problems)
 
     @http_app.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",
                   response_model=RegistryStats, responses=error_responses(FrontEnd.NATIVE))

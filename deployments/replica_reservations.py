@@ -73,6 +73,7 @@ class ReplicaReservations:
             if ans.status is ReserveStatus.NO_FIT or time.monotonic() > deadline:
                 busy = f" (still busy: {', '.join(ans.busy_modes)})" if ans.busy_modes else ""
                 raise InsufficientVRAMError(
-                    f"{what} does not fit on {self.device}: needs {ans.needed_bytes} bytes, {ans.free_bytes} free "
+                    f"{what} does not fit on its device ({self.device.rsplit(':', 1)[-1]}): needs {ans.needed_bytes} "
+                    f"bytes, {ans.free_bytes} free "
                     f"of a {ans.budget_bytes}-byte budget{busy}",
                     needed_bytes=ans.needed_bytes, free_bytes=ans.free_bytes, budget_bytes=ans.budget_bytes)

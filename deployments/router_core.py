@@ -26,6 +26,7 @@ from deployments.http_app import current_request_id
 from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent
 from deployments.registry_client import RegistryClient
 from serve_app.api.access_policy import AccessPolicy
+from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
 from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
@@ -63,6 +64,7 @@ class RouterCore:
                  registry: Any = None, access: dict[str, Any] | None = None,
                  fair_share: dict[str, Any] | None = None) -> None:
         self.catalog = ModeCatalog(ModesFile.model_validate(modes), Path(model_root))
+        self.adapters = AdapterCatalog(Path(model_root))
         self.handles = mode_handles
         self.registry = RegistryClient(registry) if registry is not None else None
         set_access_policy(AccessPolicy.from_config(AccessConfig.model_validate(access or {})))
@@ -164,7 +166,7 @@ class RouterCore:
 
     def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
         """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
-        return resolve_request(body, mode.config, mode.family, current_request_id())
+        return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters)
 
     async def generate(self, body: Txt2ImgRequest, mode: ServedMode | None = None) -> Generated:
         """Resolve `body` (on `mode`, else the one it names) and run it on that mode's worker.

@@ -213,10 +213,12 @@ class VramRegistry:
                            wait_s: float = 0.0) -> ReserveAnswer:
         """`reserve`; when the answer is to ask again, the call is held up to `wait_s` and asks again as soon as
         room may have been freed (a victim left, a reservation was released, a heartbeat came in)."""
+        event = self.reserving.arm(key or replica)
         answer = self.reserve(replica, mode, device, nbytes, total_bytes, reported_used, key)
         if answer.status not in (ReserveStatus.EVICTING, ReserveStatus.WAITING_BUSY) or wait_s <= 0:
+            self.reserving.disarm(key or replica, event)
             return answer
-        await self.reserving.wait(key or replica, wait_s)
+        await self.reserving.wait(key or replica, event, wait_s)
         return self.reserve(replica, mode, device, nbytes, total_bytes, reported_used, key)
 
     @serialised
@@ -276,6 +278,9 @@ class VramRegistry:
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
+        for reservation in self.reservations.values():  # a live replica's reservations are in use: keep them
+            if reservation.replica == replica:
+                reservation.expires = self._clock() + self.config.reservation_ttl_s
         self.reserving.wake_all()  # a model may have left, or gone idle
         return self._commands(replica)
 
@@ -291,8 +296,12 @@ class VramRegistry:
         """A heartbeat that, when it brings no command, is held open up to `wait_s` and answered as soon as one
         is decided (an eviction, a drain): a victim leaves its device at once instead of at its next beat, which
         is most of what a switch between modes waits for."""
+        event = self.waiting.arm(replica)
         answer = self.heartbeat(replica, report)
-        if answer.evict is not None or answer.draining or wait_s <= 0 or not await self.waiting.wait(replica, wait_s):
+        if answer.evict is not None or answer.draining or wait_s <= 0:
+            self.waiting.disarm(replica, event)
+            return answer
+        if not await self.waiting.wait(replica, event, wait_s):
             return answer
         with self._lock:
             return self._commands(replica)
@@ -307,6 +316,9 @@ class VramRegistry:
                 model = self.models[replica]
             model.inflight = report.inflight
             model.last_use = max(model.last_use, report.last_use)
+            if model.state is EntryState.EVICTING and report.inflight:  # it got busy first: the loader asks again
+                model.state, model.evict_to = EntryState.READY, None
+            model.footprint_bytes = report.footprint_bytes  # grows with the LoRAs the replica holds
             return
         self.models.pop(replica, None)
         if report.tier is Tier.RAM:

@@ -1,5 +1,8 @@
 """Calls held open per key until woken or timed out: the registry holds a replica's heartbeat this way, so
-a command decided meanwhile (an eviction, a drain) is answered at once instead of at the next beat."""
+a command decided meanwhile (an eviction, a drain) is answered at once instead of at the next beat.
+
+A waiter is armed before the caller looks at the state it waits on, so a wake in between is not lost.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +16,25 @@ class Wakeups:
     def __contains__(self, key: str) -> bool:
         return key in self._waiting
 
-    async def wait(self, key: str, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for `wake(key)`; True when woken."""
+    def arm(self, key: str) -> asyncio.Event:
+        """Start listening for `wake(key)` (on the running event loop)."""
         event = asyncio.Event()
         self._waiting[key] = (asyncio.get_running_loop(), event)
+        return event
+
+    def disarm(self, key: str, event: asyncio.Event) -> None:
+        if self._waiting.get(key, (None, None))[1] is event:
+            del self._waiting[key]
+
+    async def wait(self, key: str, event: asyncio.Event, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` on an armed `event`; True when woken. Disarms it."""
         try:
             await asyncio.wait_for(event.wait(), timeout_s)
             return True
         except TimeoutError:
             return False
         finally:
-            if self._waiting.get(key, (None, event))[1] is event:
-                del self._waiting[key]
+            self.disarm(key, event)
 
     def wake(self, key: str) -> None:
         """Safe from any thread (the registry's sync methods run in Serve's thread pool)."""

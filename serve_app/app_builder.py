@@ -33,11 +33,13 @@ def build_app(args: dict[str, Any] | None = None):
     root = Path(a.model_root).expanduser() if a.model_root else model_root_from_env()
     root = root.resolve()
     if a.demo_models:
+        from serve_app.model.demo_adapters import write_demo_adapters
         from serve_app.model.demo_models import demo_models_present, write_demo_models
 
         if not demo_models_present(root):
             logger.warning("writing the tiny demo checkpoints to %s", root)
             write_demo_models(root)
+        write_demo_adapters(root)  # cheap when present; a models folder from an older version lacks them
     modes, root = modes_from_environment(a.modes_file, root)
     registry_cfg = a.registry.model_dump()
     registry = serve.deployment(VramRegistry, name=REGISTRY_DEPLOYMENT).options(

@@ -16,10 +16,27 @@ from serve_app.strict_model import describe_error
 logger = logging.getLogger(__name__)
 
 
+def _adapter_kind(args: argparse.Namespace):
+    """The adapter kind to inspect `args.path` as: `--adapter`, else its folder (`loras/`, ...); None: a checkpoint."""
+    from serve_app.model.adapter_inspect import ADAPTER_FOLDERS, AdapterKind
+
+    if args.adapter:
+        return AdapterKind(args.adapter)
+    folder = Path(args.path).expanduser().resolve().parent.name
+    return next((kind for kind, name in ADAPTER_FOLDERS.items() if name == folder), None)
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from serve_app.model.adapter_inspect import inspect_adapter
     from serve_app.model.checkpoint_inspect import inspect_checkpoint
     from serve_app.model.vram_estimate import estimate_vram
 
+    kind = _adapter_kind(args)
+    if kind is not None:
+        adapter = inspect_adapter(args.path, kind).model_dump(mode="json")
+        print(json.dumps(adapter, indent=2) if args.json else "\n".join(f"{k:22} {v}" for k, v in adapter.items()
+                                                                         if v is not None))
+        return 0
     info = inspect_checkpoint(args.path)
     est = estimate_vram(info, args.dtype, args.width, args.height, args.batch_size)
     report = info.model_dump(mode="json", exclude={"metadata"})
@@ -85,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="what a checkpoint is, read from its headers only")
+    p = sub.add_parser("inspect", help="what a checkpoint or an adapter file is, read from its headers only")
     p.add_argument("path")
+    p.add_argument("--adapter", choices=["lora", "embedding", "vae"], default=None,
+                   help="inspect as this adapter kind (default: from the folder: loras/, embeddings/, vae/)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16", help="target dtype of the estimate")
     p.add_argument("--width", type=int, default=None, help="resolution of the estimate (family default)")

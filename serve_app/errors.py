@@ -84,6 +84,12 @@ class UnsupportedCheckpointError(CheckpointError):
     pass
 
 
+class AdapterFileError(CheckpointError):
+    """A LoRA, embedding or VAE file that cannot be used (not that kind, an unsupported format or family)."""
+
+    error_type = "adapter_error"
+
+
 class ConfigError(DreamLabError):
     """A modes file or environment setting is wrong; the message names file, field and value."""
 
@@ -91,6 +97,13 @@ class ConfigError(DreamLabError):
 
 
 class UnknownModeError(DreamLabError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class UnknownAdapterError(DreamLabError):
+    """A request names a LoRA (or other adapter) that MODEL_ROOT does not hold."""
+
     status_code = 404
     error_type = "not_found_error"
 

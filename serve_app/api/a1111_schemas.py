@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.api.a1111_prompt_tags import split_lora_tags
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import MAX_SEED
@@ -40,7 +41,7 @@ A1111_SAMPLER_ALIASES: dict[str, list[str]] = {
 # field the client sent (see `request_resolution.resolve_request`).
 A1111_FIELD_NAMES: dict[str, str] = {
     "image": "init_images", "strength": "denoising_strength", "guidance_scale": "cfg_scale",
-    "num_images": "batch_size",
+    "num_images": "batch_size", "loras": "prompt",
 }
 
 
@@ -99,7 +100,8 @@ class A1111Txt2ImgRequest(BaseModel):
 
     def native_fields(self, checkpoint_param: str = "override_settings.sd_model_checkpoint") -> dict[str, Any]:
         sampler_field = "sampler_name" if self.sampler_name else "sampler_index"
-        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt,
+        prompt, loras = split_lora_tags(self.prompt)
+        return dict(prompt=prompt, loras=loras, negative_prompt=self.negative_prompt,
                     seed=None if self.seed == -1 else self.seed, steps=self.steps, guidance_scale=self.cfg_scale,
                     width=self.width, height=self.height, num_images=self.batch_size,
                     scheduler=a1111_scheduler(self.sampler_name or self.sampler_index, self.scheduler,
@@ -148,6 +150,13 @@ class A1111GenerationResponse(BaseModel):
     images: list[str] = Field(description="Base64 PNGs.")
     parameters: dict[str, Any] = Field(description="The request as understood.")
     info: str = Field(description="JSON string: seed, all_seeds, sd_model_name, ...")
+
+
+class A1111Lora(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class A1111SdModel(BaseModel):

@@ -7,10 +7,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from serve_app.model.adapter_inspect import AdapterInfo, AdapterProblem
 from serve_app.model.generation import MAX_SEED, GenerationResult, OutputFormat
 from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.schedulers import SchedulerName
 from serve_app.strict_model import StrictModel
+
+
+class LoraRef(StrictModel):
+    """A LoRA from MODEL_ROOT's `loras/` (see `GET /v1/adapters`) and the weight to apply it at."""
+
+    name: str = Field(max_length=128, description="File name without `.safetensors`.")
+    weight: float = Field(1.0, description="Within the mode's `max_lora_weight` either way; 0 changes nothing.")
 
 
 class Txt2ImgRequest(StrictModel):
@@ -28,6 +36,8 @@ class Txt2ImgRequest(StrictModel):
     num_images: int | None = Field(None, description="Images to make (default 1).")
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
+    loras: list[LoraRef] = Field(default_factory=list, max_length=16,
+                                 description="LoRAs to apply, at most the mode's `max_loras`.")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -106,6 +116,12 @@ class ModeOut(BaseModel):
     defaults: dict[str, Any]
     limits: dict[str, Any]
     jobs: list[str] = Field(description="What the mode runs: txt2img, img2img and its custom job types.")
+
+
+class AdaptersResponse(BaseModel):
+    adapters: list[AdapterInfo] = Field(description="LoRAs, embeddings and VAEs under MODEL_ROOT, with the family "
+                                        "each is made for.")
+    problems: list[AdapterProblem] = Field(description="Files there that cannot be used, and why.")
 
 
 class ModesResponse(BaseModel):

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from serve_app.api.native_schemas import Txt2ImgRequest
+from serve_app.api.native_schemas import LoraRef, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import OutputFormat
 from serve_app.model.schedulers import SchedulerName
@@ -35,6 +35,8 @@ class OpenAIImageRequest(StrictModel):
     negative_prompt: str | None = Field(None, description="Dream Lab extra.")
     guidance_scale: float | None = Field(None, description="Dream Lab extra.")
     scheduler: SchedulerName | None = Field(None, description="Dream Lab extra: sampler.")
+    loras: list[LoraRef] = Field(default_factory=list, max_length=16,
+                                 description="Dream Lab extra: LoRAs to apply (`{name, weight}`).")
 
     def to_native(self) -> Txt2ImgRequest:
         width = height = None
@@ -47,7 +49,7 @@ class OpenAIImageRequest(StrictModel):
         return Txt2ImgRequest(prompt=self.prompt, mode=self.model, num_images=self.n, width=width, height=height,
                               seed=self.seed, steps=self.steps, negative_prompt=self.negative_prompt,
                               guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                              output_format=self.output_format)
+                              output_format=self.output_format, loras=self.loras)
 
 
 class OpenAIImage(BaseModel):

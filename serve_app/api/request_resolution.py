@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 from PIL import Image
 
+from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
 from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.errors import RequestTooLargeError, RequestValidationError
@@ -106,9 +107,9 @@ def _check_size(field: str, value: int, limit: int, from_image: bool = False) ->
         raise _invalid(field, value, f"must be at most {limit} for this mode{source}")
 
 
-def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
-                    request_id: str = "-") -> GenerationRequest:
-    """Fill defaults from `mode` and check every value against its limits."""
+def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, request_id: str = "-",
+                    adapters: AdapterCatalog = NO_ADAPTERS) -> GenerationRequest:
+    """Fill defaults from `mode` and check every value against its limits (LoRAs against `adapters`)."""
     d, lim = mode.defaults, mode.limits
     is_img2img = isinstance(req, Img2ImgRequest)
     names: Mapping[str, str] = getattr(req, "client_field_names", {})
@@ -143,6 +144,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
     if not 0 <= seed <= MAX_SEED - num_images + 1:
         room = "" if num_images == 1 else f" (image i uses seed + i, for {num_images} images)"
         raise _invalid(name("seed"), seed, f"must be between 0 and {MAX_SEED - num_images + 1}{room}")
+    loras = adapters.resolve_loras(req.loras, mode, family, name) if req.loras else []
     strength = None
     if is_img2img:
         strength = d.strength if req.strength is None else req.strength
@@ -164,6 +166,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family,
         init_image=init_image,
         strength=strength,
         request_id=request_id,
+        loras=loras,
     )
 
 

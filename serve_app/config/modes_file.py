@@ -67,6 +67,8 @@ class ModeLimits(StrictModel):
     max_steps: int = Field(100, ge=1, description="Most denoising steps.")
     max_num_images: int = Field(4, ge=1, description="Most images per request.")
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt, in characters.")
+    max_loras: int = Field(4, ge=0, le=16, description="Most LoRAs one request may apply (0: none).")
+    max_lora_weight: float = Field(2.0, gt=0, le=10, description="LoRA weights must lie in [-this, this].")
 
 
 class ModeDeploymentOptions(StrictModel):
@@ -98,6 +100,8 @@ class ModeConfig(StrictModel):
         "the shipped SD2 single-file config assumes the 768 v-prediction model).")
     defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
+    lora_cache_bytes: int = Field(512 * 1024**2, ge=0, description="LoRA weights a replica keeps loaded for the "
+                                  "next request (least recently used out first); they count in its footprint.")
     aliases: list[str] = Field(default_factory=list, description="Other names that select this mode.")
     deployment: ModeDeploymentOptions = Field(default_factory=ModeDeploymentOptions,
                                               description="Serve deployment options of this mode.")

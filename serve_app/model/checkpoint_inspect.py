@@ -59,24 +59,24 @@ class CheckpointInfo(StrictModel):
     metadata: dict[str, str] = Field(default_factory=dict, description="Single-file `__metadata__` strings.")
 
 
-class _TensorHeader(StrictModel):
+class TensorHeader(StrictModel):
     dtype: str
     shape: list[int]
     data_offsets: tuple[int, int]
 
 
-def _pickle_refusal(path: Path) -> PickleCheckpointError:
+def pickle_refusal(path: Path, param: str = "checkpoint") -> PickleCheckpointError:
     return PickleCheckpointError(
         f"{path}: '{path.suffix}' is a pickle checkpoint and is refused: loading a pickle runs arbitrary code "
         "from the file. Convert it once, in a sandbox you trust, to safetensors, e.g. "
         "`python -c \"import torch, safetensors.torch as st; sd = torch.load('model.ckpt', weights_only=True); "
         "sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous() for k, v in sd.items() "
         "if hasattr(v, 'contiguous')}, 'model.safetensors')\"` (or diffusers' `save_pretrained`).",
-        param="checkpoint",
+        param=param,
     )
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, _TensorHeader], dict[str, str]]:
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorHeader], dict[str, str]]:
     """Read and validate the JSON header of a safetensors file; never touches tensor data."""
     file_bytes = path.stat().st_size
     with path.open("rb") as fh:
@@ -99,11 +99,11 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, _TensorHeader], dict[
         raise CorruptCheckpointError(f"{path}: corrupt safetensors header: expected a JSON object",
                                      param="checkpoint")
     metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, _TensorHeader] = {}
+    tensors: dict[str, TensorHeader] = {}
     data_end = 0
     for name, entry in header.items():
         try:
-            tensors[name] = t = _TensorHeader.model_validate(entry)
+            tensors[name] = t = TensorHeader.model_validate(entry)
         except ValueError as exc:
             raise CorruptCheckpointError(f"{path}: corrupt safetensors header: bad entry for tensor {name!r}",
                                          param="checkpoint") from exc
@@ -116,11 +116,11 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, _TensorHeader], dict[
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
-def _numel(t: _TensorHeader) -> int:
+def _numel(t: TensorHeader) -> int:
     return math.prod(t.shape)
 
 
-def _dominant_dtype(tensors: list[_TensorHeader]) -> str:
+def dominant_dtype(tensors: list[TensorHeader]) -> str:
     by_bytes: Counter[str] = Counter()
     for t in tensors:
         by_bytes[t.dtype] += _numel(t) * _DTYPE_BYTES.get(t.dtype, 4)
@@ -156,7 +156,7 @@ def _inspect_single_file(path: Path) -> CheckpointInfo:
         cross_attention_dim=dim,
         inpainting=conv_in.shape[1] == INPAINTING_IN_CHANNELS,
         unet_in_channels=conv_in.shape[1],
-        dtype=_dominant_dtype([t for k, t in tensors.items() if k.startswith(UNET_PREFIX)]),
+        dtype=dominant_dtype([t for k, t in tensors.items() if k.startswith(UNET_PREFIX)]),
         param_count=sum(_numel(t) for t in tensors.values()),
         param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in tensors.values()),
         file_bytes=path.stat().st_size,
@@ -197,14 +197,14 @@ def _inspect_folder(path: Path) -> CheckpointInfo:
         raise NotACheckpointError(f"{path / 'unet' / 'config.json'}: no integer cross_attention_dim", param="checkpoint")
     family = _family_for(path, dim)
     components = [p for p in sorted(path.iterdir()) if p.is_dir()]
-    all_headers: list[_TensorHeader] = []
-    unet_headers: list[_TensorHeader] = []
+    all_headers: list[TensorHeader] = []
+    unet_headers: list[TensorHeader] = []
     vae_channels = 128
     file_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     for comp in components:
         files = _weight_files(comp)
         if not files and any(comp.glob("*.bin")):
-            raise _pickle_refusal(next(comp.glob("*.bin")))
+            raise pickle_refusal(next(comp.glob("*.bin")))
         for f in files:
             tensors, _ = read_safetensors_header(f)
             all_headers += tensors.values()
@@ -220,7 +220,7 @@ def _inspect_folder(path: Path) -> CheckpointInfo:
         cross_attention_dim=dim,
         inpainting=unet_cfg.get("in_channels", 4) == INPAINTING_IN_CHANNELS,
         unet_in_channels=unet_cfg.get("in_channels", 4),
-        dtype=_dominant_dtype(unet_headers),
+        dtype=dominant_dtype(unet_headers),
         param_count=sum(_numel(t) for t in all_headers),
         param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in all_headers),
         file_bytes=file_bytes,
@@ -238,7 +238,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     if p.is_dir():
         return _inspect_folder(p)
     if p.suffix.lower() in PICKLE_SUFFIXES:
-        raise _pickle_refusal(p)
+        raise pickle_refusal(p)
     if p.suffix.lower() != ".safetensors":
         raise NotACheckpointError(
             f"{p}: not a checkpoint: expected a diffusers folder or a .safetensors file, got '{p.suffix or p.name}'",

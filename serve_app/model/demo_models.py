@@ -72,7 +72,7 @@ def _text_encoder_config(hidden: int, projection_dim: int = _TE2_PROJECTION, act
     )
 
 
-def _unet_config(family: Family, in_channels: int = 4) -> dict[str, Any]:
+def unet_config(family: Family, in_channels: int = 4) -> dict[str, Any]:
     common: dict[str, Any] = dict(
         sample_size=8,
         in_channels=in_channels,
@@ -113,7 +113,7 @@ def _unet_config(family: Family, in_channels: int = 4) -> dict[str, Any]:
     )
 
 
-def _vae_config(family: Family) -> dict[str, Any]:
+def vae_config(family: Family) -> dict[str, Any]:
     return dict(
         in_channels=3,
         out_channels=3,
@@ -152,8 +152,8 @@ def build_demo_pipeline(family: Family):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(_SEEDS[family])
-    unet = UNet2DConditionModel(**_unet_config(family))
-    vae = AutoencoderKL(**_vae_config(family))
+    unet = UNet2DConditionModel(**unet_config(family))
+    vae = AutoencoderKL(**vae_config(family))
     scheduler = DDIMScheduler(**_SCHEDULER_CONFIG)
     if family is Family.SD1:
         te = CLIPTextModel(CLIPTextConfig(**_text_encoder_config(768)))
@@ -182,7 +182,8 @@ def build_demo_pipeline(family: Family):
 
 
 def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tuple(Family)) -> list[Path]:
-    """Write every family's demo checkpoint as a diffusers folder and as a single file; return the paths.
+    """Write every family's demo checkpoint as a diffusers folder and as a single file, and the demo adapters
+    (`demo_adapters`); return the paths.
 
     Existing checkpoints are kept (the output is deterministic, so rewriting would change nothing).
     """
@@ -204,7 +205,9 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tupl
             write_single_file(pipe, family, single)
         logger.info("demo checkpoint %s written to %s", family.value, out)
         written += [folder, single]
-    return written
+    from serve_app.model.demo_adapters import write_demo_adapters  # it builds on this module
+
+    return written + write_demo_adapters(out)
 
 
 def demo_models_present(directory: str | Path) -> bool:

@@ -25,6 +25,16 @@ def random_seed(count: int = 1) -> int:
     return secrets.randbelow(MAX_SEED - count + 2)
 
 
+@dataclass(frozen=True)
+class LoraUse:
+    """One LoRA a generation applies: its file (from MODEL_ROOT's `loras/`) and weight."""
+
+    name: str
+    path: str
+    weight: float
+    file_bytes: int
+
+
 @dataclass
 class GenerationRequest:
     """A resolved, validated generation: what the pipeline is called with."""
@@ -42,6 +52,7 @@ class GenerationRequest:
     init_image: Image.Image | None = None
     strength: float | None = None
     request_id: str = "-"
+    loras: list[LoraUse] = field(default_factory=list)
 
 
 @dataclass

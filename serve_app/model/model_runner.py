@@ -26,6 +26,7 @@ from serve_app.errors import DreamLabError, GenerationCancelledError, ModelNotRe
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.families import Family
 from serve_app.model.generation import GeneratedImage, GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.lora_set import LoraSet
 from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.pipeline_loader import (
     LoadedPipelines,
@@ -54,6 +55,7 @@ class RunnerSettings(Protocol):
     family: Family | None
     dtype: str
     prediction_type: str | None
+    lora_cache_bytes: int
 
 
 def encode_image(image, fmt: str) -> bytes:
@@ -86,6 +88,7 @@ class ModelRunner:
         self._scheduler_config: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}  # name -> instance; reused (generation is serialised)
         self._lock = threading.RLock()
+        self.loras = LoraSet(mode.lora_cache_bytes)
         self.state = ModelState.COLD
         self.tier = Tier.DISK
         self.loaded_from: Tier | None = None  # where the last load came from
@@ -110,8 +113,9 @@ class ModelRunner:
                 return self._restore(started)
             try:
                 self._pipes = self._loader(self.info, self.family, self.dtype, self.device)
-            except DreamLabError as exc:
-                self.state, self.last_error = ModelState.COLD, str(exc)
+            except (DreamLabError, torch.cuda.OutOfMemoryError) as exc:  # the file, or room: the pipeline is sound
+                self._pipes, self.state, self.last_error = None, ModelState.COLD, str(exc)[:500]
+                free_device_memory(self.device)
                 raise
             except Exception as exc:
                 self.state, self.last_error = ModelState.FAILED, str(exc)
@@ -163,6 +167,7 @@ class ModelRunner:
             if self._pipes is None:
                 return False
             self._pipes = None
+            self.loras.clear()
             free_device_memory(self.device)
             self.tier = Tier.DISK
             self.state = ModelState.COLD
@@ -176,6 +181,10 @@ class ModelRunner:
             return 0
         return sum(t.numel() * t.element_size() for module in self._pipes.modules()
                    for t in (*module.parameters(), *module.buffers()))
+
+    def adapter_bytes(self) -> int:
+        """Bytes of the LoRAs held loaded (counted in the replica's footprint)."""
+        return self.loras.bytes
 
     def pipelines(self) -> LoadedPipelines:
         """The loaded pipelines, for custom jobs; raises when the mode is not on its device."""
@@ -208,6 +217,7 @@ class ModelRunner:
                              self.state.value)
                 return False
             pipes = self._pipes
+            self.loras.apply(pipes.base, [])  # the checkpoint's own weights
             call: dict[str, Any] = dict(prompt="self-check", num_inference_steps=1, guidance_scale=1.0,
                                         generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
             if pipes.txt2img is not None:
@@ -241,6 +251,7 @@ class ModelRunner:
         with self._lock:
             pipes = self.pipelines()
             pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
+            self.loras.apply(pipes.base, params.loras)  # the modules are shared: both pipelines see them
             pipe.scheduler = self._scheduler(params.scheduler)
             n = len(params.seeds)
 

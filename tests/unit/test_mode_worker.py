@@ -99,7 +99,7 @@ def test_failed_operator_load_releases_its_reservation(demo_models_dir: Path) ->
     run(scenario())
 
 
-def test_eviction_is_skipped_while_busy_and_repeated_on_the_next_heartbeat(demo_models_dir: Path) -> None:
+def test_an_eviction_that_finds_the_model_busy_is_withdrawn_and_asked_again(demo_models_dir: Path) -> None:
     reg = make_registry()
 
     async def scenario() -> None:
@@ -114,13 +114,15 @@ def test_eviction_is_skipped_while_busy_and_repeated_on_the_next_heartbeat(demo_
             await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # arrives while the job runs: skipped
             assert runner.loaded and runner.unload_calls == 0 and not task.done()
             (model,) = device_stats(reg).models
-            assert model.state is EntryState.EVICTING and model.inflight == 1
-            assert reg.reserve("other", "big", DEV, GiB).status is not ReserveStatus.GRANTED
+            assert model.state is EntryState.READY and model.inflight == 1  # withdrawn: the model is busy
+            assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.WAITING_BUSY
             gate.set()
             result = await asyncio.wait_for(task, WAIT_S)
             assert result.width == 64
-            assert runner.loaded  # nothing unloads it until the registry repeats the command
-            await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # repeated, now idle: offloads to RAM
+            assert runner.loaded  # nothing unloads it until the registry asks again
+            await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # idle now: the registry hears it
+            assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.EVICTING  # the loader asks again
+            await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # the eviction, now idle: offloads to RAM
             assert not runner.loaded and runner.offload_calls == 1 and runner.unload_calls == 0
             assert device_stats(reg).models == [] and worker.report().footprint_bytes == worker._vram.working_bytes
             (node,) = reg.stats().nodes

@@ -160,3 +160,39 @@ def test_a_held_heartbeat_carries_an_eviction_at_once(demo_models_dir: Path) -> 
             await wait_until(lambda: runner_of(worker).tier is Tier.RAM, timeout_s=2.0)  # not 30 s later
 
     run(scenario())
+
+
+def test_out_of_memory_during_a_load_is_a_507_and_releases_the_reservation(demo_models_dir: Path) -> None:
+    reg = make_registry()
+
+    async def scenario() -> None:
+        worker = make_worker(demo_models_dir, reg, load_on_start=False)
+        async with started(worker):
+            runner_of(worker).load_error = torch.cuda.OutOfMemoryError("CUDA out of memory (secret-detail-7)")
+            with pytest.raises(InsufficientVRAMError) as info:
+                await worker.generate(make_request("cold"))
+            assert info.value.status_code == 507 and "secret-detail-7" not in info.value.message
+            assert device_stats(reg).reserved_bytes == 0 and device_stats(reg).models == []
+
+    run(scenario())
+
+
+def test_a_load_whose_client_went_away_is_still_measured_and_registered(demo_models_dir: Path) -> None:
+    reg = make_registry()
+
+    async def scenario() -> None:
+        worker = make_worker(demo_models_dir, reg, load_on_start=False)
+        async with started(worker):
+            runner = runner_of(worker)
+            runner.load_gate = threading.Event()
+            request = asyncio.get_running_loop().create_task(worker.generate(make_request("gone")))
+            await wait_until(runner.loading.is_set)
+            request.cancel()  # the client disconnected mid-load
+            runner.load_gate.set()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            await wait_until(lambda: [m.mode for m in device_stats(reg).models] == [MODE])
+            (model,) = device_stats(reg).models
+            assert model.measured_bytes == PARAM_BYTES and device_stats(reg).reserved_bytes == 0
+
+    run(scenario())

@@ -307,7 +307,7 @@ def test_stats_never_exceed_the_budget(clock: FakeClock) -> None:
         clock.advance(0.5)
         assert_within_budget(reg)
     # the run went through every path: grants, evictions (carried out), and waiting
-    assert statuses.get("granted", 0) > 20 and statuses.get("evicting", 0) > 5 and unloads > 5, (statuses, unloads)
+    assert statuses.get("granted", 0) > 20 and statuses.get("evicting", 0) > 0 and unloads > 5, (statuses, unloads)
 
 
 def test_stale_loaded_heartbeat_after_unregister_does_not_reregister(clock: FakeClock) -> None:

@@ -110,10 +110,15 @@ class FakeRunner:
         self.self_check_passes = True
         self.self_check_calls = 0
         self.gate: threading.Event | None = None
+        self.load_gate: threading.Event | None = None  # loads block until it is set
+        self.loading = threading.Event()  # set when a load is running
         self.entered = threading.Event()  # set when a generation is running
 
     def load(self) -> bool:
         self.load_calls += 1
+        self.loading.set()
+        if self.load_gate is not None and not self.load_gate.wait(timeout=5 * WAIT_S):
+            raise TimeoutError("the test never released the load")
         if self.load_error is not None:
             self.state = ModelState.FAILED
             self.last_error = str(self.load_error)
@@ -141,6 +146,9 @@ class FakeRunner:
             return False
         self.tier, self.state = Tier.DISK, ModelState.COLD
         return True
+
+    def adapter_bytes(self) -> int:
+        return 0
 
     def parameter_bytes(self) -> int:
         return 0 if self.tier is Tier.DISK else PARAM_BYTES

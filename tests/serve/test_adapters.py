@@ -1,0 +1,77 @@
+"""LoRAs through every front end of the demo application: listed with their family, applied per request
+(native `loras`, A1111 `<lora:...>` tags with the real `webuiapi` client, OpenAI extra body with the real
+`openai` client), and refused with errors that name them."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import openai
+import pytest
+import webuiapi
+
+pytestmark = pytest.mark.serve
+
+REQ = {"prompt": "a red fox", "mode": "sd1", "seed": 5, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def client(demo_url):
+    with httpx.Client(base_url=demo_url, timeout=300) as c:
+        yield c
+
+
+def _image(client: httpx.Client, **extra) -> bytes:
+    r = client.post("/v1/txt2img", json={**REQ, **extra})
+    assert r.status_code == 200, r.text
+    return base64.b64decode(r.json()["images"][0]["b64"])
+
+
+def test_adapters_are_listed_with_their_family(client):
+    body = client.get("/v1/adapters").json()
+    families = {a["name"]: (a["kind"], a["family"]) for a in body["adapters"]}
+    assert families["tiny-sd1-lora"] == ("lora", "sd1") and families["tiny-sdxl-lora"] == ("lora", "sdxl")
+    assert families["tiny-vae"] == ("vae", None) and body["problems"] == []
+
+
+def test_a_lora_changes_the_image_and_weight_zero_does_not(client):
+    plain = _image(client)
+    styled = _image(client, loras=[{"name": "tiny-sd1-lora", "weight": 1.0}])
+    assert styled != plain
+    assert _image(client, loras=[{"name": "tiny-sd1-lora", "weight": 0.0}]) == plain
+    assert _image(client) == plain  # nothing stays applied for the next request
+
+
+@pytest.mark.parametrize(("loras", "status", "param", "text"), [
+    ([{"name": "nope"}], 404, "loras[0].name", "tiny-sd1-lora"),
+    ([{"name": "tiny-sdxl-lora"}], 422, "loras[0].name", "made for sdxl"),
+    ([{"name": "tiny-sd1-lora", "weight": 9}], 422, "loras[0].weight", "between"),
+])
+def test_bad_loras_are_refused_naming_them(client, loras, status, param, text):
+    r = client.post("/v1/txt2img", json={**REQ, "loras": loras})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param and text in r.json()["error"]["message"]
+
+
+def test_a1111_lora_tags_and_listing_with_webuiapi(demo_url):
+    host, port = demo_url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=2)
+    names = {lora["name"]: lora["metadata"]["family"] for lora in api.get_loras()}
+    assert names["tiny-sd1-lora"] == "sd1" and names["tiny-sd1-lora-kohya"] == "sd1"
+    assert httpx.post(f"{demo_url}/sdapi/v1/refresh-loras", timeout=60).status_code == 200
+    common = dict(seed=5, width=64, height=64, override_settings={"sd_model_checkpoint": "sd1"})
+    plain = api.txt2img(prompt="a red fox", **common)
+    tagged = api.txt2img(prompt="a red fox <lora:tiny-sd1-lora-kohya:0.9:0.5>", **common)
+    assert tagged.image.tobytes() != plain.image.tobytes()
+    r = httpx.post(f"{demo_url}/sdapi/v1/txt2img", json={"prompt": "x <lora:missing:1>", **common}, timeout=120)
+    assert r.status_code == 404 and "missing" in r.json()["detail"]
+
+
+def test_openai_extra_body_loras(demo_url):
+    client = openai.OpenAI(base_url=f"{demo_url}/v1", api_key="not-needed", max_retries=0, timeout=300)
+    result = client.images.generate(model="sd1", prompt="a red fox", size="64x64",
+                                    extra_body={"seed": 5, "steps": 2, "loras": [{"name": "tiny-sd1-lora"}]})
+    assert result.data[0].b64_json
+    with pytest.raises(openai.NotFoundError):
+        client.images.generate(model="sd1", prompt="x", size="64x64", extra_body={"loras": [{"name": "nope"}]})
