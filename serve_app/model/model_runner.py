@@ -197,7 +197,7 @@ class ModelRunner:
         """Run `fn` (a custom job) the way a generation runs: alone on the pipeline, which no offload or unload
         can take away meanwhile; raises when the mode is not on its device."""
         with self._lock:
-            self.pipelines()
+            self.loras.apply(self.pipelines().base, [])  # the checkpoint's own weights, not the last request's
             result = fn()
             self.last_used = time.time()
             return result

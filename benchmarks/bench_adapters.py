@@ -1,0 +1,87 @@
+"""LoRA benchmark (a script, not a test): `python benchmarks/bench_adapters.py [--runs 10]`.
+
+On the tiny demo models, in process: the cost of applying an already loaded LoRA set (the request's
+inference time with the set vs without it; target <= 5%), the time to load a LoRA from disk vs the mode's
+own load (target <= 0.2x), and that a LoRA at weight 0 gives the same image as none (same seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+APPLY_TARGET = 0.05
+LOAD_TARGET = 0.2
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+
+    import torch
+
+    from serve_app.api.native_schemas import Txt2ImgRequest
+    from serve_app.api.request_resolution import resolve_request
+    from serve_app.config.modes_file import ModeConfig
+    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.generation import LoraUse
+    from serve_app.model.lora_set import adapter_name
+    from serve_app.model.model_runner import ModelRunner
+
+    root = Path(tempfile.mkdtemp(prefix="dreamlab-bench-adapters-"))
+    write_demo_models(root)
+    ok = True
+    for mode_name, checkpoint in (("sd1", "tiny-sd1"), ("sdxl", "tiny-sdxl")):
+        path = root / checkpoint
+        runner = ModelRunner(ModeConfig(name=mode_name, checkpoint=str(path)), path, device=torch.device("cpu"))
+        runner.load()
+        runner.unload()
+        started = time.perf_counter()
+        runner.load()
+        mode_load = time.perf_counter() - started
+        lora_path = root / "loras" / f"{checkpoint}-lora.safetensors"
+        lora = LoraUse(name=lora_path.stem, path=str(lora_path), weight=0.8, file_bytes=lora_path.stat().st_size)
+        params = resolve_request(Txt2ImgRequest(prompt="a red fox", seed=3, steps=args.steps, width=64, height=64),
+                                 runner.mode, runner.family)
+
+        def run(loras: list[LoraUse]) -> tuple[float, bytes]:
+            params.loras = loras
+            result = runner.generate(params)
+            return result.timings.inference_s, result.images[0].data
+
+        def apply(loras: list[LoraUse]) -> float:
+            started = time.perf_counter()
+            runner.run_exclusive(lambda: runner.loras.apply(runner.pipelines().base, loras))
+            return time.perf_counter() - started
+
+        plain_image = run([])[1]
+        lora_load = apply([lora])  # from disk
+        applies = [apply([lora]) for _ in range(args.runs)]  # cached: set_adapters
+        plain = [run([])[0] for _ in range(args.runs)]
+        apply_cost = statistics.median(applies) / statistics.median(plain)
+        zero_same = run([LoraUse(lora.name, lora.path, 0.0, lora.file_bytes)])[1] == plain_image
+        assert adapter_name(lora) in runner.loras.loaded
+        print(f"{mode_name}: applying a cached LoRA {statistics.median(applies) * 1000:.1f} ms vs inference "
+              f"{statistics.median(plain) * 1000:.0f} ms: {apply_cost:.1%} (target <= {APPLY_TARGET:.0%}); "
+              f"LoRA load from disk {lora_load * 1000:.0f} ms vs mode load "
+              f"{mode_load * 1000:.0f} ms: {lora_load / mode_load:.2f}x (target {LOAD_TARGET}x); "
+              f"weight 0 == no LoRA: {zero_same}")
+        ok &= zero_same
+        runner.unload()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
