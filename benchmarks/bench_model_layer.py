@@ -113,6 +113,17 @@ def read_all_bytes(path: Path) -> int:
     return total
 
 
+def median_load(runner, runs: int, reset) -> float:
+    """Median seconds of `runner.load()` over `runs`, each after `reset()` (an unload, or an offload to RAM)."""
+    times = []
+    for _ in range(runs):
+        reset()
+        started = time.perf_counter()
+        runner.load()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def write_full_size_sd15(work: Path) -> Path:
     """A full-size SD1.5 single file with seeded random fp16 weights (the GPU benchmark's builder)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -194,27 +205,13 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             runner.load()  # first load: imports, config materialisation and, for a single file, the conversion
             first = time.perf_counter() - started
-            runner.unload()
-            loads = []
-            for _ in range(args.load_runs):
-                started = time.perf_counter()
-                runner.load()
-                loads.append(time.perf_counter() - started)
-                runner.unload()
-            load_med = statistics.median(loads)
+            load_med = median_load(runner, args.load_runs, reset=runner.unload)
             print(f"{name}: {nbytes / 1e6:.1f} MB on disk; first load {first * 1000:.0f} ms; later cold loads "
                   f"median {load_med * 1000:.0f} ms over {args.load_runs}; raw read of all bytes median "
                   f"{read_med * 1000:.2f} ms over {args.runs} ({nbytes / 1e9 / read_med:.2f} GB/s); "
                   f"load/read ratio {load_med / read_med:.1f}x (target {LOAD_TARGET_RATIO:.0f}x for single files)")
-            runner.load()
-            restores = []
-            for _ in range(args.load_runs):
-                runner.offload()
-                started = time.perf_counter()
-                runner.load()
-                restores.append(time.perf_counter() - started)
+            ram_med = median_load(runner, args.load_runs, reset=runner.offload)
             runner.unload()
-            ram_med = statistics.median(restores)
             print(f"{name}: switch back from the RAM tier median {ram_med * 1000:.2f} ms vs {load_med * 1000:.0f} ms "
                   f"from disk: {ram_med / load_med:.4f}x (target {RAM_TARGET_RATIO}x)")
     finally:
