@@ -77,16 +77,13 @@ class NativeRoutes(RouterCore):
                              "txt2img response) or `error` ({status, error})."}})
     async def txt2img_stream(self, body: Txt2ImgRequest) -> StreamingResponse:
         """Server-sent events: `progress` (step, total, elapsed_s, eta_s) per step, then `result` or `error`."""
-        await self.admit()
-        try:
-            mode = self.select(body.mode)
-            request = self.resolve(body, mode)
-        except BaseException:
-            self.release()
-            raise
+        await self.refuse_if_draining()
+        mode = self.select(body.mode)
+        request = self.resolve(body, mode)
         request_id, started = current_request_id(), time.perf_counter()
 
         async def events() -> AsyncIterator[str]:
+            self.inflight += 1  # counted here: a body never iterated (client gone first) is never counted
             try:
                 async for event in self.generate_stream(mode, request):
                     if isinstance(event, GenerationResult):

@@ -131,12 +131,15 @@ class RouterCore:
             self.operator = state
 
     # -- admission -----------------------------------------------------------------------------------
-    async def admit(self) -> None:
-        """Count a request in flight; refuse it while the application drains. `release()` undoes it."""
+    async def refuse_if_draining(self) -> None:
         await self.ensure_poller()
         if self.draining:
             raise ShuttingDownError("Dream Lab is shutting down: in-flight work finishes, new work is refused",
                                     retry_after_s=30)
+
+    async def admit(self) -> None:
+        """Count a request in flight; refuse it while the application drains. `release()` undoes it."""
+        await self.refuse_if_draining()
         self.inflight += 1
 
     def release(self) -> None:
