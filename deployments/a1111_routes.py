@@ -151,10 +151,12 @@ class A1111Routes(RouterCore):
                                     "rank": a.rank})
                 for a in self.adapters.of_kind(AdapterKind.LORA)]
 
-    @http_app.post("/sdapi/v1/refresh-loras", tags=A1111, dependencies=CLIENT, summary="A1111: rescan the LoRAs",
+    @http_app.post("/sdapi/v1/refresh-loras", tags=A1111, dependencies=CLIENT,
+                   summary="A1111: rescan the LoRAs (answers the new list)", response_model=list[A1111Lora],
                    responses=ERRORS)
-    async def sdapi_refresh_loras(self) -> None:
+    async def sdapi_refresh_loras(self) -> list[A1111Lora]:
         await asyncio.to_thread(self.adapters.refresh)
+        return await self.sdapi_loras()
 
     @http_app.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
                   summary="A1111: options", response_model=A1111Options,
