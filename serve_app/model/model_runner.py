@@ -5,8 +5,9 @@ CUDA; on a CPU device the built pipeline is simply kept), from where `load` is a
 read from disk and a pipeline construction; `unload` drops it from either tier (`disk`).
 
 Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
-scheduler is swapped in under the same lock. `self_check` tells a request that failed from a pipeline that
-broke (the mode worker runs it after an unexpected error).
+scheduler and the request's LoRAs (`lora_set`) are applied under the same lock. `self_check` tells a
+request that failed from a pipeline that broke (the mode worker runs it after an unexpected error); it and
+custom jobs run without LoRAs.
 """
 
 from __future__ import annotations
