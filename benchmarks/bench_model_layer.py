@@ -36,6 +36,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_checkpoints import files_under, read_files  # noqa: E402
 
 INSPECT_TARGET_S = 0.050
 LOAD_TARGET_RATIO = 3.0  # a single file's cold load after its first, vs a raw read of the file
@@ -104,13 +107,7 @@ def median_time(fn, runs: int) -> tuple[float, list[float]]:
 
 
 def read_all_bytes(path: Path) -> int:
-    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file())
-    total = 0
-    for f in files:
-        with f.open("rb", buffering=0) as fh:
-            while chunk := fh.read(CHUNK):
-                total += len(chunk)
-    return total
+    return read_files(files_under(path))[0]
 
 
 def median_load(runner, runs: int, reset) -> float:
@@ -126,7 +123,6 @@ def median_load(runner, runs: int, reset) -> float:
 
 def write_full_size_sd15(work: Path) -> Path:
     """A full-size SD1.5 single file with seeded random fp16 weights (the GPU benchmark's builder)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from gpu_checkpoints import build_full_size_pipeline
 
     from serve_app.model.families import Family

@@ -157,7 +157,7 @@ class ModeWorker:
         """Move the model off its device, after the jobs using it finish: to the RAM tier (`to` RAM; only a
         model on the device moves) or to disk (dropped from either tier). A registry eviction (`only_from`:
         the tier the command was about) is skipped when busy, or when a load moved the model meanwhile (the
-        registry repeats a command that still holds on the next heartbeat)."""
+        registry withdraws it when the next heartbeat reports the model busy; the loader then asks again)."""
         if only_from is not None and (self._using or self._load_lock.locked()):
             return False  # busy, or a load is under way: never hold up the heartbeat behind it
         self._unloading = True

@@ -2,10 +2,10 @@
 request that needs more than the model's standing share (released when the request is done).
 
 A reservation is asked for until granted (the registry holds each ask until room may have been freed):
-evictions and busy neighbours may take a while. A load waits up to
-`reserve_timeout_s`, a request's extra up to `working_timeout_s` (a request should not hold its caller
-for minutes behind another mode's long job); then, or at once when even evicting everything else on the
-device would not make room, it answers 507 with the numbers.
+evictions and busy neighbours may take a while. A load waits up to `reserve_timeout_s`, a request's extra
+up to `working_timeout_s` (a request should not hold its caller for minutes behind another mode's long
+job); then, or at once when even evicting everything else on the device would not make room, it answers
+507 with the numbers.
 """
 
 from __future__ import annotations
@@ -74,6 +74,5 @@ class ReplicaReservations:
                 busy = f" (still busy: {', '.join(ans.busy_modes)})" if ans.busy_modes else ""
                 raise InsufficientVRAMError(
                     f"{what} does not fit on its device ({self.device.rsplit(':', 1)[-1]}): needs {ans.needed_bytes} "
-                    f"bytes, {ans.free_bytes} free "
-                    f"of a {ans.budget_bytes}-byte budget{busy}",
+                    f"bytes, {ans.free_bytes} free of a {ans.budget_bytes}-byte budget{busy}",
                     needed_bytes=ans.needed_bytes, free_bytes=ans.free_bytes, budget_bytes=ans.budget_bytes)

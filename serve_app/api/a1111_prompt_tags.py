@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 
+from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
 from serve_app.errors import RequestValidationError
 from serve_app.strict_model import quote
 
-MAX_LORA_TAGS = 16  # the native request's own bound on `loras`
 _LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 
 
@@ -19,8 +19,9 @@ def split_lora_tags(prompt: str) -> tuple[str, list[dict[str, object]]]:
     """(the prompt without its `<lora:...>` tags, the LoRAs they name as `{name, weight}`)."""
     loras: list[dict[str, object]] = []
     for match in _LORA_TAG.finditer(prompt):
-        if len(loras) == MAX_LORA_TAGS:
-            raise RequestValidationError(f"`prompt` has more than {MAX_LORA_TAGS} <lora:...> tags", param="prompt")
+        if len(loras) == MAX_LORAS_PER_REQUEST:
+            raise RequestValidationError(f"`prompt` has more than {MAX_LORAS_PER_REQUEST} <lora:...> tags",
+                                         param="prompt")
         weight_text = (match[2] or "").strip()
         try:
             weight = float(weight_text) if weight_text else 1.0

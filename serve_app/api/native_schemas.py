@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
 from serve_app.model.adapter_inspect import AdapterInfo, AdapterProblem
 from serve_app.model.generation import MAX_SEED, GenerationResult, OutputFormat
 from serve_app.model.model_state import ModelState, Tier
@@ -36,7 +37,7 @@ class Txt2ImgRequest(StrictModel):
     num_images: int | None = Field(None, description="Images to make (default 1).")
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
-    loras: list[LoraRef] = Field(default_factory=list, max_length=16,
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_REQUEST,
                                  description="LoRAs to apply, at most the mode's `max_loras`.")
 
 

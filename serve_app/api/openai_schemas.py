@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from serve_app.api.native_schemas import LoraRef, Txt2ImgRequest
+from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import OutputFormat
 from serve_app.model.schedulers import SchedulerName
@@ -35,7 +36,7 @@ class OpenAIImageRequest(StrictModel):
     negative_prompt: str | None = Field(None, description="Dream Lab extra.")
     guidance_scale: float | None = Field(None, description="Dream Lab extra.")
     scheduler: SchedulerName | None = Field(None, description="Dream Lab extra: sampler.")
-    loras: list[LoraRef] = Field(default_factory=list, max_length=16,
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_REQUEST,
                                  description="Dream Lab extra: LoRAs to apply (`{name, weight}`).")
 
     def to_native(self) -> Txt2ImgRequest:

@@ -59,6 +59,9 @@ class ModeDefaults(StrictModel):
         return v
 
 
+MAX_LORAS_PER_REQUEST = 16  # no mode allows more; requests are bounded by it before their LoRAs are looked up
+
+
 class ModeLimits(StrictModel):
     """Upper bounds a request must stay within."""
 
@@ -67,7 +70,7 @@ class ModeLimits(StrictModel):
     max_steps: int = Field(100, ge=1, description="Most denoising steps.")
     max_num_images: int = Field(4, ge=1, description="Most images per request.")
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt, in characters.")
-    max_loras: int = Field(4, ge=0, le=16, description="Most LoRAs one request may apply (0: none).")
+    max_loras: int = Field(4, ge=0, le=MAX_LORAS_PER_REQUEST, description="Most LoRAs one request may apply (0: none).")
     max_lora_weight: float = Field(2.0, gt=0, le=10, description="LoRA weights must lie in [-this, this].")
 
 

@@ -127,9 +127,13 @@ def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwar
     """From the conversion cache when it holds this file's conversion, else converted (and cached) now."""
     path = Path(info.path)
     config = _config_dir(info, family)
+
+    def convert(**more: Any) -> Any:
+        return load_cls.from_single_file(str(path), config=str(config), **{**kwargs, **more})
+
     root = resolve_cache_dir(path, cache_dir)
     if root is None:
-        return load_cls.from_single_file(str(path), config=str(config), **kwargs)
+        return convert()
     cache = ConvertedCache(root)
     key = CacheKey.for_checkpoint(path, family.value, config)
 
@@ -142,12 +146,10 @@ def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwar
     conversion_dtype = _conversion_dtype(path)
     if conversion_dtype is None:
         logger.info("%s: its stored dtypes (fp64/fp8) are not cached; it is converted on every load", path)
-        return load_cls.from_single_file(str(path), config=str(config), **kwargs)
+        return convert()
 
     def convert_into(folder: Path) -> None:
-        convert_kwargs = {**kwargs, "dtype": conversion_dtype}
-        load_cls.from_single_file(str(path), config=str(config), **convert_kwargs).save_pretrained(
-            folder, safe_serialization=True)
+        convert(dtype=conversion_dtype).save_pretrained(folder, safe_serialization=True)
 
     started = time.perf_counter()
     entry = cache.write(key, convert_into)
@@ -158,7 +160,7 @@ def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwar
         pipe = _load_entry(load_cls, cache, entry, kwargs)
         if pipe is not None:
             return pipe
-    return load_cls.from_single_file(str(path), config=str(config), **kwargs)
+    return convert()
 
 
 def _load_entry(load_cls: type, cache: ConvertedCache, entry: Path, kwargs: dict[str, Any]) -> Any | None:
