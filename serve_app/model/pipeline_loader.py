@@ -167,7 +167,7 @@ def _load_entry(load_cls: type, cache: ConvertedCache, entry: Path, kwargs: dict
     """Load a cache entry; one that does not load is discarded (None), never trusted."""
     try:
         return load_cls.from_pretrained(str(entry), **kwargs)
-    except MemoryError:
+    except (MemoryError, torch.cuda.OutOfMemoryError):  # no room is not a broken entry: keep it
         raise
     except Exception as exc:  # any failure of a derived copy: rebuild it from the checkpoint
         cache.discard(entry, f"it does not load ({type(exc).__name__}: {exc})")

@@ -349,3 +349,20 @@ def test_errors_of_the_conversion_propagate_and_leave_nothing(key: CacheKey, tmp
         cache.write(key, failing)
     assert list((tmp_path / "cache").iterdir()) == []
 
+
+
+def test_running_out_of_device_memory_keeps_a_sound_entry(checkpoint: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    info = inspect_checkpoint(checkpoint)
+    load_pipelines(info, info.family, torch.float32, CPU, cache_dir=cache)
+    entry = _only_entry(cache)
+    from diffusers import DiffusionPipeline
+
+    def no_room(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(no_room))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        load_pipelines(info, info.family, torch.float32, CPU, cache_dir=cache)
+    assert _only_entry(cache) == entry  # not discarded as broken
