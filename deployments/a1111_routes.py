@@ -26,6 +26,8 @@ from deployments.router_core import RouterCore, worker_errors
 from serve_app.api.a1111_schemas import (
     A1111_SAMPLER_ALIASES,
     A1111_SAMPLERS,
+    A1111Embedding,
+    A1111Embeddings,
     A1111GenerationResponse,
     A1111Img2ImgRequest,
     A1111Lora,
@@ -36,6 +38,7 @@ from serve_app.api.a1111_schemas import (
     A1111Scheduler,
     A1111SdModel,
     A1111Txt2ImgRequest,
+    A1111Vae,
 )
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
@@ -157,6 +160,24 @@ class A1111Routes(RouterCore):
     async def sdapi_refresh_loras(self) -> list[A1111Lora]:
         await asyncio.to_thread(self.adapters.refresh)
         return await self.sdapi_loras()
+
+    @http_app.get("/sdapi/v1/embeddings", tags=A1111, dependencies=CLIENT,
+                  summary="A1111: textual-inversion embeddings (name one in a prompt to use it)",
+                  response_model=A1111Embeddings, responses=ERRORS)
+    async def sdapi_embeddings(self) -> A1111Embeddings:
+        await self.ensure_poller()
+        family = self.catalog.modes[self.current_default].family
+        listed: dict[bool, dict[str, A1111Embedding]] = {True: {}, False: {}}
+        for a in self.adapters.of_kind(AdapterKind.EMBEDDING):
+            listed[a.family is family][a.name] = A1111Embedding(
+                sd_checkpoint_name=a.family.value if a.family else None, shape=a.width or 0, vectors=a.vectors or 0)
+        return A1111Embeddings(loaded=listed[True], skipped=listed[False])
+
+    @http_app.get("/sdapi/v1/sd-vae", tags=A1111, dependencies=CLIENT,
+                  summary="A1111: VAEs (choose one with override_settings.sd_vae)", response_model=list[A1111Vae],
+                  responses=ERRORS)
+    async def sdapi_sd_vae(self) -> list[A1111Vae]:
+        return [A1111Vae(model_name=a.name, filename=a.path) for a in self.adapters.of_kind(AdapterKind.VAE)]
 
     @http_app.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
                   summary="A1111: options", response_model=A1111Options,

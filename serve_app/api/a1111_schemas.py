@@ -41,8 +41,9 @@ A1111_SAMPLER_ALIASES: dict[str, list[str]] = {
 # field the client sent (see `request_resolution.resolve_request`).
 A1111_FIELD_NAMES: dict[str, str] = {
     "image": "init_images", "strength": "denoising_strength", "guidance_scale": "cfg_scale",
-    "num_images": "batch_size", "loras": "prompt",
+    "num_images": "batch_size", "loras": "prompt", "vae": "override_settings.sd_vae",
 }
+A1111_DEFAULT_VAES = ("automatic", "none", "")  # `sd_vae` values that keep the checkpoint's own VAE
 
 
 class A1111NativeTxt2Img(Txt2ImgRequest):
@@ -74,7 +75,8 @@ class A1111Txt2ImgRequest(BaseModel):
     sampler_name: str | None = Field(None, description="A1111 sampler name (see /sdapi/v1/samplers).")
     sampler_index: str | None = Field(None, description="Old name of sampler_name.")
     scheduler: str | None = Field(None, description="A1111 >= 1.9 schedule type; 'Karras' picks Karras sigmas.")
-    override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode.")
+    override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode; "
+                                                     "`sd_vae` a VAE of the mode (`Automatic`: its own).")
 
     @field_validator("scheduler", "override_settings")
     @classmethod
@@ -101,7 +103,7 @@ class A1111Txt2ImgRequest(BaseModel):
     def native_fields(self, checkpoint_param: str = "override_settings.sd_model_checkpoint") -> dict[str, Any]:
         sampler_field = "sampler_name" if self.sampler_name else "sampler_index"
         prompt, loras = split_lora_tags(self.prompt)
-        return dict(prompt=prompt, loras=loras, negative_prompt=self.negative_prompt,
+        return dict(prompt=prompt, loras=loras, negative_prompt=self.negative_prompt, vae=self.vae(),
                     seed=None if self.seed == -1 else self.seed, steps=self.steps, guidance_scale=self.cfg_scale,
                     width=self.width, height=self.height, num_images=self.batch_size,
                     scheduler=a1111_scheduler(self.sampler_name or self.sampler_index, self.scheduler,
@@ -110,6 +112,10 @@ class A1111Txt2ImgRequest(BaseModel):
     def checkpoint(self) -> str | None:
         value = (self.override_settings or {}).get("sd_model_checkpoint")
         return str(value) if value else None
+
+    def vae(self) -> str | None:
+        value = str((self.override_settings or {}).get("sd_vae") or "")
+        return None if value.lower() in A1111_DEFAULT_VAES else value.removesuffix(".safetensors")
 
     def to_native(self, mode: str | None) -> Txt2ImgRequest:
         return A1111NativeTxt2Img(mode=mode, **self.native_fields())
@@ -157,6 +163,24 @@ class A1111Lora(BaseModel):
     alias: str
     path: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class A1111Embedding(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int = Field(description="Vector width.")
+    vectors: int
+
+
+class A1111Embeddings(BaseModel):
+    loaded: dict[str, A1111Embedding] = Field(description="Embeddings of the current default mode's family.")
+    skipped: dict[str, A1111Embedding] = Field(description="Embeddings of other families.")
+
+
+class A1111Vae(BaseModel):
+    model_name: str
+    filename: str
 
 
 class A1111SdModel(BaseModel):

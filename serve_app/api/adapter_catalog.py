@@ -1,5 +1,10 @@
-"""The adapters under MODEL_ROOT as the router sees them: listed for clients, and what a request's LoRAs
-resolve against (rescanned on `refresh`, e.g. A1111's `POST /sdapi/v1/refresh-loras`)."""
+"""The adapters under MODEL_ROOT as the router sees them: listed for clients, and what a request's LoRAs,
+embeddings and VAE resolve against (rescanned on `refresh`, e.g. A1111's `POST /sdapi/v1/refresh-loras`).
+
+An embedding is used by naming it in a prompt, as in A1111. The match is case-insensitive and anywhere in the
+text because that is how the CLIP tokenizer matches the token a loaded embedding adds: resolving the same way
+means a replica that holds an embedding gives a prompt exactly the embeddings a fresh replica would load.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from serve_app.config.modes_file import ModeConfig
 from serve_app.errors import RequestValidationError, UnknownAdapterError
 from serve_app.model.adapter_inspect import AdapterInfo, AdapterKind, AdapterProblem, discover_adapters
 from serve_app.model.families import Family
-from serve_app.model.generation import LoraUse
+from serve_app.model.generation import AdapterFile, LoraUse
 from serve_app.strict_model import quote
 
 logger = logging.getLogger(__name__)
@@ -74,6 +79,27 @@ class AdapterCatalog:
                     f"mode {mode.name!r} is {family.value}", param=where(i, "name"))
             used.append(LoraUse(name=lora.name, path=lora.path, weight=ref.weight, file_bytes=lora.file_bytes))
         return used
+
+
+    def resolve_embeddings(self, family: Family, *prompts: str) -> list[AdapterFile]:
+        """The embeddings of `family` whose names appear in any of `prompts` (see the module docstring)."""
+        text = " ".join(prompts).lower()
+        return [AdapterFile(name=a.name, path=a.path, file_bytes=a.file_bytes)
+                for a in self.of_kind(AdapterKind.EMBEDDING)
+                if a.family is family and a.name.lower() in text and not any(c.isspace() for c in a.name)]
+
+    def resolve_vae(self, requested: str, mode: ModeConfig, field: str = "vae") -> AdapterFile:
+        """The VAE file a request names, if the mode allows it."""
+        if requested not in mode.vaes:
+            raise RequestValidationError(f"`{field}` {quote(requested)} is not a VAE of mode {mode.name!r}; it "
+                                         f"allows: {', '.join(mode.vaes) or 'none (its checkpoint VAE only)'}",
+                                         param=field)
+        vae = next((a for a in self.of_kind(AdapterKind.VAE) if a.name == requested), None)
+        if vae is None:
+            found = sorted(a.name for a in self.of_kind(AdapterKind.VAE))
+            raise UnknownAdapterError(f"VAE {quote(requested)} not found under vae/; there: "
+                                      f"{', '.join(found) or 'none'}", param=field)
+        return AdapterFile(name=vae.name, path=vae.path, file_bytes=vae.file_bytes)
 
 
 NO_ADAPTERS = AdapterCatalog(None)

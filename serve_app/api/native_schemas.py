@@ -38,7 +38,12 @@ class Txt2ImgRequest(StrictModel):
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_REQUEST,
-                                 description="LoRAs to apply, at most the mode's `max_loras`.")
+                                 description="LoRAs to apply, at most the mode's `max_loras`. Textual-inversion "
+                                 "embeddings need no field: an embedding's name in `prompt` or `negative_prompt` "
+                                 "uses it.")
+    vae: str | None = Field(None, max_length=128,
+                            description="A VAE from MODEL_ROOT's `vae/`, one of the mode's `vaes`; the checkpoint's "
+                            "own when left out.")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -78,6 +83,8 @@ class TimingsOut(BaseModel):
     load_s: float | None = Field(None, description="Model load this request waited for.")
     load_tier: Tier | None = Field(None, description="Where that load came from: `disk`, or `ram` (a device copy).")
     replica_start_s: float | None = Field(None, description="Start of the replica, on its first request.")
+    adapter_loads: int = Field(0, description="Adapter files (LoRAs, embeddings, VAEs) read from disk for this "
+                               "request; 0 when the replica held them all.")
 
 
 class GenerationResponse(BaseModel):
@@ -147,4 +154,5 @@ def generation_response(result: GenerationResult, mode: str, family: str, reques
                 for img in result.images],
         timings=TimingsOut(inference_s=t.inference_s, encode_s=t.encode_s, job_s=t.job_s, total_s=round(total_s, 4),
                            overhead_s=round(max(0.0, total_s - t.job_s), 4), load_s=t.load_s,
-                           load_tier=t.load_tier, replica_start_s=t.replica_start_s))
+                           load_tier=t.load_tier, replica_start_s=t.replica_start_s,
+                           adapter_loads=t.adapter_loads))

@@ -109,7 +109,7 @@ def _check_size(field: str, value: int, limit: int, from_image: bool = False) ->
 
 def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, request_id: str = "-",
                     adapters: AdapterCatalog = NO_ADAPTERS) -> GenerationRequest:
-    """Fill defaults from `mode` and check every value against its limits (LoRAs against `adapters`)."""
+    """Fill defaults from `mode` and check every value against its limits (adapters against `adapters`)."""
     d, lim = mode.defaults, mode.limits
     is_img2img = isinstance(req, Img2ImgRequest)
     names: Mapping[str, str] = getattr(req, "client_field_names", {})
@@ -145,6 +145,9 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         room = "" if num_images == 1 else f" (image i uses seed + i, for {num_images} images)"
         raise _invalid(name("seed"), seed, f"must be between 0 and {MAX_SEED - num_images + 1}{room}")
     loras = adapters.resolve_loras(req.loras, mode, family, name) if req.loras else []
+    negative_prompt = d.negative_prompt if req.negative_prompt is None else req.negative_prompt
+    embeddings = adapters.resolve_embeddings(family, req.prompt, negative_prompt)
+    vae = adapters.resolve_vae(req.vae, mode, name("vae")) if req.vae is not None else None
     strength = None
     if is_img2img:
         strength = d.strength if req.strength is None else req.strength
@@ -155,7 +158,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     return GenerationRequest(
         kind="img2img" if is_img2img else "txt2img",
         prompt=req.prompt,
-        negative_prompt=d.negative_prompt if req.negative_prompt is None else req.negative_prompt,
+        negative_prompt=negative_prompt,
         width=width,
         height=height,
         steps=steps,
@@ -167,6 +170,8 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         strength=strength,
         request_id=request_id,
         loras=loras,
+        embeddings=embeddings,
+        vae=vae,
     )
 
 

@@ -105,6 +105,10 @@ class ModeConfig(StrictModel):
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     lora_cache_bytes: int = Field(512 * 1024**2, ge=0, description="LoRA weights a replica keeps loaded for the "
                                   "next request (least recently used out first); they count in its footprint.")
+    vaes: list[str] = Field(default_factory=list, description="VAEs (from MODEL_ROOT's `vae/`) a request may "
+                            "choose with `vae` instead of the checkpoint's own; none when empty.")
+    adapter_sets_per_replica: int = Field(8, ge=1, description="LoRA sets a replica advertises to Serve's "
+                                          "routing as held (requests with a held set prefer that replica).")
     aliases: list[str] = Field(default_factory=list, description="Other names that select this mode.")
     deployment: ModeDeploymentOptions = Field(default_factory=ModeDeploymentOptions,
                                               description="Serve deployment options of this mode.")

@@ -64,6 +64,7 @@ class AdapterInfo(StrictModel):
     rank: int | None = Field(None, description="LoRA rank (the down matrices' output width).")
     text_encoders: int = Field(0, description="Text encoders a LoRA also adapts (0, 1, or 2 for SDXL).")
     vectors: int | None = Field(None, description="Token vectors of an embedding.")
+    width: int | None = Field(None, description="Vector width of an embedding (SDXL: clip_l + clip_g).")
     latent_channels: int | None = Field(None, description="Latent channels of a VAE.")
     dtype: str
     tensors: int
@@ -104,7 +105,8 @@ def _embedding(path: Path, tensors: dict[str, TensorHeader]) -> dict:
         return t.shape[0] if len(t.shape) == 2 else 1
 
     if "clip_l" in tensors and "clip_g" in tensors:
-        return dict(format=AdapterFormat.A1111, family=Family.SDXL, vectors=vectors(tensors["clip_l"]))
+        return dict(format=AdapterFormat.A1111, family=Family.SDXL, vectors=vectors(tensors["clip_l"]),
+                    width=tensors["clip_l"].shape[-1] + tensors["clip_g"].shape[-1])
     if "emb_params" in tensors:
         fmt, t = AdapterFormat.A1111, tensors["emb_params"]
     elif len(tensors) == 1:
@@ -117,7 +119,7 @@ def _embedding(path: Path, tensors: dict[str, TensorHeader]) -> dict:
         raise AdapterFileError(f"{path}: an embedding of shape {t.shape}: no supported text encoder has that width "
                                f"({', '.join(f'{w} {f.value}' for w, f in EMBEDDING_FAMILY_BY_WIDTH.items())}, or "
                                "clip_l + clip_g for sdxl)", param="embedding")
-    return dict(format=fmt, family=family, vectors=vectors(t))
+    return dict(format=fmt, family=family, vectors=vectors(t), width=t.shape[-1])
 
 
 def _vae(path: Path, tensors: dict[str, TensorHeader]) -> dict:

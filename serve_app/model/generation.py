@@ -26,6 +26,15 @@ def random_seed(count: int = 1) -> int:
 
 
 @dataclass(frozen=True)
+class AdapterFile:
+    """An embedding or VAE file (from MODEL_ROOT's `embeddings/` or `vae/`) a generation uses."""
+
+    name: str
+    path: str
+    file_bytes: int
+
+
+@dataclass(frozen=True)
 class LoraUse:
     """One LoRA a generation applies: its file (from MODEL_ROOT's `loras/`) and weight."""
 
@@ -53,6 +62,8 @@ class GenerationRequest:
     strength: float | None = None
     request_id: str = "-"
     loras: list[LoraUse] = field(default_factory=list)
+    embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use
+    vae: AdapterFile | None = None  # None: the checkpoint's own
 
 
 @dataclass
@@ -73,6 +84,7 @@ class GenerationTimings:
     load_s: float | None = None
     load_tier: str | None = None  # where that load came from: "disk", or "ram" (a device copy)
     replica_start_s: float | None = None
+    adapter_loads: int = 0  # adapter files (LoRAs, embeddings, VAEs) this request read from disk
 
 
 @dataclass

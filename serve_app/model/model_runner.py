@@ -5,9 +5,10 @@ CUDA; on a CPU device the built pipeline is simply kept), from where `load` is a
 read from disk and a pipeline construction; `unload` drops it from either tier (`disk`).
 
 Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
-scheduler and the request's LoRAs (`lora_set`) are applied under the same lock. `self_check` tells a
-request that failed from a pipeline that broke (the mode worker runs it after an unexpected error); it and
-custom jobs run without LoRAs.
+scheduler and the request's adapters (LoRAs: `lora_set`, embeddings: `embedding_set`, a VAE: `vae_set`)
+are applied under the same lock. `self_check` tells a request that failed from a pipeline that broke (the
+mode worker runs it after an unexpected error); it and custom jobs run without LoRAs and with the
+checkpoint's own VAE.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ from PIL import Image
 
 from serve_app.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.embedding_set import EmbeddingSet
 from serve_app.model.families import Family
-from serve_app.model.generation import GeneratedImage, GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.generation import (
+    AdapterFile,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    GenerationTimings,
+    LoraUse,
+)
 from serve_app.model.lora_set import LoraSet
 from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.pipeline_loader import (
@@ -37,6 +46,7 @@ from serve_app.model.pipeline_loader import (
     torch_dtype_for,
 )
 from serve_app.model.schedulers import make_scheduler
+from serve_app.model.vae_set import VaeSet
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +100,8 @@ class ModelRunner:
         self._schedulers: dict[str, Any] = {}  # name -> instance; reused (generation is serialised)
         self._lock = threading.RLock()
         self.loras = LoraSet(mode.lora_cache_bytes)
+        self.embeddings = EmbeddingSet()
+        self.vaes = VaeSet()
         self.state = ModelState.COLD
         self.tier = Tier.DISK
         self.loaded_from: Tier | None = None  # where the last load came from
@@ -154,6 +166,7 @@ class ModelRunner:
         with self._lock:
             if self.tier is not Tier.VRAM or self._pipes is None:
                 return False
+            self.vaes.reset(self._pipes)  # only the checkpoint's own modules move to the RAM tier
             if self.device.type != "cpu":
                 self._pipes.move_to(torch.device("cpu"))
                 free_device_memory(self.device)
@@ -167,8 +180,10 @@ class ModelRunner:
         with self._lock:
             if self._pipes is None:
                 return False
+            self.vaes.reset(self._pipes)
             self._pipes = None
             self.loras.clear()
+            self.embeddings.clear()
             free_device_memory(self.device)
             self.tier = Tier.DISK
             self.state = ModelState.COLD
@@ -184,8 +199,21 @@ class ModelRunner:
                    for t in (*module.parameters(), *module.buffers()))
 
     def adapter_bytes(self) -> int:
-        """Bytes of the LoRAs held loaded (counted in the replica's footprint)."""
-        return self.loras.bytes
+        """Bytes of the adapters held loaded (counted in the replica's footprint)."""
+        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes
+
+    def adapter_loads(self) -> int:
+        """Adapter files read from disk so far."""
+        return self.loras.loads + self.embeddings.loads + self.vaes.loads
+
+    def _adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
+               vae: AdapterFile | None) -> int:
+        """Make `pipes` run with exactly these adapters; how many files that read from disk."""
+        before = self.adapter_loads()
+        self.loras.apply(pipes.base, loras)  # the modules are shared: both pipelines see them
+        self.embeddings.apply(pipes.base, embeddings)
+        self.vaes.apply(pipes, vae)
+        return self.adapter_loads() - before
 
     def pipelines(self) -> LoadedPipelines:
         """The loaded pipelines, for custom jobs; raises when the mode is not on its device."""
@@ -198,7 +226,7 @@ class ModelRunner:
         """Run `fn` (a custom job) the way a generation runs: alone on the pipeline, which no offload or unload
         can take away meanwhile; raises when the mode is not on its device."""
         with self._lock:
-            self.loras.apply(self.pipelines().base, [])  # the checkpoint's own weights, not the last request's
+            self._adapt(self.pipelines(), [], [], None)  # the checkpoint's own weights, not the last request's
             result = fn()
             self.last_used = time.time()
             return result
@@ -218,7 +246,7 @@ class ModelRunner:
                              self.state.value)
                 return False
             pipes = self._pipes
-            self.loras.apply(pipes.base, [])  # the checkpoint's own weights
+            self._adapt(pipes, [], [], None)  # the checkpoint's own weights
             call: dict[str, Any] = dict(prompt="self-check", num_inference_steps=1, guidance_scale=1.0,
                                         generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
             if pipes.txt2img is not None:
@@ -252,7 +280,7 @@ class ModelRunner:
         with self._lock:
             pipes = self.pipelines()
             pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
-            self.loras.apply(pipes.base, params.loras)  # the modules are shared: both pipelines see them
+            adapter_loads = self._adapt(pipes, params.loras, params.embeddings, params.vae)
             pipe.scheduler = self._scheduler(params.scheduler)
             n = len(params.seeds)
 
@@ -264,8 +292,8 @@ class ModelRunner:
                 return kwargs
 
             call: dict[str, Any] = dict(
-                prompt=[params.prompt] * n,
-                negative_prompt=[params.negative_prompt] * n,
+                prompt=[self.embeddings.in_prompt(params.prompt, params.embeddings)] * n,
+                negative_prompt=[self.embeddings.in_prompt(params.negative_prompt, params.embeddings)] * n,
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
@@ -293,5 +321,5 @@ class ModelRunner:
             images=encoded, width=params.width, height=params.height, steps=params.steps,
             scheduler=params.scheduler,
             timings=GenerationTimings(inference_s=round(inference_s, 4),
-                                      encode_s=round(time.perf_counter() - started, 4)),
+                                      encode_s=round(time.perf_counter() - started, 4), adapter_loads=adapter_loads),
         )
