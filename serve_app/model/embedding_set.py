@@ -3,9 +3,10 @@
 Each is loaded once (diffusers' `load_textual_inversion`) under its name lower-cased, and prompts name it
 in lower case (`in_prompt`): the CLIP tokenizer lower-cases text before it matches added tokens, but
 diffusers expands a multi-vector token in the prompt as written, so any other case would get one vector of
-several. A loaded embedding stays: it changes nothing for a prompt that does not contain its name, and a prompt that does
-contains it on a fresh replica too (the router resolves embeddings from the prompt text). SDXL embeddings
-carry one vector set per text encoder (`clip_l`, `clip_g`). A changed file (new size) is loaded again.
+several. A loaded embedding stays: it changes nothing for a prompt that does not contain its name, and a
+prompt that does uses it on a fresh replica too (the router resolves embeddings from the prompt text). SDXL
+embeddings carry one vector set per text encoder (`clip_l`, `clip_g`). A changed file (new size) is loaded
+again.
 """
 
 from __future__ import annotations
