@@ -10,7 +10,7 @@ Working memory: a loaded model is accounted with its standing share (the mode's 
 largest batch); a request that needs more reserves the difference (see `replica_reservations`).
 
 `ModeWorker` is a plain class with a sync constructor and an async `start`, so tests build it without
-Serve; `ModeWorkerDeployment` is what Serve runs (it starts in its async constructor).
+Serve; `mode_worker_deployment.ModeWorkerDeployment` is what Serve runs.
 """
 
 from __future__ import annotations
@@ -381,14 +381,3 @@ class ModeWorker:
                 await self.registry.unregister(self.replica_id, True, timeout_s=2.0)
             except Exception as exc:  # the registry may already be gone (application deleted)
                 logger.warning("could not unregister %s: %s", self.replica_id, exc)
-
-
-class ModeWorkerDeployment(ModeWorker):
-    """What Serve runs: starts in its (async) constructor, stops in `__del__` after draining."""
-
-    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # Serve awaits an async constructor
-        super().__init__(*args, **kwargs)
-        await self.start()
-
-    async def __del__(self) -> None:
-        await self.stop()

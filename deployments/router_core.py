@@ -171,6 +171,13 @@ class RouterCore:
         """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
         return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters)
 
+    def _worker(self, mode: ServedMode, request: GenerationRequest) -> Any:
+        """The mode's handle; for a request with adapters, under their set's id, so Serve prefers a replica
+        that holds them (see `mode_worker_deployment`)."""
+        set_id = request.adapter_set_id()
+        handle = self.handles[mode.name]
+        return handle.options(multiplexed_model_id=set_id) if set_id else handle
+
     async def generate(self, body: Txt2ImgRequest, mode: ServedMode | None = None) -> Generated:
         """Resolve `body` (on `mode`, else the one it names) and run it on that mode's worker.
 
@@ -189,7 +196,7 @@ class RouterCore:
     async def _generate_once(self, mode: ServedMode, request: GenerationRequest) -> GenerationResult:
         async with self.dispatch(mode):
             with worker_errors(mode.name):
-                return await self.handles[mode.name].generate.remote(request)
+                return await self._worker(mode, request).generate.remote(request)
 
     async def generate_stream(self, mode: ServedMode,
                               request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
@@ -200,7 +207,7 @@ class RouterCore:
             try:
                 async with self.dispatch(mode):
                     with worker_errors(mode.name):
-                        stream = self.handles[mode.name].options(stream=True).generate_stream.remote(request)
+                        stream = self._worker(mode, request).options(stream=True).generate_stream.remote(request)
                         async for event in stream:
                             streamed = True
                             yield event

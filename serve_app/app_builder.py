@@ -25,7 +25,7 @@ def build_app(args: dict[str, Any] | None = None):
     """Build the Dream Lab application from its Serve-config `args`."""
     from ray import serve
 
-    from deployments.mode_worker import ModeWorkerDeployment
+    from deployments.mode_worker_deployment import ModeWorkerDeployment
     from deployments.router import RouterIngress
     from deployments.vram_registry import VramRegistry
 

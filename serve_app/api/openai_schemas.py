@@ -38,6 +38,7 @@ class OpenAIImageRequest(StrictModel):
     scheduler: SchedulerName | None = Field(None, description="Dream Lab extra: sampler.")
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_REQUEST,
                                  description="Dream Lab extra: LoRAs to apply (`{name, weight}`).")
+    vae: str | None = Field(None, max_length=128, description="Dream Lab extra: a VAE of the mode.")
 
     def to_native(self) -> Txt2ImgRequest:
         width = height = None
@@ -50,7 +51,7 @@ class OpenAIImageRequest(StrictModel):
         return Txt2ImgRequest(prompt=self.prompt, mode=self.model, num_images=self.n, width=width, height=height,
                               seed=self.seed, steps=self.steps, negative_prompt=self.negative_prompt,
                               guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                              output_format=self.output_format, loras=self.loras)
+                              output_format=self.output_format, loras=self.loras, vae=self.vae)
 
 
 class OpenAIImage(BaseModel):

@@ -7,6 +7,7 @@ on purpose: the router unpickles it and must not import torch.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -64,6 +65,14 @@ class GenerationRequest:
     loras: list[LoraUse] = field(default_factory=list)
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use
     vae: AdapterFile | None = None  # None: the checkpoint's own
+
+    def adapter_set_id(self) -> str:
+        """Names the adapter files a replica must hold for this request (its LoRAs and VAE, not their
+        weights); "" when it has none. Requests with the same id prefer the same replicas."""
+        files = sorted(f"{lora.path}:{lora.file_bytes}" for lora in self.loras)
+        if self.vae is not None:
+            files.append(f"vae={self.vae.path}:{self.vae.file_bytes}")
+        return "adapters-" + hashlib.sha1("|".join(files).encode()).hexdigest()[:16] if files else ""
 
 
 @dataclass

@@ -75,3 +75,46 @@ def test_openai_extra_body_loras(demo_url):
     assert result.data[0].b64_json
     with pytest.raises(openai.NotFoundError):
         client.images.generate(model="sd1", prompt="x", size="64x64", extra_body={"loras": [{"name": "nope"}]})
+
+
+def test_an_embedding_named_in_the_prompt_changes_the_image(client):
+    plain = _image(client)
+    with_embedding = _image(client, prompt="a red fox, tiny-sd1-embedding")
+    assert with_embedding != plain
+    assert _image(client) == plain
+    negative = _image(client, negative_prompt="Tiny-SD1-Embedding")  # any case, like the tokenizer
+    assert negative not in (plain, with_embedding)
+
+
+def test_a_vae_override_per_request_and_its_errors(client):
+    plain = _image(client)
+    swapped = client.post("/v1/txt2img", json={**REQ, "vae": "tiny-vae"})
+    assert swapped.status_code == 200 and swapped.json()["timings"]["adapter_loads"] <= 1
+    assert base64.b64decode(swapped.json()["images"][0]["b64"]) != plain
+    assert _image(client) == plain
+    r = client.post("/v1/txt2img", json={**REQ, "mode": "sd2", "vae": "tiny-vae"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "vae" and "allows: none" in r.json()["error"]["message"]
+
+
+def test_a1111_embeddings_vaes_and_sd_vae_with_webuiapi(demo_url):
+    host, port = demo_url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=2)
+    embeddings = api.get_embeddings()
+    assert embeddings["loaded"]["tiny-sd1-embedding"]["shape"] == 768  # the demo's default mode is sd1
+    assert embeddings["skipped"]["tiny-sdxl-embedding"]["shape"] == 768 + 1280
+    assert [v["model_name"] for v in api.get_sd_vae()] == ["tiny-vae"]
+    common = dict(prompt="a red fox", seed=5, width=64, height=64)
+    own = api.txt2img(override_settings={"sd_model_checkpoint": "sd1", "sd_vae": "Automatic"}, **common)
+    swapped = api.txt2img(override_settings={"sd_model_checkpoint": "sd1", "sd_vae": "tiny-vae.safetensors"},
+                          **common)
+    assert swapped.image.tobytes() != own.image.tobytes()
+    r = httpx.post(f"{demo_url}/sdapi/v1/txt2img", timeout=120,
+                   json={**common, "override_settings": {"sd_model_checkpoint": "sd1", "sd_vae": "nope"}})
+    assert r.status_code == 422 and "override_settings.sd_vae" in r.json()["detail"]
+
+
+def test_openai_extra_body_vae(demo_url):
+    client = openai.OpenAI(base_url=f"{demo_url}/v1", api_key="not-needed", max_retries=0, timeout=300)
+    result = client.images.generate(model="sdxl", prompt="a red fox", size="64x64",
+                                    extra_body={"seed": 5, "steps": 2, "vae": "tiny-vae"})
+    assert result.data[0].b64_json
