@@ -207,16 +207,19 @@ class ModeWorker:
 
     # -- work ----------------------------------------------------------------------------------------
     async def _with_model(self, call: Callable[[], T], what: str, request_id: str, check_pipeline: bool,
-                          needed: VramEstimate) -> tuple[T, tuple[float, Tier] | None]:
+                          needed: VramEstimate, adapters: Callable[[], int] = lambda: 0,
+                          ) -> tuple[T, tuple[float, Tier] | None]:
         """Run `call` in a thread with the model loaded (see `_contained`), generation and custom jobs alike:
         (its result, the load it waited for). The model stays in use (no eviction or unload can tear it down)
         until the thread is done, self-check included. Working memory beyond the model's standing share
-        (`needed` vs the mode's estimate) is reserved at the registry for the call's duration."""
+        (`needed` vs the mode's estimate) and the bytes of the adapters the call will load (`adapters`, asked
+        when its turn comes; from then on the footprint counts them) are reserved at the registry for the
+        call's duration."""
         loaded = await self._ensure_loaded()
         self._using += 1
         try:  # one at a time, as the runner runs them: a waiting request holds no extra working memory
-            async with self._run_lock, self.reservations.working(needed.working_bytes - self._vram.working_bytes,
-                                                                  request_id, what):
+            async with self._run_lock, self.reservations.working(
+                    max(0, needed.working_bytes - self._vram.working_bytes) + adapters(), request_id, what):
                 return await finish_even_if_cancelled(asyncio.to_thread(
                     self._contained, call, what, request_id, check_pipeline, needed.total_bytes)), loaded
         finally:
@@ -282,7 +285,7 @@ class ModeWorker:
                                len(request.seeds))
         result, loaded = await self._with_model(
             lambda: self.runner.generate(request, progress, cancelled), request.kind, request.request_id,
-            check_pipeline=True, needed=needed)
+            check_pipeline=True, needed=needed, adapters=lambda: self.runner.adapter_bytes_to_load(request))
         result.timings.job_s = round(time.perf_counter() - started, 4)
         if loaded is not None:
             result.timings.load_s = round(loaded[0], 4)

@@ -33,6 +33,10 @@ class LoraSet:
     def bytes(self) -> int:
         return sum(lora.file_bytes for lora in self.loaded.values())
 
+    def missing_bytes(self, loras: list[LoraUse]) -> int:
+        """Bytes of `loras` that are not loaded yet."""
+        return sum(lora.file_bytes for lora in loras if adapter_name(lora) not in self.loaded)
+
     def apply(self, pipe: Any, loras: list[LoraUse]) -> None:
         """Make `pipe` run with exactly `loras` at their weights (none: every loaded LoRA off)."""
         if not loras:

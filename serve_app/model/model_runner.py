@@ -202,6 +202,12 @@ class ModelRunner:
         """Bytes of the adapters held loaded (counted in the replica's footprint)."""
         return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes
 
+    def adapter_bytes_to_load(self, params: GenerationRequest) -> int:
+        """Bytes the request's adapter files not held yet would add (reserved before they are loaded)."""
+        embeddings = [e for e in params.embeddings if self.embeddings.loaded.get(e.name.lower()) != e]
+        return (self.loras.missing_bytes(params.loras) + sum(e.file_bytes for e in embeddings)
+                + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0))
+
     def adapter_loads(self) -> int:
         """Adapter files read from disk so far."""
         return self.loras.loads + self.embeddings.loads + self.vaes.loads

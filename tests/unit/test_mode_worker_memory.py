@@ -15,7 +15,7 @@ import torch
 from deployments.protocol import ModelState, ReserveStatus, Tier
 from deployments.vram_registry import VramRegistry
 from serve_app.errors import InsufficientVRAMError
-from serve_app.model.generation import GenerationRequest
+from serve_app.model.generation import GenerationRequest, LoraUse
 from serve_app.model.vram_estimate import estimate_vram
 from tests.unit.worker_fakes import (
     DEV,
@@ -126,6 +126,30 @@ def test_a_large_request_reserves_its_extra_working_memory_while_it_runs(demo_mo
             runner.gate = None
             await worker.generate(make_request("small"))
             assert reg.reservations == {}
+
+    run(scenario())
+
+
+def test_the_adapters_a_request_loads_are_reserved_before_they_load(demo_models_dir: Path) -> None:
+    reg = make_registry(budget_bytes=64 * GiB)
+    lora = LoraUse(name="style", path="/x/style.safetensors", weight=1.0, file_bytes=300 * 2**20)
+
+    async def scenario() -> None:
+        worker = make_worker(demo_models_dir, reg)
+        async with started(worker):
+            runner = runner_of(worker)
+            runner.gate = threading.Event()
+            runner.entered.clear()
+            request = dataclasses.replace(make_request("styled"), loras=[lora])
+            task = asyncio.get_running_loop().create_task(worker.generate(request))
+            await wait_until(runner.entered.is_set)
+            assert device_stats(reg).reserved_bytes == lora.file_bytes
+            runner.gate.set()
+            await asyncio.wait_for(task, WAIT_S)
+            assert reg.reservations == {}
+            reg.devices[DEV].budget_bytes = device_stats(reg).used_bytes + 1024  # no room for the LoRA now
+            with pytest.raises(InsufficientVRAMError, match="adapter files"):
+                await worker.generate(dataclasses.replace(make_request("no-room"), loras=[lora]))
 
     run(scenario())
 

@@ -150,6 +150,9 @@ class FakeRunner:
     def adapter_bytes(self) -> int:
         return 0
 
+    def adapter_bytes_to_load(self, request: GenerationRequest) -> int:
+        return sum(lora.file_bytes for lora in request.loras)
+
     def parameter_bytes(self) -> int:
         return 0 if self.tier is Tier.DISK else PARAM_BYTES
 
