@@ -22,6 +22,7 @@ from serve_app.api.native_schemas import (
     GenerationResponse,
     HealthResponse,
     Img2ImgRequest,
+    InpaintRequest,
     JobRequest,
     JobResponse,
     ModeOut,
@@ -38,7 +39,8 @@ OPS = [FrontEnd.OPS.value]
 GENERATION_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 503, 507)
 _PNG_ONE = {"content": IMAGE_CONTENT, "description": "With `Accept: image/png` and one image: the image bytes."}
 # `/v1/jobs/txt2img` and `/v1/jobs/img2img` take a generation request as payload (the native routes' bodies)
-GENERATION_JOBS: dict[str, type[Txt2ImgRequest]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
+GENERATION_JOBS: dict[str, type[Txt2ImgRequest]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
+                                                   "inpaint": InpaintRequest}
 
 
 def _native_json(done: Generated) -> GenerationResponse:
@@ -66,6 +68,13 @@ class NativeRoutes(RouterCore):
                    summary="Image to image", response_model=GenerationResponse,
                    response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
     async def img2img(self, request: Request, body: Img2ImgRequest) -> Any:
+        return await self._native_generation(request, body)
+
+    @http_app.post("/v1/inpaint", tags=NATIVE, dependencies=CLIENT,
+                   summary="Inpainting and outpainting (image + mask)", response_model=GenerationResponse,
+                   response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
+    async def inpaint(self, request: Request, body: InpaintRequest) -> Any:
+        """Repaint `image` where `mask` is white; every mode can (an inpainting checkpoint does it best)."""
         return await self._native_generation(request, body)
 
     @http_app.post("/v1/txt2img/stream", tags=NATIVE, dependencies=CLIENT,
@@ -148,7 +157,7 @@ class NativeRoutes(RouterCore):
                 measured_bytes=max((m.measured_bytes for m in loaded), default=None),
                 estimated_bytes=mode.estimate_bytes(), scheduler=mode.config.scheduler,
                 defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
-                jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", *mode.config.jobs]))
+                jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs]))
         return ModesResponse(default_mode=self.current_default, modes=out)
 
     @http_app.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",

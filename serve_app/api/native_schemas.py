@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -51,6 +51,24 @@ class Img2ImgRequest(Txt2ImgRequest):
 
     image: str = Field(description="Init image, base64 (PNG/JPEG/WebP), data URL allowed.")
     strength: float | None = Field(None, description="How much to change the image, in (0, 1].")
+
+
+class InpaintRequest(Img2ImgRequest):
+    """Inpainting (and outpainting: mask the area beyond the picture): `image` is repainted where `mask` is
+    white, by `strength`; pixels the (blurred) mask leaves black come back exactly as sent."""
+
+    mask: str = Field(description="Mask image, base64 (PNG/JPEG/WebP): white = repaint, black = keep; a mask of "
+                      "another size is resized to the image's (nearest neighbour).")
+    mask_alpha: bool = Field(False, description="Take the mask from the mask image's alpha channel instead: "
+                             "transparent = repaint (OpenAI's convention).")
+    mask_invert: bool = Field(False, description="Repaint where the mask is black instead.")
+    mask_blur: int = Field(4, ge=0, le=64, description="Gaussian blur of the mask's edge, in pixels.")
+    masked_content: Literal["original", "fill", "latent_noise", "latent_nothing"] = Field(
+        "original", description="What the masked area starts from: the image, its blurred surroundings, noise "
+        "or flat grey (A1111's inpainting_fill 1, 0, 2, 3).")
+    inpaint_full_res: bool = Field(False, description="Repaint only the masked area plus `inpaint_full_res_padding` "
+                                   "at the full output size, then paste it back (more detail in small areas).")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256, description="Margin around the masked area, pixels.")
 
 
 class JobRequest(StrictModel):

@@ -23,16 +23,17 @@ import binascii
 import io
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
-from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
+from serve_app.api.native_schemas import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.errors import RequestTooLargeError, RequestValidationError
 from serve_app.model.families import Family
 from serve_app.model.generation import MAX_SEED, GenerationRequest, random_seed
+from serve_app.model.inpainting import InpaintingFill, fill_masked
 from serve_app.strict_model import StrictModel, describe_error, quote
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # an encoded init image, before base64
@@ -46,7 +47,8 @@ def _invalid(field: str, value: object, why: str) -> RequestValidationError:
     return RequestValidationError(f"`{field}` {why}, got {quote(value)}", param=field)
 
 
-def decode_image(data: str, field: str = "image", limits: ModeLimits | None = None) -> Image.Image:
+def decode_image(data: str, field: str = "image", limits: ModeLimits | None = None,
+                 pil_mode: str = "RGB") -> Image.Image:
     """Decode a base64 (or data URL) PNG/JPEG/WebP image, naming `field` on failure.
 
     Bounded before any pixel is decoded: the base64 length (413 past MAX_IMAGE_BYTES), then, from the
@@ -80,7 +82,7 @@ def decode_image(data: str, field: str = "image", limits: ModeLimits | None = No
                 f"({INIT_IMAGE_SCALE}x its largest output, {limits.max_width}x{limits.max_height})", param=field)
         try:
             img.load()
-            return img.convert("RGB")
+            return img.convert(pil_mode)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise RequestValidationError(f"`{field}` is too large to decode ({exc})", param=field) from exc
         except _UNREADABLE as exc:
@@ -117,7 +119,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     def name(field: str) -> str:  # the client's own name of a native field
         return names.get(field, field)
 
-    family.check_job("img2img" if is_img2img else "txt2img", mode.name)
+    family.check_job("img2img" if is_img2img else "txt2img", mode.name)  # inpainting: every family
     _check_text(name("prompt"), req.prompt, lim.max_prompt_chars)
     if req.negative_prompt is not None:
         _check_text(name("negative_prompt"), req.negative_prompt, lim.max_prompt_chars)
@@ -149,14 +151,21 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     embeddings = adapters.resolve_embeddings(family, req.prompt, negative_prompt)
     vae = adapters.resolve_vae(req.vae, mode, name("vae")) if req.vae is not None else None
     strength = None
+    mask = None
     if is_img2img:
         strength = d.strength if req.strength is None else req.strength
         if not 0.0 < strength <= 1.0:
             raise _invalid(name("strength"), strength, "must be in (0, 1]")
         if init_image.size != (width, height):
             init_image = init_image.resize((width, height), Image.LANCZOS)
+        if isinstance(req, InpaintRequest):
+            mask = _mask(req, name, lim, (width, height))
+            fill = InpaintingFill[req.masked_content.upper()] if req.masked_content != "original" else None
+            if fill is not None:
+                init_image = fill_masked(init_image, mask, fill, seed)
+    inpaint = mask is not None
     return GenerationRequest(
-        kind="img2img" if is_img2img else "txt2img",
+        kind="inpaint" if inpaint else "img2img" if is_img2img else "txt2img",
         prompt=req.prompt,
         negative_prompt=negative_prompt,
         width=width,
@@ -172,7 +181,28 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         loras=loras,
         embeddings=embeddings,
         vae=vae,
+        mask=mask,
+        mask_blur=req.mask_blur if inpaint else 0,
+        inpaint_padding=req.inpaint_full_res_padding if inpaint and req.inpaint_full_res else None,
     )
+
+
+def _mask(req: InpaintRequest, name: Callable[[str], str], lim: ModeLimits, size: tuple[int, int]) -> Image.Image:
+    """The request's mask as grayscale at the output size (white = repaint); an empty one is refused."""
+    if req.mask_alpha:
+        mask = ImageOps.invert(decode_image(req.mask, name("mask"), lim, "RGBA").getchannel("A"))
+    else:
+        mask = decode_image(req.mask, name("mask"), lim, "L")
+    if req.mask_invert:
+        mask = ImageOps.invert(mask)
+    if mask.size != size:
+        mask = mask.resize(size, Image.NEAREST)
+    if mask.getextrema()[1] == 0:
+        where = "no transparent pixel" if req.mask_alpha else "all black"
+        raise RequestValidationError(f"`{name('mask')}` is empty ({where}): nothing to repaint; "
+                                     f"{'transparent' if req.mask_alpha else 'white'} marks the area to repaint",
+                                     param=name("mask"))
+    return mask
 
 
 def parse_request(model: type[StrictModel], payload: object) -> StrictModel:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from serve_app.model.families import Family
+from serve_app.model.families import INPAINTING_IN_CHANNELS, Family
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,9 @@ DEMO_PREFIX = "tiny-"
 _SEEDS = {Family.SD1: 1, Family.SD2: 2, Family.SDXL: 3, Family.SDXL_REFINER: 4}
 _TIME_EMBED = 8  # SDXL add-time embedding width per micro-conditioning number
 _TE2_PROJECTION = 32  # pooled text embedding width of the second SDXL text encoder
+
+
+DEMO_INPAINTING = "tiny-sd1-inpainting"  # the demo's inpainting variant (a diffusers folder)
 
 
 def demo_name(family: Family) -> str:
@@ -139,11 +142,13 @@ _SCHEDULER_CONFIG: dict[str, Any] = dict(
 )
 
 
-def build_demo_pipeline(family: Family):
-    """Build the tiny diffusers pipeline of `family` with deterministic random weights."""
+def build_demo_pipeline(family: Family, inpainting: bool = False):
+    """Build the tiny diffusers pipeline of `family` with deterministic random weights; `inpainting`: an SD1
+    inpainting variant (UNet in_channels 9: latents, mask, masked-image latents)."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
@@ -152,12 +157,12 @@ def build_demo_pipeline(family: Family):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(_SEEDS[family])
-    unet = UNet2DConditionModel(**unet_config(family))
+    unet = UNet2DConditionModel(**unet_config(family, in_channels=INPAINTING_IN_CHANNELS if inpainting else 4))
     vae = AutoencoderKL(**vae_config(family))
     scheduler = DDIMScheduler(**_SCHEDULER_CONFIG)
     if family is Family.SD1:
         te = CLIPTextModel(CLIPTextConfig(**_text_encoder_config(768)))
-        return StableDiffusionPipeline(
+        return (StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline)(
             vae=vae, text_encoder=te, tokenizer=byte_level_clip_tokenizer(), unet=unet, scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
@@ -205,6 +210,11 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tupl
             write_single_file(pipe, family, single)
         logger.info("demo checkpoint %s written to %s", family.value, out)
         written += [folder, single]
+    inpainting = out / DEMO_INPAINTING
+    if Family.SD1 in families:
+        if not inpainting.is_dir():
+            build_demo_pipeline(Family.SD1, inpainting=True).save_pretrained(inpainting, safe_serialization=True)
+        written.append(inpainting)
     from serve_app.model.demo_adapters import write_demo_adapters  # it builds on this module
 
     return written + write_demo_adapters(out)
@@ -212,7 +222,7 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tupl
 
 def demo_models_present(directory: str | Path) -> bool:
     out = Path(directory)
-    return all(
+    return (out / DEMO_INPAINTING).is_dir() and all(
         (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in Family
     )
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from PIL import Image
 
-JobKind = Literal["txt2img", "img2img"]
+JobKind = Literal["txt2img", "img2img", "inpaint"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 MAX_SEED = 2**32 - 1
@@ -61,6 +61,9 @@ class GenerationRequest:
     output_format: OutputFormat
     init_image: Image.Image | None = None
     strength: float | None = None
+    mask: Image.Image | None = None  # inpaint: grayscale, white = repaint, already the output size
+    mask_blur: int = 0  # pixels of Gaussian blur on the mask's edge
+    inpaint_padding: int | None = None  # inpaint only the masked area plus this margin, at full resolution
     request_id: str = "-"
     loras: list[LoraUse] = field(default_factory=list)
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use

@@ -36,6 +36,7 @@ from serve_app.model.generation import (
     GenerationTimings,
     LoraUse,
 )
+from serve_app.model.inpainting import NEUTRAL, blurred, composite
 from serve_app.model.lora_set import LoraSet
 from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.pipeline_loader import (
@@ -255,12 +256,13 @@ class ModelRunner:
             self._adapt(pipes, [], [], None)  # the checkpoint's own weights
             call: dict[str, Any] = dict(prompt="self-check", num_inference_steps=1, guidance_scale=1.0,
                                         generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
-            if pipes.txt2img is not None:
-                pipe = pipes.txt2img
-                call.update(width=SELF_CHECK_SIZE, height=SELF_CHECK_SIZE)
-            else:  # the refiner: img2img only; strength 1 keeps the one step
-                pipe = pipes.img2img
-                call.update(image=Image.new("RGB", (SELF_CHECK_SIZE,) * 2, (128, 128, 128)), strength=1.0)
+            check = GenerationRequest(  # the refiner: img2img only; strength 1 keeps the one step
+                kind="txt2img" if self.family.txt2img else "img2img", prompt="", negative_prompt="",
+                width=SELF_CHECK_SIZE, height=SELF_CHECK_SIZE, steps=1, guidance_scale=1.0, seeds=[0],
+                scheduler=SELF_CHECK_SCHEDULER, output_format="png", strength=1.0,
+                init_image=None if self.family.txt2img else Image.new("RGB", (SELF_CHECK_SIZE,) * 2, NEUTRAL))
+            pipe, inputs, _ = self._inputs(pipes, check)
+            call.update(inputs)
             started = time.perf_counter()
             try:
                 pipe.scheduler = self._scheduler(SELF_CHECK_SCHEDULER)
@@ -279,13 +281,34 @@ class ModelRunner:
                     time.perf_counter() - started)
         return True
 
+    @staticmethod
+    def _inputs(pipes: LoadedPipelines, params: GenerationRequest) -> tuple[Any, dict[str, Any], tuple | None]:
+        """(the pipeline, its inputs for `params`, what to composite the result onto: (image, mask) or None).
+
+        An inpainting checkpoint runs every job on its inpainting pipeline: txt2img as a full mask over a
+        neutral image (strength 1), img2img as a full mask over the init image."""
+        size = dict(width=params.width, height=params.height)
+        if params.kind == "inpaint":
+            mask = blurred(params.mask, params.mask_blur)
+            inputs = dict(image=params.init_image, mask_image=mask, strength=params.strength, **size)
+            if params.inpaint_padding is not None:
+                inputs["padding_mask_crop"] = params.inpaint_padding
+            return pipes.inpaint, inputs, (params.init_image, mask)
+        if pipes.inpainting_only:
+            full = Image.new("L", (params.width, params.height), 255)
+            image = params.init_image or Image.new("RGB", (params.width, params.height), NEUTRAL)
+            return pipes.inpaint, dict(image=image, mask_image=full, strength=params.strength or 1.0, **size), None
+        if params.kind == "txt2img":
+            return pipes.txt2img, size, None
+        return pipes.img2img, dict(image=params.init_image, strength=params.strength), None
+
     def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
                  cancelled: CancelFn | None = None) -> GenerationResult:
         """Run one resolved request; same params and seeds give the same image bytes."""
         self.family.check_job(params.kind, self.mode.name)
         with self._lock:
             pipes = self.pipelines()
-            pipe = pipes.txt2img if params.kind == "txt2img" else pipes.img2img
+            pipe, inputs, overlay = self._inputs(pipes, params)
             adapter_loads = self._adapt(pipes, params.loras, params.embeddings, params.vae)
             pipe.scheduler = self._scheduler(params.scheduler)
             n = len(params.seeds)
@@ -305,10 +328,9 @@ class ModelRunner:
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
                 callback_on_step_end=on_step_end,
             )
-            if params.kind == "txt2img":
-                call.update(width=params.width, height=params.height)
-            else:
-                call.update(image=[params.init_image] * n, strength=params.strength)
+            if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
+                inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
+            call.update(inputs)
             started = time.perf_counter()
             try:
                 with torch.inference_mode():
@@ -316,6 +338,8 @@ class ModelRunner:
             except Exception:
                 self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
                 raise
+            if overlay is not None:  # unmasked pixels come back exactly as sent
+                images = [composite(img, *overlay) for img in images]
             inference_s = time.perf_counter() - started
             if cancelled is not None and cancelled():
                 raise GenerationCancelledError("generation cancelled: the client went away")

@@ -59,13 +59,22 @@ class LoadedPipelines:
     family: Family
     device: torch.device
     dtype: torch.dtype
-    img2img: Any
+    img2img: Any | None
     txt2img: Any | None = None
+    inpaint: Any | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base(self) -> Any:
-        return self.txt2img if self.txt2img is not None else self.img2img
+        return next(p for p in (self.txt2img, self.img2img, self.inpaint) if p is not None)
+
+    @property
+    def inpainting_only(self) -> bool:
+        """An inpainting checkpoint (UNet in_channels 9): every job runs on the inpainting pipeline."""
+        return self.txt2img is None and self.img2img is None
+
+    def all(self) -> list[Any]:
+        return [p for p in (self.txt2img, self.img2img, self.inpaint) if p is not None]
 
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
@@ -81,14 +90,16 @@ class LoadedPipelines:
         self.device = device
 
 
-def _pipeline_classes(family: Family) -> tuple[type | None, type]:
+def _pipeline_classes(family: Family) -> tuple[type | None, type, type]:
+    """(txt2img, img2img, inpaint) pipeline classes of `family`; the inpaint one takes ordinary and
+    inpainting (9-channel) UNets alike."""
     import diffusers as d
 
     if family is Family.SDXL_REFINER:
-        return None, d.StableDiffusionXLImg2ImgPipeline
+        return None, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline
     if family is Family.SDXL:
-        return d.StableDiffusionXLPipeline, d.StableDiffusionXLImg2ImgPipeline
-    return d.StableDiffusionPipeline, d.StableDiffusionImg2ImgPipeline
+        return d.StableDiffusionXLPipeline, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline
+    return d.StableDiffusionPipeline, d.StableDiffusionImg2ImgPipeline, d.StableDiffusionInpaintPipeline
 
 
 def _config_dir(info: CheckpointInfo, family: Family) -> Path:
@@ -193,12 +204,14 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     _quiet_loading()
     if not Path(info.path).exists():  # deleted since it was inspected: name the file, not a library's error
         raise CheckpointNotFoundError(f"{info.path}: checkpoint path does not exist", param="checkpoint")
-    if info.inpainting:
-        raise UnsupportedCheckpointError(
-            f"{info.path}: inpainting checkpoints (unet in_channels 9) are detected but not served yet",
-            param="checkpoint")
-    main_cls, img2img_cls = _pipeline_classes(family)
+    main_cls, img2img_cls, inpaint_cls = _pipeline_classes(family)
     load_cls = main_cls or img2img_cls
+    if info.inpainting:
+        if info.format is CheckpointFormat.SINGLE_FILE:
+            raise UnsupportedCheckpointError(
+                f"{info.path}: inpainting single files (unet in_channels 9) are not served yet; save it as a "
+                "diffusers folder (diffusers' from_single_file + save_pretrained)", param="checkpoint")
+        main_cls, img2img_cls, load_cls = None, None, inpaint_cls
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if family in (Family.SD1, Family.SD2):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -208,13 +221,17 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
         pipe = load_cls.from_pretrained(info.path, **kwargs)
     if device.type != "cpu":  # weights load on the CPU; .to() there is a no-op that only warns
         pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    if main_cls is None:
-        return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=pipe)
-    # from_pipe casts the shared modules to its own `dtype` (float32 when none is given): pass ours
-    img2img = img2img_cls.from_pipe(pipe, dtype=dtype)
-    img2img.set_progress_bar_config(disable=True)
-    return LoadedPipelines(family=family, device=device, dtype=dtype, txt2img=pipe, img2img=img2img)
+    if info.inpainting:
+        pipe.set_progress_bar_config(disable=True)
+        return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=None, inpaint=pipe)
+
+    def derived(cls: type) -> Any:  # shares every module; from_pipe casts them to its `dtype` (fp32 if none)
+        derived_pipe = pipe if isinstance(pipe, cls) else cls.from_pipe(pipe, dtype=dtype)
+        derived_pipe.set_progress_bar_config(disable=True)
+        return derived_pipe
+
+    return LoadedPipelines(family=family, device=device, dtype=dtype, txt2img=derived(main_cls) if main_cls else None,
+                           img2img=derived(img2img_cls), inpaint=derived(inpaint_cls))
 
 
 def free_device_memory(device: torch.device) -> None:

@@ -36,9 +36,8 @@ class VaeSet:
             self.own = current
         target = self.own if vae is None else self._get(vae, self.own)
         if target is not current:
-            for pipe in (pipes.txt2img, pipes.img2img):
-                if pipe is not None:
-                    pipe.vae = target
+            for pipe in pipes.all():
+                pipe.vae = target
 
     def _get(self, vae: AdapterFile, own: Any) -> Any:
         if vae in self.held:

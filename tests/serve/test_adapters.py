@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -41,6 +42,14 @@ def test_a_lora_changes_the_image_and_weight_zero_does_not(client):
     assert styled != plain
     assert _image(client, loras=[{"name": "tiny-sd1-lora", "weight": 0.0}]) == plain
     assert _image(client) == plain  # nothing stays applied for the next request
+
+
+def test_concurrent_requests_with_different_loras_each_get_their_own(client):
+    sets = [[{"name": "tiny-sd1-lora"}], [{"name": "tiny-sd1-lora-kohya", "weight": 0.7}], []] * 2
+    alone = [_image(client, loras=loras) for loras in sets[:3]]
+    with ThreadPoolExecutor(len(sets)) as pool:  # one sd1 replica takes 2 at a time: they overlap there
+        together = list(pool.map(lambda loras: _image(client, loras=loras), sets))
+    assert together == alone * 2 and len(set(alone)) == 3
 
 
 @pytest.mark.parametrize(("loras", "status", "param", "text"), [
