@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Form, Request, UploadFile
 from fastapi.responses import Response
 
 from deployments.access_control import CLIENT
@@ -17,17 +18,27 @@ from deployments.http_app import http_app
 from deployments.router_core import RouterCore
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.image_store import ImageStore
-from serve_app.api.native_schemas import IMAGE_CONTENT
+from serve_app.api.native_schemas import IMAGE_CONTENT, Txt2ImgRequest
 from serve_app.api.openai_schemas import (
+    OpenAIEdit,
     OpenAIImage,
     OpenAIImageRequest,
     OpenAIImagesResponse,
     OpenAIModel,
     OpenAIModelList,
 )
-from serve_app.errors import ImageNotFoundError
+from serve_app.api.request_resolution import MAX_IMAGE_BYTES
+from serve_app.errors import ImageNotFoundError, RequestTooLargeError
 
 OPENAI = [FrontEnd.OPENAI.value]
+
+
+async def _upload_b64(upload: UploadFile, field: str) -> str:
+    """An uploaded file as base64 (what the native request takes), bounded before it is read whole."""
+    data = await upload.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise RequestTooLargeError(f"`{field}` is larger than {MAX_IMAGE_BYTES} bytes", param=field)
+    return base64.b64encode(data).decode()
 
 
 class OpenAIRoutes(RouterCore):
@@ -37,19 +48,32 @@ class OpenAIRoutes(RouterCore):
                    response_model=OpenAIImagesResponse, response_model_exclude_none=True,
                    responses=error_responses(FrontEnd.OPENAI, 404, 422, 503, 507))
     async def openai_generations(self, request: Request, body: OpenAIImageRequest) -> OpenAIImagesResponse:
+        return await self._openai_images(request, body.to_native(), body.model, body.prompt, body.response_format)
+
+    async def _openai_images(self, request: Request, native: Txt2ImgRequest, model: str | None, prompt: str,
+                             response_format: str) -> OpenAIImagesResponse:
         async with self.accepting():
-            mode = self.select(body.model, param="model")  # an unknown model names `model`, OpenAI's field
-            done = await self.generate(body.to_native(), mode)
+            mode = self.select(model, param="model")  # an unknown model names `model`, OpenAI's field
+            done = await self.generate(native, mode)
         data = []
         for img in done.result.images:
-            if body.response_format == "url":
+            if response_format == "url":
                 key = self.image_store.put(img.data, f"image/{img.format}")
-                data.append(OpenAIImage(url=str(request.url_for("openai_image_file", key=key)),
-                                        revised_prompt=body.prompt))
+                data.append(OpenAIImage(url=str(request.url_for("openai_image_file", key=key)), revised_prompt=prompt))
             else:
-                data.append(OpenAIImage(b64_json=base64.b64encode(img.data).decode(), revised_prompt=body.prompt))
+                data.append(OpenAIImage(b64_json=base64.b64encode(img.data).decode(), revised_prompt=prompt))
         return OpenAIImagesResponse(created=int(time.time()), data=data, model=mode.name,
                                     seeds=[img.seed for img in done.result.images])
+
+    @http_app.post("/v1/images/edits", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: edit an image",
+                   response_model=OpenAIImagesResponse, response_model_exclude_none=True,
+                   responses=error_responses(FrontEnd.OPENAI, 404, 413, 422, 503, 507))
+    async def openai_edits(self, request: Request, form: Annotated[OpenAIEdit, Form()]) -> OpenAIImagesResponse:
+        """Inpainting the OpenAI way (multipart, like `client.images.edit`), on any mode."""
+        image_b64 = await _upload_b64(form.image, "image")
+        mask_b64 = await _upload_b64(form.mask, "mask") if form.mask is not None else None
+        return await self._openai_images(request, form.to_native(image_b64, mask_b64), form.model, form.prompt,
+                                         form.response_format)
 
     @http_app.get("/v1/images/files/{key}", tags=OPENAI, summary="An image made with response_format=url",
                   response_class=Response,

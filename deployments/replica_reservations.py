@@ -51,7 +51,8 @@ class ReplicaReservations:
             return
         key = f"{self.replica}/{request_id}/{uuid.uuid4().hex[:6]}"
         await self._reserve(extra_bytes, key, f"{what} on mode {self.mode!r} (extra working memory or adapter files "
-                            "beyond the model's share; try a smaller width/height/num_images or fewer adapters)", self.config.working_timeout_s)
+                            "beyond the model's share; try a smaller width/height/num_images or fewer adapters)",
+                            self.config.working_timeout_s)
         try:
             yield
         finally:

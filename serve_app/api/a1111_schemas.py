@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.api.a1111_prompt_tags import split_lora_tags
-from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
+from serve_app.api.native_schemas import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import MAX_SEED
 from serve_app.strict_model import FieldError, quote
@@ -56,6 +56,15 @@ class A1111NativeImg2Img(Img2ImgRequest):
     """The native request of an A1111 img2img; its errors name the A1111 fields (`init_images`, ...)."""
 
     client_field_names: ClassVar[dict[str, str]] = A1111_FIELD_NAMES
+
+
+class A1111NativeInpaint(InpaintRequest):
+    """The native request of an A1111 img2img with a mask."""
+
+    client_field_names: ClassVar[dict[str, str]] = A1111_FIELD_NAMES
+
+
+MASKED_CONTENT = ("fill", "original", "latent_noise", "latent_nothing")  # by A1111's inpainting_fill
 
 
 class A1111Txt2ImgRequest(BaseModel):
@@ -126,12 +135,25 @@ class A1111Img2ImgRequest(A1111Txt2ImgRequest):
 
     init_images: list[str] = Field(default_factory=list, description="Base64 init images (the first is used).")
     denoising_strength: float | None = Field(None, description="How much to change the image.")
+    mask: str | None = Field(None, description="Inpainting: base64 mask, white = repaint.")
+    mask_blur: int = Field(4, ge=0, le=64, description="Blur of the mask's edge, pixels.")
+    inpainting_fill: int = Field(0, ge=0, le=3, description="Masked content: 0 fill, 1 original, 2 latent noise, "
+                                 "3 latent nothing.")
+    inpaint_full_res: bool = Field(True, description="Inpaint the masked area only, at full resolution.")
+    inpaint_full_res_padding: int = Field(0, ge=0, le=256, description="Margin around it, pixels.")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint where the mask is black.")
 
     def to_native(self, mode: str | None) -> Img2ImgRequest:
         if not self.init_images:
             raise RequestValidationError("`init_images` must hold one base64 image, got []", param="init_images")
-        return A1111NativeImg2Img(mode=mode, image=self.init_images[0], strength=self.denoising_strength,
-                                  **self.native_fields())
+        common = dict(mode=mode, image=self.init_images[0], strength=self.denoising_strength, **self.native_fields())
+        if self.mask is None:
+            return A1111NativeImg2Img(**common)
+        return A1111NativeInpaint(mask=self.mask, mask_blur=self.mask_blur,
+                                  mask_invert=bool(self.inpainting_mask_invert),
+                                  masked_content=MASKED_CONTENT[self.inpainting_fill],
+                                  inpaint_full_res=self.inpaint_full_res,
+                                  inpaint_full_res_padding=self.inpaint_full_res_padding, **common)
 
 
 def a1111_scheduler(sampler: str | None, schedule: str | None, field: str = "sampler_name") -> str | None:

@@ -6,16 +6,67 @@ OpenAI's request is strict like ours: unknown fields are errors.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
+from fastapi import UploadFile
 from pydantic import BaseModel, Field
 
-from serve_app.api.native_schemas import LoraRef, Txt2ImgRequest
+from serve_app.api.native_schemas import InpaintRequest, LoraRef, Txt2ImgRequest
 from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import OutputFormat
 from serve_app.model.schedulers import SchedulerName
 from serve_app.strict_model import StrictModel, quote
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    """OpenAI's `size` (`WxH`, `auto` or none) as (width, height); None: the mode's default."""
+    if size in (None, "auto"):
+        return None, None
+    match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", size)
+    if not match:
+        raise RequestValidationError(f"`size` must look like '512x512' or be 'auto', got {quote(size)}", param="size")
+    return int(match[1]), int(match[2])
+
+
+class OpenAIInpaint(InpaintRequest):
+    """The native request of an OpenAI edit; its errors name the OpenAI fields."""
+
+    client_field_names: ClassVar[dict[str, str]] = {"num_images": "n"}
+
+
+class OpenAIImageAlphaInpaint(InpaintRequest):
+    """An OpenAI edit without a mask: the image's own transparency is the mask."""
+
+    client_field_names: ClassVar[dict[str, str]] = {"num_images": "n", "mask": "image"}
+
+
+class OpenAIEdit(StrictModel):
+    """`POST /v1/images/edits` (a multipart form, as `client.images.edit` sends it)."""
+
+    image: UploadFile = Field(description="PNG/JPEG/WebP to edit.")
+    mask: UploadFile | None = Field(None, description="PNG whose transparent pixels mark the area to edit; "
+                                    "without it, the image's own transparency does.")
+    prompt: str = Field(description="What to draw in the edited area.")
+    model: str | None = Field(None, max_length=128, description="A mode name or alias.")
+    n: int = Field(1, ge=1, description="Number of images.")
+    size: str | None = Field(None, description="`WxH` or `auto` (the image's own size).")
+    response_format: Literal["b64_json", "url"] = Field("b64_json")
+    seed: int | None = Field(None, description="Dream Lab extra.")
+    steps: int | None = Field(None, description="Dream Lab extra.")
+    negative_prompt: str | None = Field(None, description="Dream Lab extra.")
+    guidance_scale: float | None = Field(None, description="Dream Lab extra.")
+    strength: float | None = Field(None, description="Dream Lab extra: how much the edited area changes (0, 1].")
+
+    def to_native(self, image_b64: str, mask_b64: str | None) -> InpaintRequest:
+        """Transparent pixels of the mask (or, without one, of the image) are the area to edit, as OpenAI
+        defines it; they are repainted from scratch unless `strength` says otherwise."""
+        width, height = parse_size(self.size)
+        native = OpenAIInpaint if mask_b64 is not None else OpenAIImageAlphaInpaint
+        return native(prompt=self.prompt, mode=self.model, num_images=self.n, width=width, height=height,
+                      seed=self.seed, steps=self.steps, negative_prompt=self.negative_prompt,
+                      guidance_scale=self.guidance_scale, image=image_b64, mask=mask_b64 or image_b64,
+                      mask_alpha=True, strength=1.0 if self.strength is None else self.strength, mask_blur=0)
 
 
 class OpenAIImageRequest(StrictModel):
@@ -41,13 +92,7 @@ class OpenAIImageRequest(StrictModel):
     vae: str | None = Field(None, max_length=128, description="Dream Lab extra: a VAE of the mode.")
 
     def to_native(self) -> Txt2ImgRequest:
-        width = height = None
-        if self.size not in (None, "auto"):
-            match = re.fullmatch(r"(\d{1,5})x(\d{1,5})", self.size)
-            if not match:
-                raise RequestValidationError(f"`size` must look like '512x512' or be 'auto', got {quote(self.size)}",
-                                             param="size")
-            width, height = int(match[1]), int(match[2])
+        width, height = parse_size(self.size)
         return Txt2ImgRequest(prompt=self.prompt, mode=self.model, num_images=self.n, width=width, height=height,
                               seed=self.seed, steps=self.steps, negative_prompt=self.negative_prompt,
                               guidance_scale=self.guidance_scale, scheduler=self.scheduler,

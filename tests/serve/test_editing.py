@@ -1,0 +1,109 @@
+"""Editing through every front end of the demo application: native inpainting, OpenAI image edits with the
+real `openai` client and A1111 img2img masks with the real `webuiapi` client. Pixels the mask leaves
+black (transparent for OpenAI: opaque) come back exactly as sent (tolerance 0, checked away from the
+blurred edge); bad masks are refused naming the field."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import webuiapi
+from PIL import Image
+
+pytestmark = pytest.mark.serve
+
+SIZE = 64
+BOX = (16, 16, 48, 48)
+
+
+@pytest.fixture(scope="module")
+def client(demo_url):
+    with httpx.Client(base_url=demo_url, timeout=300) as c:
+        yield c
+
+
+def _picture() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), "RGB")
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _b64(image: Image.Image) -> str:
+    return base64.b64encode(_png(image)).decode()
+
+
+def _mask() -> Image.Image:
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, BOX)
+    return mask
+
+
+def _outside(margin: int) -> np.ndarray:
+    """Pixels at least `margin` away from the masked box (the blur cannot reach them)."""
+    keep = np.ones((SIZE, SIZE), bool)
+    keep[BOX[1] - margin:BOX[3] + margin, BOX[0] - margin:BOX[2] + margin] = False
+    return keep
+
+
+def _check_edit(data: bytes, margin: int) -> None:
+    out = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    source = np.asarray(_picture()).astype(int)
+    assert out.shape == source.shape
+    assert np.abs(out - source)[_outside(margin)].max() == 0
+    inside = ~_outside(-4)
+    assert np.abs(out - source)[inside].mean() > 5
+
+
+def test_native_inpaint_repaints_only_the_mask(client):
+    body = {"prompt": "a red fox", "mode": "sd1", "image": _b64(_picture()), "mask": _b64(_mask()), "seed": 3,
+            "strength": 0.9, "mask_blur": 2, "num_images": 2}
+    r = client.post("/v1/inpaint", json=body)
+    assert r.status_code == 200, r.text
+    for image in r.json()["images"]:
+        _check_edit(base64.b64decode(image["b64"]), margin=8)
+    r = client.post("/v1/inpaint", json={**body, "mode": "sdxl", "inpaint_full_res": True, "num_images": 1})
+    assert r.status_code == 200, r.text
+    _check_edit(base64.b64decode(r.json()["images"][0]["b64"]), margin=8)
+
+
+@pytest.mark.parametrize(("mask", "text"), [
+    (_b64(Image.new("L", (SIZE, SIZE), 0)), "is empty (all black)"),
+    (base64.b64encode(b"not an image at all").decode(), "not a decodable"),
+])
+def test_bad_masks_are_refused_naming_the_field(client, mask, text):
+    r = client.post("/v1/inpaint", json={"prompt": "x", "mode": "sd1", "image": _b64(_picture()), "mask": mask})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "mask" and text in r.json()["error"]["message"]
+
+
+def test_openai_images_edit_with_the_real_client(demo_url):
+    client = openai.OpenAI(base_url=f"{demo_url}/v1", api_key="not-needed", max_retries=0, timeout=300)
+    mask = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), BOX)  # transparent = edit here
+    result = client.images.edit(model="sd1", image=("in.png", _png(_picture()), "image/png"),
+                                mask=("mask.png", _png(mask), "image/png"), prompt="a red fox", n=1, size="64x64",
+                                response_format="b64_json", extra_body={"seed": 2, "steps": 2})
+    _check_edit(base64.b64decode(result.data[0].b64_json), margin=0)
+    with pytest.raises(openai.BadRequestError) as info:  # no mask and an opaque image: nothing to edit
+        client.images.edit(model="sd1", image=("in.png", _png(_picture()), "image/png"), prompt="x")
+    assert info.value.body["param"] == "image" and "no transparent pixel" in info.value.body["message"]
+
+
+def test_a1111_img2img_mask_with_webuiapi(demo_url):
+    host, port = demo_url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=2)
+    result = api.img2img(images=[_picture()], mask_image=_mask(), prompt="a red fox", seed=4, width=SIZE,
+                         height=SIZE, denoising_strength=0.9, mask_blur=2, inpainting_fill=1,
+                         override_settings={"sd_model_checkpoint": "sd1"})
+    _check_edit(_png(result.image), margin=8)
+    r = httpx.post(f"{demo_url}/sdapi/v1/img2img", timeout=120, json={
+        "prompt": "x", "init_images": [_b64(_picture())], "mask": _b64(Image.new("L", (SIZE, SIZE)))})
+    assert r.status_code == 422 and "`mask` is empty" in r.json()["detail"]
