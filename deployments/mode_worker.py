@@ -281,7 +281,7 @@ class ModeWorker:
                         cancelled: Callable[[], bool] | None = None) -> GenerationResult:
         started = time.perf_counter()
         first, self._first_request = self._first_request, False
-        needed = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), request.width, request.height,
+        needed = estimate_vram(self.runner.info, dtype_name(self.runner.dtype), *request.output_size,
                                len(request.seeds))
         result, loaded = await self._with_model(
             lambda: self.runner.generate(request, progress, cancelled), request.kind, request.request_id,

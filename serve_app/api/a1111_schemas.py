@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.api.a1111_prompt_tags import split_lora_tags
-from serve_app.api.native_schemas import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from serve_app.api.native_schemas import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import MAX_SEED
-from serve_app.strict_model import FieldError, quote
+from serve_app.strict_model import FieldError, describe_error, quote
 
 # A1111 sampler name -> Dream Lab scheduler. Karras variants also come as sampler + scheduler "Karras".
 A1111_SAMPLERS: dict[str, str] = {
@@ -41,7 +41,15 @@ A1111_SAMPLER_ALIASES: dict[str, list[str]] = {
 # field the client sent (see `request_resolution.resolve_request`).
 A1111_FIELD_NAMES: dict[str, str] = {
     "image": "init_images", "strength": "denoising_strength", "guidance_scale": "cfg_scale",
-    "num_images": "batch_size", "loras": "prompt", "vae": "override_settings.sd_vae",
+    "num_images": "batch_size", "loras": "prompt", "vae": "override_settings.sd_vae", "hires": "enable_hr",
+    "hires.scale": "hr_scale", "hires.width": "hr_resize_x", "hires.height": "hr_resize_y",
+    "hires.steps": "hr_second_pass_steps",
+}
+# A1111 hires upscaler -> Dream Lab's (`None` in A1111 is a plain Lanczos resize)
+A1111_HR_UPSCALERS: dict[str, str] = {
+    "Latent": "latent", "Latent (antialiased)": "latent", "Latent (bicubic)": "latent",
+    "Latent (bicubic antialiased)": "latent", "Latent (nearest)": "latent_nearest",
+    "Latent (nearest-exact)": "latent_nearest", "None": "lanczos", "Lanczos": "lanczos", "Nearest": "nearest",
 }
 A1111_DEFAULT_VAES = ("automatic", "none", "")  # `sd_vae` values that keep the checkpoint's own VAE
 
@@ -84,6 +92,14 @@ class A1111Txt2ImgRequest(BaseModel):
     sampler_name: str | None = Field(None, description="A1111 sampler name (see /sdapi/v1/samplers).")
     sampler_index: str | None = Field(None, description="Old name of sampler_name.")
     scheduler: str | None = Field(None, description="A1111 >= 1.9 schedule type; 'Karras' picks Karras sigmas.")
+    denoising_strength: float | None = Field(None, description="img2img: how much to change the image; txt2img: "
+                                             "how much the hires pass does (default 0.7).")
+    enable_hr: bool = Field(False, description="Hires fix: upscale and denoise again.")
+    hr_scale: float = Field(2.0, description="Hires upscale factor.")
+    hr_resize_x: int = Field(0, description="Hires width (0: from hr_scale).")
+    hr_resize_y: int = Field(0, description="Hires height (0: from hr_scale).")
+    hr_upscaler: str = Field("Latent", description="Latent (+ variants), Lanczos, Nearest or None.")
+    hr_second_pass_steps: int = Field(0, ge=0, description="0: the same steps as the first pass.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode; "
                                                      "`sd_vae` a VAE of the mode (`Automatic`: its own).")
 
@@ -126,15 +142,31 @@ class A1111Txt2ImgRequest(BaseModel):
         value = str((self.override_settings or {}).get("sd_vae") or "")
         return None if value.lower() in A1111_DEFAULT_VAES else value.removesuffix(".safetensors")
 
+    def hires(self) -> HiresFix | None:
+        if not self.enable_hr:
+            return None
+        upscaler = A1111_HR_UPSCALERS.get(self.hr_upscaler)
+        if upscaler is None:
+            raise RequestValidationError(f"`hr_upscaler` {quote(self.hr_upscaler)} is not offered; use one of: "
+                                         f"{', '.join(A1111_HR_UPSCALERS)}", param="hr_upscaler")
+        fields = dict(scale=self.hr_scale, width=self.hr_resize_x or None, height=self.hr_resize_y or None,
+                      upscaler=upscaler, steps=self.hr_second_pass_steps or None,
+                      strength=0.7 if self.denoising_strength is None else self.denoising_strength)
+        try:
+            return HiresFix(**fields)
+        except ValidationError as exc:  # named as the client sent it
+            field, message = describe_error(exc.errors()[0])
+            a1111 = A1111_FIELD_NAMES.get(f"hires.{field}", "denoising_strength")
+            raise RequestValidationError(message.replace(f"`{field}`", f"`{a1111}`", 1), param=a1111) from exc
+
     def to_native(self, mode: str | None) -> Txt2ImgRequest:
-        return A1111NativeTxt2Img(mode=mode, **self.native_fields())
+        return A1111NativeTxt2Img(mode=mode, hires=self.hires(), **self.native_fields())
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
     """`POST /sdapi/v1/img2img`."""
 
     init_images: list[str] = Field(default_factory=list, description="Base64 init images (the first is used).")
-    denoising_strength: float | None = Field(None, description="How much to change the image.")
     mask: str | None = Field(None, description="Inpainting: base64 mask, white = repaint.")
     mask_blur: int = Field(4, ge=0, le=64, description="Blur of the mask's edge, pixels.")
     inpainting_fill: int = Field(0, ge=0, le=3, description="Masked content: 0 fill, 1 original, 2 latent noise, "

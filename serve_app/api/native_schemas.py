@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
 from serve_app.model.adapter_inspect import AdapterInfo, AdapterProblem
-from serve_app.model.generation import MAX_SEED, GenerationResult, OutputFormat
+from serve_app.model.generation import MAX_SEED, GenerationResult, OutputFormat, Upscaler
 from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.schedulers import SchedulerName
 from serve_app.strict_model import StrictModel
@@ -20,6 +20,18 @@ class LoraRef(StrictModel):
 
     name: str = Field(max_length=128, description="File name without `.safetensors`.")
     weight: float = Field(1.0, description="Within the mode's `max_lora_weight` either way; 0 changes nothing.")
+
+
+class HiresFix(StrictModel):
+    """A second, larger pass (A1111's hires fix): the image is upscaled and denoised again by `strength`."""
+
+    scale: float = Field(2.0, gt=1, le=8, description="Upscale factor (ignored when width/height are given).")
+    width: int | None = Field(None, description="Final width (a multiple of 8 within the mode's limit).")
+    height: int | None = Field(None, description="Final height; a missing one follows the first pass's aspect.")
+    upscaler: Upscaler = Field("latent", description="latent / latent_nearest (in latent space), lanczos / nearest "
+                               "(in pixels).")
+    steps: int | None = Field(None, ge=1, description="Steps of the second pass (default: the request's).")
+    strength: float = Field(0.7, gt=0, le=1, description="How much the second pass changes the image.")
 
 
 class Txt2ImgRequest(StrictModel):
@@ -44,6 +56,7 @@ class Txt2ImgRequest(StrictModel):
     vae: str | None = Field(None, max_length=128,
                             description="A VAE from MODEL_ROOT's `vae/`, one of the mode's `vaes`; the checkpoint's "
                             "own when left out.")
+    hires: HiresFix | None = Field(None, description="txt2img only: a second, larger pass (hires fix).")
 
 
 class Img2ImgRequest(Txt2ImgRequest):

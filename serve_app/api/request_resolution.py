@@ -28,11 +28,11 @@ from collections.abc import Callable, Mapping
 from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
-from serve_app.api.native_schemas import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from serve_app.api.native_schemas import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.errors import RequestTooLargeError, RequestValidationError
 from serve_app.model.families import Family
-from serve_app.model.generation import MAX_SEED, GenerationRequest, random_seed
+from serve_app.model.generation import MAX_SEED, GenerationRequest, HiresPass, random_seed
 from serve_app.model.inpainting import InpaintingFill, fill_masked
 from serve_app.strict_model import StrictModel, describe_error, quote
 
@@ -120,6 +120,8 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         return names.get(field, field)
 
     family.check_job("img2img" if is_img2img else "txt2img", mode.name)  # inpainting: every family
+    if is_img2img and req.hires is not None:
+        raise _invalid(name("hires"), "set", "applies to txt2img only")
     _check_text(name("prompt"), req.prompt, lim.max_prompt_chars)
     if req.negative_prompt is not None:
         _check_text(name("negative_prompt"), req.negative_prompt, lim.max_prompt_chars)
@@ -163,6 +165,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
             fill = InpaintingFill[req.masked_content.upper()] if req.masked_content != "original" else None
             if fill is not None:
                 init_image = fill_masked(init_image, mask, fill, seed)
+    hires = _hires(req.hires, width, height, steps, lim, name) if req.hires is not None else None
     inpaint = mask is not None
     return GenerationRequest(
         kind="inpaint" if inpaint else "img2img" if is_img2img else "txt2img",
@@ -184,7 +187,29 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         mask=mask,
         mask_blur=req.mask_blur if inpaint else 0,
         inpaint_padding=req.inpaint_full_res_padding if inpaint and req.inpaint_full_res else None,
+        hires=hires,
     )
+
+
+def _hires(h: HiresFix, width: int, height: int, steps: int, lim: ModeLimits,
+           name: Callable[[str], str]) -> HiresPass:
+    """The hires pass's final size (`width`/`height`, else `scale` times the first pass's, to a multiple of 8)."""
+    if h.width is None and h.height is None:
+        field = name("hires.scale")
+        target = (round(width * h.scale / 8) * 8, round(height * h.scale / 8) * 8)
+    else:
+        field = name("hires.width") if h.width is not None else name("hires.height")
+        target = (h.width or round(h.height * width / height / 8) * 8,
+                  h.height or round(h.width * height / width / 8) * 8)
+    if any(v % 8 or v < 8 for v in target):
+        raise _invalid(field, h.width or h.height, "must make a positive multiple of 8")
+    if target[0] > lim.max_width or target[1] > lim.max_height:
+        raise _invalid(field, h.width or h.height or h.scale, f"makes {target[0]}x{target[1]}, past this mode's "
+                       f"largest size {lim.max_width}x{lim.max_height}")
+    hires_steps = steps if h.steps is None else h.steps
+    if hires_steps > lim.max_steps:
+        raise _invalid(name("hires.steps"), hires_steps, f"must be at most {lim.max_steps}")
+    return HiresPass(width=target[0], height=target[1], upscaler=h.upscaler, steps=hires_steps, strength=h.strength)
 
 
 def _mask(req: InpaintRequest, name: Callable[[str], str], lim: ModeLimits, size: tuple[int, int]) -> Image.Image:

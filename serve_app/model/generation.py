@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 JobKind = Literal["txt2img", "img2img", "inpaint"]
 OutputFormat = Literal["png", "jpeg", "webp"]
+Upscaler = Literal["latent", "latent_nearest", "lanczos", "nearest"]
+LATENT_UPSCALERS = ("latent", "latent_nearest")
 
 MAX_SEED = 2**32 - 1
 
@@ -45,6 +47,17 @@ class LoraUse:
     file_bytes: int
 
 
+@dataclass(frozen=True)
+class HiresPass:
+    """The second pass of a hires fix: the size it upscales to, how, and how much it denoises again."""
+
+    width: int
+    height: int
+    upscaler: Upscaler
+    steps: int
+    strength: float
+
+
 @dataclass
 class GenerationRequest:
     """A resolved, validated generation: what the pipeline is called with."""
@@ -64,6 +77,12 @@ class GenerationRequest:
     mask: Image.Image | None = None  # inpaint: grayscale, white = repaint, already the output size
     mask_blur: int = 0  # pixels of Gaussian blur on the mask's edge
     inpaint_padding: int | None = None  # inpaint only the masked area plus this margin, at full resolution
+    hires: HiresPass | None = None  # txt2img only
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the images it makes: the hires size when it has a hires pass."""
+        return (self.hires.width, self.hires.height) if self.hires else (self.width, self.height)
     request_id: str = "-"
     loras: list[LoraUse] = field(default_factory=list)
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use

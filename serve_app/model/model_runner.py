@@ -24,11 +24,12 @@ from typing import Any, Protocol, TypeVar
 import torch
 from PIL import Image
 
-from serve_app.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
+from serve_app.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError, RequestValidationError
 from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.embedding_set import EmbeddingSet
 from serve_app.model.families import Family
 from serve_app.model.generation import (
+    LATENT_UPSCALERS,
     AdapterFile,
     GeneratedImage,
     GenerationRequest,
@@ -36,6 +37,7 @@ from serve_app.model.generation import (
     GenerationTimings,
     LoraUse,
 )
+from serve_app.model.hires_fix import second_pass, second_pass_steps
 from serve_app.model.inpainting import NEUTRAL, blurred, composite
 from serve_app.model.lora_set import LoraSet
 from serve_app.model.model_state import ModelState, Tier
@@ -308,14 +310,21 @@ class ModelRunner:
         self.family.check_job(params.kind, self.mode.name)
         with self._lock:
             pipes = self.pipelines()
+            if params.hires is not None and pipes.img2img is None:
+                raise RequestValidationError(f"`hires`: mode {self.mode.name!r} is an inpainting checkpoint, which "
+                                             "has no second pass; use an ordinary one", param="hires")
             pipe, inputs, overlay = self._inputs(pipes, params)
             adapter_loads = self._adapt(pipes, params.loras, params.embeddings, params.vae)
             pipe.scheduler = self._scheduler(params.scheduler)
             n = len(params.seeds)
 
+            done_before = [0]  # steps of the hires fix's first pass, once it is done
+            hires_steps = second_pass_steps(params.hires) if params.hires else 0
+
             def on_step_end(p, step: int, timestep, kwargs: dict) -> dict:
                 if progress is not None:
-                    progress(step + 1, int(getattr(p, "_num_timesteps", params.steps)))
+                    total = params.steps + hires_steps if hires_steps else int(getattr(p, "_num_timesteps", 0))
+                    progress(done_before[0] + step + 1, total or params.steps)
                 if cancelled is not None and cancelled():
                     p._interrupt = True
                 return kwargs
@@ -331,10 +340,16 @@ class ModelRunner:
             if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
                 inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
             call.update(inputs)
+            if params.hires is not None:
+                call["output_type"] = "latent" if params.hires.upscaler in LATENT_UPSCALERS else "pil"
             started = time.perf_counter()
             try:
                 with torch.inference_mode():
                     images = pipe(**call).images
+                    if params.hires is not None:
+                        done_before[0] = params.steps
+                        pipes.img2img.scheduler = pipe.scheduler
+                        images = second_pass(pipes.img2img, images, params.hires, call)
             except Exception:
                 self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
                 raise
@@ -348,7 +363,7 @@ class ModelRunner:
         encoded = [GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
                    for img, seed in zip(images, params.seeds)]
         return GenerationResult(
-            images=encoded, width=params.width, height=params.height, steps=params.steps,
+            images=encoded, width=params.output_size[0], height=params.output_size[1], steps=params.steps,
             scheduler=params.scheduler,
             timings=GenerationTimings(inference_s=round(inference_s, 4),
                                       encode_s=round(time.perf_counter() - started, 4), adapter_loads=adapter_loads),
