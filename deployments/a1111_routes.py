@@ -24,12 +24,16 @@ from deployments.http_app import current_request_id, http_app
 from deployments.protocol import GenerationResult
 from deployments.router_core import RouterCore, worker_errors
 from serve_app.api.a1111_schemas import (
+    A1111_HR_UPSCALERS,
     A1111_SAMPLER_ALIASES,
     A1111_SAMPLERS,
     A1111Embedding,
     A1111Embeddings,
+    A1111ExtraResponse,
+    A1111ExtraSingleImage,
     A1111GenerationResponse,
     A1111Img2ImgRequest,
+    A1111LatentUpscaleMode,
     A1111Lora,
     A1111Options,
     A1111Progress,
@@ -38,10 +42,12 @@ from serve_app.api.a1111_schemas import (
     A1111Scheduler,
     A1111SdModel,
     A1111Txt2ImgRequest,
+    A1111Upscaler,
     A1111Vae,
 )
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
+from serve_app.api.upscaling import PIXEL_UPSCALERS, png_b64, upscale_image
 from serve_app.errors import RequestValidationError, UnknownModeError
 from serve_app.model.adapter_inspect import AdapterKind
 from serve_app.model.generation import random_seed
@@ -178,6 +184,29 @@ class A1111Routes(RouterCore):
                   responses=ERRORS)
     async def sdapi_sd_vae(self) -> list[A1111Vae]:
         return [A1111Vae(model_name=a.name, filename=a.path) for a in self.adapters.of_kind(AdapterKind.VAE)]
+
+    @http_app.get("/sdapi/v1/upscalers", tags=A1111, dependencies=CLIENT,
+                  summary="A1111: upscalers really offered (pixels: extras and hires fix)",
+                  response_model=list[A1111Upscaler], responses=ERRORS)
+    async def sdapi_upscalers(self) -> list[A1111Upscaler]:
+        return [A1111Upscaler(name=name) for name in PIXEL_UPSCALERS]
+
+    @http_app.get("/sdapi/v1/latent-upscale-modes", tags=A1111, dependencies=CLIENT,
+                  summary="A1111: latent upscalers of the hires fix", response_model=list[A1111LatentUpscaleMode],
+                  responses=ERRORS)
+    async def sdapi_latent_upscale_modes(self) -> list[A1111LatentUpscaleMode]:
+        return [A1111LatentUpscaleMode(name=name) for name in A1111_HR_UPSCALERS if name.startswith("Latent")]
+
+    @http_app.post("/sdapi/v1/extra-single-image", tags=A1111, dependencies=CLIENT,
+                   summary="A1111: upscale one image (Lanczos or nearest)", response_model=A1111ExtraResponse,
+                   responses=error_responses(FrontEnd.A1111, 413, 422, 503))
+    async def sdapi_extra_single_image(self, body: A1111ExtraSingleImage) -> A1111ExtraResponse:
+        limits = self.catalog.modes[self.current_default].config.limits
+        size = (body.upscaling_resize_w, body.upscaling_resize_h) if body.resize_mode == 1 else None
+        async with self.accepting():
+            data = await asyncio.to_thread(upscale_image, body.image, body.upscaler_1,
+                                           None if size else body.upscaling_resize, size, limits)
+        return A1111ExtraResponse(html_info="", image=png_b64(data))
 
     @http_app.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
                   summary="A1111: options", response_model=A1111Options,

@@ -283,3 +283,33 @@ class A1111Scheduler(BaseModel):
     aliases: list[str] | None = None
     default_rho: float
     need_inner_model: bool
+
+
+class A1111ExtraSingleImage(BaseModel):
+    """`POST /sdapi/v1/extra-single-image`: upscaling in pixels (no face restoration: those fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str = Field(description="Base64 image.")
+    resize_mode: int = Field(0, ge=0, le=1, description="0: by `upscaling_resize`; 1: to the _w/_h size.")
+    upscaling_resize: float = Field(2.0, description="Scale factor.")
+    upscaling_resize_w: int = Field(512, ge=1, description="Width with resize_mode 1.")
+    upscaling_resize_h: int = Field(512, ge=1, description="Height with resize_mode 1.")
+    upscaler_1: str = Field("None", description="None, Lanczos or Nearest (see /sdapi/v1/upscalers).")
+
+
+class A1111ExtraResponse(BaseModel):
+    html_info: str
+    image: str = Field(description="Base64 PNG.")
+
+
+class A1111Upscaler(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class A1111LatentUpscaleMode(BaseModel):
+    name: str

@@ -107,3 +107,28 @@ def test_a1111_img2img_mask_with_webuiapi(demo_url):
     r = httpx.post(f"{demo_url}/sdapi/v1/img2img", timeout=120, json={
         "prompt": "x", "init_images": [_b64(_picture())], "mask": _b64(Image.new("L", (SIZE, SIZE)))})
     assert r.status_code == 422 and "`mask` is empty" in r.json()["detail"]
+
+
+def test_native_hires_fix(client):
+    r = client.post("/v1/txt2img", json={"prompt": "a fox", "mode": "sdxl", "width": 64, "height": 48, "seed": 1,
+                                         "steps": 2, "hires": {"scale": 2, "upscaler": "lanczos", "strength": 0.5}})
+    assert r.status_code == 200, r.text
+    assert (r.json()["width"], r.json()["height"]) == (128, 96)
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["b64"]))).size == (128, 96)
+    r = client.post("/v1/txt2img", json={"prompt": "x", "mode": "sd1", "width": 128, "hires": {"scale": 4}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "hires.scale"
+
+
+def test_a1111_hires_fix_extras_and_upscalers_with_webuiapi(demo_url):
+    host, port = demo_url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=2)
+    result = api.txt2img(prompt="a fox", seed=3, width=64, height=64, enable_hr=True, hr_scale=2,
+                         hr_upscaler=webuiapi.HiResUpscaler.Latent, hr_second_pass_steps=2, denoising_strength=0.6,
+                         override_settings={"sd_model_checkpoint": "sd1"})
+    assert result.image.size == (128, 128)
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    upscaled = api.extra_single_image(image=_picture(), upscaler_1="Lanczos", upscaling_resize=2)
+    assert upscaled.image.size == (2 * SIZE, 2 * SIZE)
+    r = httpx.post(f"{demo_url}/sdapi/v1/extra-single-image", timeout=60,
+                   json={"image": _b64(_picture()), "upscaler_1": "ESRGAN_4x"})
+    assert r.status_code == 422 and "upscaler_1" in r.json()["detail"]
