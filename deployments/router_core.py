@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -32,7 +33,9 @@ from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
 from serve_app.config.app_args import AccessConfig, FairShareConfig
 from serve_app.config.modes_file import ModesFile
-from serve_app.errors import ModeUnavailableError, QueueFullError, ShuttingDownError
+from serve_app.errors import ModeUnavailableError, QueueFullError, RequestValidationError, ShuttingDownError
+from serve_app.model.families import Family
+from serve_app.model.generation import GenerationTimings
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +172,39 @@ class RouterCore:
 
     def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
         """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
+        if body.refiner is not None:  # only `generate` runs the two stages
+            raise RequestValidationError("`refiner` is not streamed; use the non-streaming route", param="refiner")
         return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters)
+
+    def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
+        """The base's request of a base -> refiner generation (it stops at `switch_at` and answers latents)."""
+        refiner = self.select(body.refiner.mode, param="refiner.mode")
+        if mode.family is not Family.SDXL or refiner.family is not Family.SDXL_REFINER:
+            raise RequestValidationError(
+                f"`refiner.mode` {refiner.name!r} is {refiner.family.value}, mode {mode.name!r} is "
+                f"{mode.family.value}: a refiner pass needs an sdxl mode and an sdxl-refiner mode",
+                param="refiner.mode")
+        base = resolve_request(body.model_copy(update={"refiner": None}), mode.config, mode.family,
+                               current_request_id(), self.adapters)
+        if base.kind != "txt2img" or base.hires is not None:
+            raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
+        base.denoising_end = body.refiner.switch_at
+        return base, refiner
+
+    async def _generate_refined(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationResult:
+        """Base -> refiner across two mode deployments: the latents travel between them, not images."""
+        base, refiner = self._refiner_stages(body, mode)
+        first = await self._generate_once(mode, base)
+        finish = dataclasses.replace(base, kind="img2img", init_latents=first.latents, denoising_end=None,
+                                     denoising_start=base.denoising_end, loras=[], embeddings=[], vae=None)
+        second = await self._generate_once(refiner, finish)
+        a, b = first.timings, second.timings
+        second.timings = GenerationTimings(
+            inference_s=round(a.inference_s + b.inference_s, 4), encode_s=b.encode_s, job_s=round(a.job_s + b.job_s, 4),
+            load_s=None if a.load_s is None and b.load_s is None else round((a.load_s or 0) + (b.load_s or 0), 4),
+            adapter_loads=a.adapter_loads)
+        second.stages = [(mode.name, a), (refiner.name, b)]
+        return second
 
     def _worker(self, mode: ServedMode, request: GenerationRequest) -> Any:
         """The mode's handle; for a request with adapters, under their set's id, so Serve prefers a replica
@@ -185,6 +220,8 @@ class RouterCore:
         generation has no side effects, so running it twice is safe."""
         started = time.perf_counter()
         mode = mode or self.select(body.mode)
+        if body.refiner is not None:
+            return Generated(mode, await self._generate_refined(body, mode), time.perf_counter() - started)
         request = self.resolve(body, mode)
         try:
             result = await self._generate_once(mode, request)

@@ -8,12 +8,13 @@ A1111's own API, unknown fields are ignored, while the fields we do use are vali
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.api.a1111_prompt_tags import split_lora_tags
-from serve_app.api.native_schemas import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from serve_app.api.native_schemas import HiresFix, Img2ImgRequest, InpaintRequest, RefinerPass, Txt2ImgRequest
 from serve_app.errors import RequestValidationError
 from serve_app.model.generation import MAX_SEED
 from serve_app.strict_model import FieldError, describe_error, quote
@@ -43,7 +44,7 @@ A1111_FIELD_NAMES: dict[str, str] = {
     "image": "init_images", "strength": "denoising_strength", "guidance_scale": "cfg_scale",
     "num_images": "batch_size", "loras": "prompt", "vae": "override_settings.sd_vae", "hires": "enable_hr",
     "hires.scale": "hr_scale", "hires.width": "hr_resize_x", "hires.height": "hr_resize_y",
-    "hires.steps": "hr_second_pass_steps",
+    "hires.steps": "hr_second_pass_steps", "refiner.mode": "refiner_checkpoint",
 }
 # A1111 hires upscaler -> Dream Lab's (`None` in A1111 is a plain Lanczos resize)
 A1111_HR_UPSCALERS: dict[str, str] = {
@@ -100,6 +101,8 @@ class A1111Txt2ImgRequest(BaseModel):
     hr_resize_y: int = Field(0, description="Hires height (0: from hr_scale).")
     hr_upscaler: str = Field("Latent", description="Latent (+ variants), Lanczos, Nearest or None.")
     hr_second_pass_steps: int = Field(0, ge=0, description="0: the same steps as the first pass.")
+    refiner_checkpoint: str | None = Field(None, description="An sdxl-refiner mode to finish an sdxl image.")
+    refiner_switch_at: float = Field(0.8, gt=0, lt=1, description="Fraction of the steps the base runs.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode; "
                                                      "`sd_vae` a VAE of the mode (`Automatic`: its own).")
 
@@ -160,7 +163,11 @@ class A1111Txt2ImgRequest(BaseModel):
             raise RequestValidationError(message.replace(f"`{field}`", f"`{a1111}`", 1), param=a1111) from exc
 
     def to_native(self, mode: str | None) -> Txt2ImgRequest:
-        return A1111NativeTxt2Img(mode=mode, hires=self.hires(), **self.native_fields())
+        refiner = None
+        if self.refiner_checkpoint:  # an A1111 title "name [hash]" names the mode `name`
+            name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", self.refiner_checkpoint).removesuffix(".safetensors")
+            refiner = RefinerPass(mode=name, switch_at=self.refiner_switch_at)
+        return A1111NativeTxt2Img(mode=mode, hires=self.hires(), refiner=refiner, **self.native_fields())
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):

@@ -34,6 +34,13 @@ class HiresFix(StrictModel):
     strength: float = Field(0.7, gt=0, le=1, description="How much the second pass changes the image.")
 
 
+class RefinerPass(StrictModel):
+    """SDXL base -> refiner as one request: the base denoises up to `switch_at`, the refiner mode finishes."""
+
+    mode: str = Field(max_length=128, description="An sdxl-refiner mode (name or alias).")
+    switch_at: float = Field(0.8, gt=0, lt=1, description="Fraction of the steps the base runs.")
+
+
 class Txt2ImgRequest(StrictModel):
     """Text-to-image. Fields left out take the mode's defaults."""
 
@@ -57,6 +64,8 @@ class Txt2ImgRequest(StrictModel):
                             description="A VAE from MODEL_ROOT's `vae/`, one of the mode's `vaes`; the checkpoint's "
                             "own when left out.")
     hires: HiresFix | None = Field(None, description="txt2img only: a second, larger pass (hires fix).")
+    refiner: RefinerPass | None = Field(None, description="txt2img on an sdxl mode only: hand the latents to a "
+                                        "refiner mode at `switch_at` (not streamed).")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -103,6 +112,13 @@ class ImageOut(BaseModel):
     format: OutputFormat = Field(description="Encoding.")
 
 
+class StageOut(BaseModel):
+    mode: str
+    inference_s: float
+    job_s: float
+    load_s: float | None = None
+
+
 class TimingsOut(BaseModel):
     """Seconds. `load_s` / `replica_start_s` appear only when the request paid for a load or a cold start."""
 
@@ -116,6 +132,8 @@ class TimingsOut(BaseModel):
     replica_start_s: float | None = Field(None, description="Start of the replica, on its first request.")
     adapter_loads: int = Field(0, description="Adapter files (LoRAs, embeddings, VAEs) read from disk for this "
                                "request; 0 when the replica held them all.")
+    stages: list[StageOut] | None = Field(None, description="Per mode, when several ran it (base -> refiner); "
+                                          "the other fields are their sums.")
 
 
 class GenerationResponse(BaseModel):
@@ -186,4 +204,6 @@ def generation_response(result: GenerationResult, mode: str, family: str, reques
         timings=TimingsOut(inference_s=t.inference_s, encode_s=t.encode_s, job_s=t.job_s, total_s=round(total_s, 4),
                            overhead_s=round(max(0.0, total_s - t.job_s), 4), load_s=t.load_s,
                            load_tier=t.load_tier, replica_start_s=t.replica_start_s,
-                           adapter_loads=t.adapter_loads))
+                           adapter_loads=t.adapter_loads,
+                           stages=[StageOut(mode=m, inference_s=st.inference_s, job_s=st.job_s, load_s=st.load_s)
+                                   for m, st in result.stages] or None))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
 JobKind = Literal["txt2img", "img2img", "inpaint"]
@@ -78,6 +79,11 @@ class GenerationRequest:
     mask_blur: int = 0  # pixels of Gaussian blur on the mask's edge
     inpaint_padding: int | None = None  # inpaint only the masked area plus this margin, at full resolution
     hires: HiresPass | None = None  # txt2img only
+    # the SDXL base -> refiner split ("ensemble of expert denoisers"): the base stops at `denoising_end` and
+    # answers its latents; the refiner starts from them at `denoising_start`
+    denoising_end: float | None = None
+    denoising_start: float | None = None
+    init_latents: np.ndarray | None = None
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -126,6 +132,8 @@ class GenerationResult:
     steps: int
     scheduler: str
     timings: GenerationTimings = field(default_factory=GenerationTimings)
+    latents: np.ndarray | None = None  # instead of images, for a request with `denoising_end`
+    stages: list[tuple[str, GenerationTimings]] = field(default_factory=list)  # (mode, its timings) per stage
 
 
 @dataclass

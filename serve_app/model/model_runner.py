@@ -301,7 +301,12 @@ class ModelRunner:
             image = params.init_image or Image.new("RGB", (params.width, params.height), NEUTRAL)
             return pipes.inpaint, dict(image=image, mask_image=full, strength=params.strength or 1.0, **size), None
         if params.kind == "txt2img":
+            if params.denoising_end is not None:
+                size.update(denoising_end=params.denoising_end, output_type="latent")
             return pipes.txt2img, size, None
+        if params.init_latents is not None:  # a refiner finishing a base's latents
+            latents = torch.from_numpy(params.init_latents).to(pipes.device, pipes.dtype)
+            return pipes.img2img, dict(image=latents, denoising_start=params.denoising_start), None
         return pipes.img2img, dict(image=params.init_image, strength=params.strength), None
 
     def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
@@ -360,11 +365,14 @@ class ModelRunner:
                 raise GenerationCancelledError("generation cancelled: the client went away")
             self.last_used = time.time()
         started = time.perf_counter()
-        encoded = [GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
-                   for img, seed in zip(images, params.seeds)]
+        latents = images.float().cpu().numpy() if params.denoising_end is not None else None  # (torch-free)
+        encoded = [] if latents is not None else [
+            GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
+            for img, seed in zip(images, params.seeds)]
         return GenerationResult(
             images=encoded, width=params.output_size[0], height=params.output_size[1], steps=params.steps,
             scheduler=params.scheduler,
             timings=GenerationTimings(inference_s=round(inference_s, 4),
                                       encode_s=round(time.perf_counter() - started, 4), adapter_loads=adapter_loads),
+            latents=latents,
         )

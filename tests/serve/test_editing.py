@@ -132,3 +132,18 @@ def test_a1111_hires_fix_extras_and_upscalers_with_webuiapi(demo_url):
     r = httpx.post(f"{demo_url}/sdapi/v1/extra-single-image", timeout=60,
                    json={"image": _b64(_picture()), "upscaler_1": "ESRGAN_4x"})
     assert r.status_code == 422 and "upscaler_1" in r.json()["detail"]
+
+
+def test_sdxl_base_to_refiner_across_two_modes(client, demo_url):
+    r = client.post("/v1/txt2img", json={"prompt": "a castle", "mode": "sdxl", "seed": 2, "steps": 4,
+                                         "refiner": {"mode": "refiner", "switch_at": 0.5}})
+    assert r.status_code == 200, r.text
+    stages = r.json()["timings"]["stages"]
+    assert [s["mode"] for s in stages] == ["sdxl", "sdxl-refiner"] and len(r.json()["images"]) == 1
+    r = client.post("/v1/txt2img", json={"prompt": "x", "mode": "sd1", "refiner": {"mode": "refiner"}})
+    assert r.status_code == 422 and "sd1" in r.json()["error"]["message"] and "sdxl-refiner" in r.text
+    host, port = demo_url.removeprefix("http://").split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=4)
+    result = api.txt2img(prompt="a castle", seed=2, width=64, height=64, refiner_checkpoint="sdxl-refiner",
+                         refiner_switch_at=0.5, override_settings={"sd_model_checkpoint": "sdxl"})
+    assert result.image.size == (64, 64)
