@@ -105,6 +105,8 @@ class A1111Routes(RouterCore):
         """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress."""
         native = body.to_native(mode.name)
         native.seed = seed
+        if native.refiner is not None:  # two stages on two modes: not streamed, no live progress
+            return (await self.generate(native, mode)).result
         request = self.resolve(native, mode)
         progress = self.live_progress.setdefault(request.request_id, LiveProgress(0, request.steps, time.time()))
         try:
