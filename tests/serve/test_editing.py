@@ -142,8 +142,10 @@ def test_sdxl_base_to_refiner_across_two_modes(client, demo_url):
     assert [s["mode"] for s in stages] == ["sdxl", "sdxl-refiner"] and len(r.json()["images"]) == 1
     r = client.post("/v1/txt2img", json={"prompt": "x", "mode": "sd1", "refiner": {"mode": "refiner"}})
     assert r.status_code == 422 and "sd1" in r.json()["error"]["message"] and "sdxl-refiner" in r.text
-    host, port = demo_url.removeprefix("http://").split(":")
-    api = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=4)
-    result = api.txt2img(prompt="a castle", seed=2, width=64, height=64, refiner_checkpoint="sdxl-refiner",
-                         refiner_switch_at=0.5, override_settings={"sd_model_checkpoint": "sdxl"})
-    assert result.image.size == (64, 64)
+    # webuiapi has no refiner arguments: A1111's own fields, as its web UI sends them
+    r = httpx.post(f"{demo_url}/sdapi/v1/txt2img", timeout=300, json={
+        "prompt": "a castle", "seed": 2, "steps": 4, "width": 64, "height": 64,
+        "refiner_checkpoint": "sdxl-refiner [0123abcd]", "refiner_switch_at": 0.5,
+        "override_settings": {"sd_model_checkpoint": "sdxl"}})
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (64, 64)
