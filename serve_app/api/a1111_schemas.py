@@ -101,6 +101,7 @@ class A1111Txt2ImgRequest(BaseModel):
     hr_resize_y: int = Field(0, description="Hires height (0: from hr_scale).")
     hr_upscaler: str = Field("Latent", description="Latent (+ variants), Lanczos, Nearest or None.")
     hr_second_pass_steps: int = Field(0, ge=0, description="0: the same steps as the first pass.")
+    hr_checkpoint_name: str | None = Field(None, description="Not served: empty, or the request's own mode.")
     refiner_checkpoint: str | None = Field(None, description="An sdxl-refiner mode to finish an sdxl image.")
     refiner_switch_at: float = Field(0.8, gt=0, lt=1, description="Fraction of the steps the base runs.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode; "
@@ -163,6 +164,9 @@ class A1111Txt2ImgRequest(BaseModel):
             raise RequestValidationError(message.replace(f"`{field}`", f"`{a1111}`", 1), param=a1111) from exc
 
     def to_native(self, mode: str | None) -> Txt2ImgRequest:
+        if self.enable_hr and self.hr_checkpoint_name not in (None, "", "Use same checkpoint", mode):
+            raise RequestValidationError(f"`hr_checkpoint_name` {quote(self.hr_checkpoint_name)}: a second pass on "
+                                         "another mode is not served; leave it empty", param="hr_checkpoint_name")
         refiner = None
         if self.refiner_checkpoint:  # an A1111 title "name [hash]" names the mode `name`
             name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", self.refiner_checkpoint).removesuffix(".safetensors")
