@@ -61,3 +61,12 @@ def test_hires_sizes_are_checked_naming_the_field() -> None:
     plain = resolve(A1111Txt2ImgRequest(prompt="x", width=64, height=64, enable_hr=True, hr_upscaler="Lanczos",
                                         hr_resize_x=128, hr_resize_y=96).to_native(None)).hires
     assert (plain.width, plain.height, plain.upscaler, plain.strength) == (128, 96, "lanczos", 0.7)
+
+
+def test_a1111_second_pass_checkpoint_and_refiner_fields() -> None:
+    with pytest.raises(RequestValidationError, match="`hr_checkpoint_name` 'sd2': a second pass on another mode"):
+        A1111Txt2ImgRequest(prompt="x", enable_hr=True, hr_checkpoint_name="sd2").to_native("sd1")
+    assert A1111Txt2ImgRequest(prompt="x", enable_hr=True, hr_checkpoint_name="sd1").to_native("sd1").hires
+    native = A1111Txt2ImgRequest(prompt="x", refiner_checkpoint="sdxl-refiner [0a1b2c3d4e]",
+                                 refiner_switch_at=0.7).to_native("sdxl")
+    assert (native.refiner.mode, native.refiner.switch_at) == ("sdxl-refiner", 0.7)
