@@ -21,7 +21,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def demo_models_dir(tmp_path_factory):
-    """Every family's demo checkpoint, as a diffusers folder and as a single file (8 checkpoints)."""
+    """Every family's demo checkpoint, as a diffusers folder and as a single file (8 checkpoints),
+    the SD1 inpainting variant and the demo adapters."""
     from serve_app.model.demo_models import write_demo_models
 
     directory = tmp_path_factory.mktemp("demo-models")

@@ -19,8 +19,9 @@ from serve_app.model.schedulers import SCHEDULER_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES_FILES = sorted((REPO_ROOT / "configs").glob("*modes*.yaml"))
-DEMO_CHECKPOINTS = sorted(
-    f"tiny-{family}{suffix}" for family in ("sd1", "sd2", "sdxl", "sdxl-refiner") for suffix in ("", ".safetensors"))
+DEMO_CHECKPOINTS = sorted([
+    *(f"tiny-{family}{suffix}" for family in ("sd1", "sd2", "sdxl", "sdxl-refiner") for suffix in ("", ".safetensors")),
+    "tiny-sd1-inpainting"])
 
 
 def test_the_shipped_modes_files_are_found() -> None:
@@ -202,7 +203,7 @@ def test_discovery_finds_every_demo_checkpoint(monkeypatch: pytest.MonkeyPatch, 
     assert root == demo_models_dir
     assert sorted(m.checkpoint for m in modes.modes) == DEMO_CHECKPOINTS
     names = [m.name for m in modes.modes]
-    assert len(set(names)) == len(names) == 8  # folder and file of a family both stay servable
+    assert len(set(names)) == len(names) == 9  # folder and file of a family both stay servable
     assert "tiny-sd1" in names
     # the discovered set is a valid modes file (unique names, checkpoints inside the root)
     reparsed = ModesFile.model_validate(modes.model_dump())
@@ -217,7 +218,7 @@ def test_modes_file_with_discover_adds_the_rest(monkeypatch: pytest.MonkeyPatch,
                                                          "aliases": ["main"]}]})
     modes, _ = modes_from_environment(path)
     assert modes.modes[0].aliases == ["main"]  # the explicit mode wins over the discovered one of that name
-    assert len(modes.modes) == 8 and modes.discover is False
+    assert len(modes.modes) == 9 and modes.discover is False
 
 
 def test_nothing_found_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
