@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import serve_app
+from deployments import metrics
 from serve_app.api.http_errors import FrontEnd, render_error
 from serve_app.errors import DreamLabError, RequestTooLargeError
 
@@ -41,6 +42,16 @@ MAX_BODY_BYTES = 48 * 1024 * 1024
 
 _request_id: ContextVar[str] = ContextVar("dreamlab_request_id", default="-")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+_request_mode: ContextVar[list[str] | None] = ContextVar("dreamlab_request_mode", default=None)
+
+
+def note_mode(name: str) -> None:
+    """Record the mode the request at hand runs on (its metrics are labelled with it)."""
+    holder = _request_mode.get()
+    if holder is not None:
+        holder[0] = name
 
 
 def current_request_id() -> str:
@@ -102,12 +113,15 @@ class RequestContextMiddleware:
         incoming = headers.get("x-request-id")
         request_id = incoming if incoming and _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         token = _request_id.set(request_id)
+        mode: list[str] = [""]
+        mode_token = _request_mode.set(mode)
         started = False
+        status = 500
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
-                started = True
+                started, status = True, message["status"]
                 if incoming is None:  # with one, whoever sent it (Serve's proxy) puts it on the response
                     MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
@@ -120,6 +134,9 @@ class RequestContextMiddleware:
                 return
             await render_error(exc, front_end_of(scope), request_id)(scope, receive, send_with_id)
         finally:
+            route = scope.get("route")
+            metrics.request_answered(mode[0], getattr(route, "path", "unmatched"), status)
+            _request_mode.reset(mode_token)
             _request_id.reset(token)
 
 

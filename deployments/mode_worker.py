@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from deployments import metrics
 from deployments.device_probe import DeviceProbe, replica_id
 from deployments.protocol import (
     GenerationRequest,
@@ -151,7 +152,9 @@ class ModeWorker:
                     replica=self.replica_id, mode=self.mode.name, device=self.device_id,
                     footprint_bytes=self._accounted_bytes(), estimate_bytes=self._vram.total_bytes,
                     measured_bytes=self._measured_bytes, epoch=self.epoch))
-            return time.perf_counter() - started, self.runner.loaded_from or Tier.DISK
+            loaded = time.perf_counter() - started, self.runner.loaded_from or Tier.DISK
+            metrics.model_loaded(self.mode.name, loaded[1].value, loaded[0])
+            return loaded
 
     async def _evict(self, to: Tier, reason: str, only_from: Tier | None = None) -> bool:
         """Move the model off its device, after the jobs using it finish: to the RAM tier (`to` RAM; only a
@@ -183,6 +186,7 @@ class ModeWorker:
             self._unloading = False
         if moved:
             logger.info("mode %s moved from %s to %s (%s)", self.mode.name, self.device_id, to.value, reason)
+            metrics.model_moved(self.mode.name, to.value, reason)
         return moved
 
     async def heartbeat_once(self, wait_s: float = 0.0) -> None:
@@ -191,7 +195,7 @@ class ModeWorker:
             return
         answer = await self.registry.heartbeat(self.replica_id, self.report(), wait_s)
         if answer.evict is not None:
-            await self._evict(answer.evict, "evicted by the registry", only_from=answer.evict_from)
+            await self._evict(answer.evict, "registry", only_from=answer.evict_from)
 
     async def _heartbeat_loop(self) -> None:
         """One beat per interval; the registry holds each beat open for the interval, so a command decided
@@ -364,7 +368,7 @@ class ModeWorker:
                           load_tier=None if loaded is None else loaded[1], replica=self.replica_id)
 
     async def unload(self) -> UnloadAnswer:
-        unloaded = await self._evict(Tier.DISK, "operator request")
+        unloaded = await self._evict(Tier.DISK, "operator")
         return UnloadAnswer(mode=self.mode.name, status="unloaded" if unloaded else "already_unloaded",
                             replica=self.replica_id)
 

@@ -21,9 +21,10 @@ from typing import Any
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from deployments import metrics
 from deployments.access_control import current_caller, set_access_policy
 from deployments.fair_queue import FairQueue
-from deployments.http_app import current_request_id
+from deployments.http_app import current_request_id, note_mode
 from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent
 from deployments.registry_client import RegistryClient
 from serve_app.api.access_policy import AccessPolicy
@@ -115,8 +116,9 @@ class RouterCore:
         if ans.state.version > self.operator.version:
             self.operator = ans.state
         self.replicas = ans.replicas
-        for queue in self.queues.values():
+        for name, queue in self.queues.items():
             queue.wake()  # a mode that scaled up takes more at once
+            metrics.queue_depth(name, queue.waiting())
 
     async def _poll_registry(self) -> None:
         while True:
@@ -162,13 +164,28 @@ class RouterCore:
         replica's worth, which wakes it)."""
         return lambda: per_replica * max(1, self.replicas.get(mode, 0))
 
-    def dispatch(self, mode: ServedMode) -> contextlib.AbstractAsyncContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def dispatch(self, mode: ServedMode) -> AsyncIterator[None]:
         """A slot to send a request of `mode` on, in fair turn with the other clients."""
-        return self.queues[mode.name].slot(current_caller().id)
+        queue, started = self.queues[mode.name], time.perf_counter()
+        async with queue.slot(current_caller().id):
+            metrics.stage_seconds(mode.name, {"queue": time.perf_counter() - started})
+            metrics.queue_depth(mode.name, queue.waiting())
+            yield
+        metrics.queue_depth(mode.name, queue.waiting())
 
     def select(self, name: str | None, param: str = "mode") -> ServedMode:
         """The named mode (or alias), or the application's current default mode."""
-        return self.catalog.select(name or self.current_default, param=param)
+        mode = self.catalog.select(name or self.current_default, param=param)
+        note_mode(mode.name)
+        return mode
+
+    @staticmethod
+    def observe(mode: ServedMode, result: GenerationResult, total_s: float) -> None:
+        """A finished generation's stages, into the metrics."""
+        t = result.timings
+        metrics.stage_seconds(mode.name, {"load": t.load_s, "inference": t.inference_s, "encode": t.encode_s,
+                                          "total": total_s})
 
     def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
         """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
@@ -221,14 +238,17 @@ class RouterCore:
         started = time.perf_counter()
         mode = mode or self.select(body.mode)
         if body.refiner is not None:
-            return Generated(mode, await self._generate_refined(body, mode), time.perf_counter() - started)
-        request = self.resolve(body, mode)
-        try:
-            result = await self._generate_once(mode, request)
-        except ModeUnavailableError:
-            logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)
-            result = await self._generate_once(mode, request)
-        return Generated(mode, result, time.perf_counter() - started)
+            result = await self._generate_refined(body, mode)
+        else:
+            request = self.resolve(body, mode)
+            try:
+                result = await self._generate_once(mode, request)
+            except ModeUnavailableError:
+                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)
+                result = await self._generate_once(mode, request)
+        total_s = time.perf_counter() - started
+        self.observe(mode, result, total_s)
+        return Generated(mode, result, total_s)
 
     async def _generate_once(self, mode: ServedMode, request: GenerationRequest) -> GenerationResult:
         async with self.dispatch(mode):
@@ -239,6 +259,7 @@ class RouterCore:
                               request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
         """The worker's progress events, then its result. Retried once like `generate` while nothing was
         streamed yet; after that a dead replica is a 503."""
+        started = time.perf_counter()
         for attempt in (1, 2):
             streamed = False
             try:
@@ -247,6 +268,8 @@ class RouterCore:
                         stream = self._worker(mode, request).options(stream=True).generate_stream.remote(request)
                         async for event in stream:
                             streamed = True
+                            if isinstance(event, GenerationResult):
+                                self.observe(mode, event, time.perf_counter() - started)
                             yield event
                 return
             except ModeUnavailableError:

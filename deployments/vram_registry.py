@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from deployments.metrics import RegistryExport
 from deployments.protocol import (
     DeviceStats,
     EntryState,
@@ -82,6 +83,7 @@ class VramRegistry:
         self.operator = OperatorState()
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
         self.waiting = Wakeups()  # heartbeats held open, by replica id
+        self.export = RegistryExport()  # device gauges, set from the heartbeats
         self.reserving = Wakeups()  # reserve calls held open until room may have been freed, by reservation key
 
     # -- devices -------------------------------------------------------------------------------------
@@ -298,6 +300,8 @@ class VramRegistry:
         is most of what a switch between modes waits for."""
         event = self.waiting.arm(replica)
         answer = self.heartbeat(replica, report)
+        if self.export.due():
+            self.export.export(self.stats())
         if answer.evict is not None or answer.draining or wait_s <= 0:
             self.waiting.disarm(replica, event)
             return answer
