@@ -32,7 +32,7 @@ from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
 from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
-from serve_app.config.app_args import AccessConfig, FairShareConfig
+from serve_app.config.app_args import AccessConfig, FairShareConfig, TasksConfig
 from serve_app.config.modes_file import ModesFile
 from serve_app.errors import ModeUnavailableError, QueueFullError, RequestValidationError, ShuttingDownError
 from serve_app.model.families import Family
@@ -62,15 +62,19 @@ class Generated:
 
 
 class RouterCore:
-    """`mode_handles` maps mode name -> DeploymentHandle; `registry` is the registry's handle (None: none)."""
+    """`mode_handles` maps mode name -> DeploymentHandle; `registry` and `task_store` are those deployments'
+    handles (None: none)."""
 
     def __init__(self, modes: dict[str, Any], model_root: str, mode_handles: dict[str, Any],
                  registry: Any = None, access: dict[str, Any] | None = None,
-                 fair_share: dict[str, Any] | None = None) -> None:
+                 fair_share: dict[str, Any] | None = None, task_store: Any = None,
+                 tasks: dict[str, Any] | None = None) -> None:
         self.catalog = ModeCatalog(ModesFile.model_validate(modes), Path(model_root))
         self.adapters = AdapterCatalog(Path(model_root))
         self.handles = mode_handles
         self.registry = RegistryClient(registry) if registry is not None else None
+        self.task_store = task_store  # the TaskStore's handle (None: no tasks)
+        self.tasks_config = TasksConfig.model_validate(tasks or {})
         set_access_policy(AccessPolicy.from_config(AccessConfig.model_validate(access or {})))
         share = FairShareConfig.model_validate(fair_share or {})
         self.queues: dict[str, FairQueue] = {}
@@ -190,7 +194,8 @@ class RouterCore:
     def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
         """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
         if body.refiner is not None:  # only `generate` runs the two stages
-            raise RequestValidationError("`refiner` is not streamed; use the non-streaming route", param="refiner")
+            raise RequestValidationError("`refiner` runs on the direct generation routes only (not streamed, not as "
+                                         "a task)", param="refiner")
         return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters)
 
     def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:

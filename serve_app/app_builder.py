@@ -2,7 +2,7 @@
 
 It reads the modes, makes the demo checkpoints when asked and missing, and binds one `VramRegistry`,
 one mode deployment per mode (named after the mode, so a Serve config's `deployments:` entries override
-its options the Serve way) and the `Router` ingress.
+its options the Serve way), one `TaskStore` and the `Router` ingress.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from serve_app.config.app_args import (
     REGISTRY_DEPLOYMENT,
     ROUTER_DEPLOYMENT,
+    TASKS_DEPLOYMENT,
     parse_app_args,
 )
 from serve_app.config.modes_file import model_root_from_env, modes_from_environment
@@ -27,6 +28,7 @@ def build_app(args: dict[str, Any] | None = None):
 
     from deployments.mode_worker_deployment import ModeWorkerDeployment
     from deployments.router import RouterIngress
+    from deployments.task_store import TaskStore
     from deployments.vram_registry import VramRegistry
 
     a = parse_app_args(args)
@@ -50,6 +52,10 @@ def build_app(args: dict[str, Any] | None = None):
         handles[mode.name] = serve.deployment(ModeWorkerDeployment, name=mode.name).options(
             **mode.deployment_options()).bind(
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
+    tasks = serve.deployment(TaskStore, name=TASKS_DEPLOYMENT).options(
+        num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
+        logging_config={"enable_access_log": False}).bind(a.tasks.model_dump(), handles)
     return serve.deployment(RouterIngress, name=ROUTER_DEPLOYMENT).options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
-        modes.model_dump(mode="json"), str(root), handles, registry, a.access.model_dump(), a.fair_share.model_dump())
+        modes.model_dump(mode="json"), str(root), handles, registry, a.access.model_dump(), a.fair_share.model_dump(),
+        tasks, a.tasks.model_dump())

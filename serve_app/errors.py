@@ -114,6 +114,13 @@ class ImageNotFoundError(DreamLabError):
     status_code = 404
 
 
+class UnknownTaskError(DreamLabError):
+    """A task id this server does not hold (never was, expired, or another client's)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+
+
 class UnknownJobTypeError(DreamLabError):
     status_code = 404
     error_type = "not_found_error"

@@ -15,7 +15,8 @@ GiB = 1024**3
 # Deployment names of the application's own pieces; a mode may not take them (each mode is a deployment).
 ROUTER_DEPLOYMENT = "Router"
 REGISTRY_DEPLOYMENT = "VramRegistry"
-RESERVED_DEPLOYMENT_NAMES = frozenset({ROUTER_DEPLOYMENT, REGISTRY_DEPLOYMENT})
+TASKS_DEPLOYMENT = "TaskStore"
+RESERVED_DEPLOYMENT_NAMES = frozenset({ROUTER_DEPLOYMENT, REGISTRY_DEPLOYMENT, TASKS_DEPLOYMENT})
 
 # Defaults for every mode deployment; the Serve config's `deployments:` list overrides them per mode.
 MODE_DEPLOYMENT_DEFAULTS: dict[str, Any] = {
@@ -63,6 +64,19 @@ class FairShareConfig(StrictModel):
                                         "more get 503 + Retry-After.")
 
 
+class TasksConfig(StrictModel):
+    """Async tasks (`/v1/tasks`): how long results stay, how many tasks are held, where webhooks may go."""
+
+    result_ttl_s: float = Field(3600.0, gt=0, description="A finished task (and its result) is kept this long.")
+    max_tasks: int = Field(1000, ge=1, description="Tasks held at once (running and finished); more get 503.")
+    webhook_allowed_hosts: list[str] = Field(default_factory=list, description="Hosts webhooks may call (exact, or "
+                                             "'.example.com' for its subdomains); none: webhooks are refused.")
+    webhook_secret_env: str = Field("DREAMLAB_WEBHOOK_SECRET", description="Environment variable with the secret "
+                                    "webhook bodies are signed with (HMAC-SHA256); unset: webhooks are refused.")
+    webhook_attempts: int = Field(4, ge=1, le=10, description="Deliveries tried before giving up.")
+    webhook_backoff_s: float = Field(0.5, gt=0, description="Wait before the 2nd try; doubled each time.")
+
+
 class AppArgs(StrictModel):
     """The `args` of the application in a Serve config."""
 
@@ -73,6 +87,7 @@ class AppArgs(StrictModel):
     access: AccessConfig = Field(default_factory=AccessConfig, description="API keys (off unless named).")
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig, description="Sharing modes between "
                                         "clients.")
+    tasks: TasksConfig = Field(default_factory=TasksConfig, description="Async tasks and their webhooks.")
 
 
 def parse_app_args(args: dict[str, Any] | None) -> AppArgs:

@@ -17,6 +17,7 @@ import yaml
 
 PORT = 8123
 METRICS_PORT = 8127  # Ray's Prometheus endpoint of the test node
+WEBHOOK_SECRET = "test-webhook-secret"  # what task webhooks are signed with in the serve tier
 BASE_URL = f"http://127.0.0.1:{PORT}"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def ray_serve(demo_models_dir):
     from ray import serve
 
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", _metrics_export_port=METRICS_PORT,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "DREAMLAB_WEBHOOK_SECRET": WEBHOOK_SECRET}})
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     yield
     serve.shutdown()
