@@ -157,7 +157,8 @@ class NativeRoutes(RouterCore):
                 measured_bytes=max((m.measured_bytes for m in loaded), default=None),
                 estimated_bytes=mode.estimate_bytes(), scheduler=mode.config.scheduler,
                 defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
-                jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs]))
+                jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
+                queued=self.queues[name].waiting()))
         return ModesResponse(default_mode=self.current_default, modes=out)
 
     @http_app.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",

@@ -1,10 +1,11 @@
-"""The `dreamlab` command line: inspect, demo-models, generate, shutdown."""
+"""The `dreamlab` command line: inspect, demo-models, generate, status, shutdown."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def _cmd_shutdown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from serve_app.status_view import show
+
+    try:
+        show(args.url, args.api_key or os.environ.get("DREAMLAB_API_KEY"), args.watch)
+    except OSError as exc:
+        print(f"dreamlab status: error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamlab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -132,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="init image: makes it img2img")
     p.add_argument("--strength", type=float, default=None)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("status", help="the running app at a glance: modes, VRAM per device, RAM tier, queues")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the app's HTTP address")
+    p.add_argument("--api-key", default=None, help="a client key when keys are on (default: $DREAMLAB_API_KEY)")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("shutdown", help="drain-first stop of a running Dream Lab (then Serve shuts down)")
     p.add_argument("--address", default="auto", help="Ray cluster address")

@@ -173,6 +173,7 @@ class ModeOut(BaseModel):
     defaults: dict[str, Any]
     limits: dict[str, Any]
     jobs: list[str] = Field(description="What the mode runs: txt2img, img2img and its custom job types.")
+    queued: int = Field(0, description="Requests waiting in this router replica's queue of the mode.")
 
 
 class AdaptersResponse(BaseModel):
