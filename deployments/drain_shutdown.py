@@ -7,6 +7,9 @@ requests lose their connection (measured on Ray 2.60). This waits for the work f
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
 import time
 
 from serve_app.config.app_args import REGISTRY_DEPLOYMENT
@@ -47,11 +50,32 @@ def drain(timeout_s: float = 300.0, poll_s: float = 0.2, settle_polls: int = 3) 
     return counts
 
 
-def drain_and_shutdown(address: str = "auto", timeout_s: float = 300.0) -> None:
+def serve_run_drivers() -> list[int]:
+    """Pids of the live `serve run` processes on this host that drive this cluster (Ray's job table)."""
+    import ray
+    from ray._private.state import jobs  # the one record of which process drives the cluster
+
+    host = ray.util.get_node_ip_address()
+    return [int(job["DriverPid"]) for job in jobs()
+            if not job.get("IsDead") and job.get("DriverIPAddress") == host
+            and int(job.get("DriverPid") or 0) not in (0, os.getpid())
+            and re.search(r"\bserve\s+run\b", str(job.get("Entrypoint") or ""))]
+
+
+def drain_and_shutdown(address: str = "auto", timeout_s: float = 300.0) -> list[int]:
+    """Drain, shut Serve down, then end the `serve run` terminals of this cluster on this host (their Ctrl-C,
+    which has nothing left to stop): the pids it sent it to."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     drain(timeout_s)
+    drivers = serve_run_drivers()
     serve.shutdown()
+    for pid in drivers:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    return drivers

@@ -94,7 +94,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_shutdown(args: argparse.Namespace) -> int:
     from deployments.drain_shutdown import drain_and_shutdown
 
-    drain_and_shutdown(address=args.address, timeout_s=args.timeout)
+    drivers = drain_and_shutdown(address=args.address, timeout_s=args.timeout)
+    if drivers:
+        print(f"Serve is shut down; the `serve run` process(es) {', '.join(map(str, drivers))} were told to exit")
+    else:
+        print("Serve is shut down. A `serve run` on another host keeps its terminal: press Ctrl-C there.")
     return 0
 
 

@@ -13,7 +13,8 @@ from serve_app.config.modes_file import load_modes_file
 from serve_app.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+KUBERNETES = [REPO / "configs" / "rayservice.yaml"]
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p not in KUBERNETES)
 SERVE_CONFIGS = [p for p in CONFIGS if "applications" in (yaml.safe_load(p.read_text()) or {})]
 
 
@@ -46,12 +47,12 @@ def test_serve_config_builds_the_application(path, demo_models_dir, monkeypatch)
         built = serve_build(build_app(args), name=app_cfg["name"])
         modes = load_modes_file(REPO / args["modes_file"]).modes
         names = {d.name for d in built.deployments}
-        assert names == {"Router", "VramRegistry", *(m.name for m in modes)}
+        assert names == {"Router", "VramRegistry", "TaskStore", *(m.name for m in modes)}
         assert built.ingress_deployment_name == "Router"
         overridden = {d["name"] for d in app_cfg.get("deployments", [])}
         assert overridden <= names, "a deployments: entry names no deployment of the app"
         for d in built.deployments:
-            if d.name not in ("Router", "VramRegistry"):
+            if d.name not in ("Router", "VramRegistry", "TaskStore"):
                 assert d.max_queued_requests == MODE_DEPLOYMENT_DEFAULTS["max_queued_requests"]
 
 
@@ -62,3 +63,19 @@ def test_bad_app_args_name_the_field():
     with pytest.raises(ConfigError) as err:
         parse_app_args({"modes_fiel": "x.yaml"})
     assert err.value.param == "modes_fiel"
+
+
+def test_the_rayservice_serves_gpu_yaml_on_gpu_workers_with_the_models_volume():
+    manifest = yaml.safe_load(KUBERNETES[0].read_text())
+    assert manifest["kind"] == "RayService" and manifest["apiVersion"] == "ray.io/v1"
+    gpu = yaml.safe_load((REPO / "configs" / "gpu.yaml").read_text())
+    assert yaml.safe_load(manifest["spec"]["serveConfigV2"]) == gpu  # the same Serve config, verbatim
+    model_root = gpu["applications"][0]["args"]["model_root"]
+    (worker,) = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    container = worker["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8000}
+    assert {"name": "models", "mountPath": model_root, "readOnly": True} in container["volumeMounts"]
+    access = gpu["applications"][0]["args"]["access"]
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert all(any(access[k].startswith(m) for m in mounts) for k in ("api_keys_file", "admin_key_file"))
