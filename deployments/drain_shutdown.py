@@ -63,8 +63,8 @@ def serve_run_drivers() -> list[int]:
 
 
 def drain_and_shutdown(address: str = "auto", timeout_s: float = 300.0) -> list[int]:
-    """Drain, shut Serve down, then end the `serve run` terminals of this cluster on this host (their Ctrl-C,
-    which has nothing left to stop): the pids it sent it to."""
+    """Drain, shut Serve down, then end the `serve run` processes of this cluster on this host (their Ctrl-C,
+    which has nothing left to stop; SIGTERM if they ignore it): their pids."""
     import ray
     from ray import serve
 
@@ -74,8 +74,22 @@ def drain_and_shutdown(address: str = "auto", timeout_s: float = 300.0) -> list[
     drivers = serve_run_drivers()
     serve.shutdown()
     for pid in drivers:
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        _end(pid)
     return drivers
+
+
+def _end(pid: int, wait_s: float = 10.0) -> None:
+    """Ctrl-C (SIGINT) for `pid`; SIGTERM when it ignores it (a `serve run` started in the background)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+    logger.warning("`serve run` process %d did not exit", pid)

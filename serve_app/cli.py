@@ -96,7 +96,7 @@ def _cmd_shutdown(args: argparse.Namespace) -> int:
 
     drivers = drain_and_shutdown(address=args.address, timeout_s=args.timeout)
     if drivers:
-        print(f"Serve is shut down; the `serve run` process(es) {', '.join(map(str, drivers))} were told to exit")
+        print(f"Serve is shut down; the `serve run` process(es) {', '.join(map(str, drivers))} ended")
     else:
         print("Serve is shut down. A `serve run` on another host keeps its terminal: press Ctrl-C there.")
     return 0
