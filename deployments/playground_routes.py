@@ -38,7 +38,7 @@ BASE_MARKER = "__DREAMLAB_BASE__"
 # The page never caches stale code across an upgrade; the files are small.
 _HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 _PAGE_HEADERS = {**_HEADERS, "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                 "style-src 'self'; script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'"}
+                 "style-src 'self'; script-src 'self'; connect-src 'self' blob:; object-src 'none'; base-uri 'self'"}
 
 
 @lru_cache(maxsize=None)

@@ -67,6 +67,8 @@ export class ResultCell {
     this.root.dataset.state = "running";
     this.root.dataset.progressEvents = String(Number(this.root.dataset.progressEvents) + 1);
     this.root.dataset.step = String(ev.step);
+    this.root.dataset.total = String(ev.total);
+    this.root.dataset.eta = String(ev.eta_s);
     this.root.classList.remove("cold");
     this.bar.max = ev.total;
     this.bar.value = ev.step;
@@ -77,7 +79,7 @@ export class ResultCell {
     this.finish("done");
     this.bar.max = 1;
     this.bar.value = 1;
-    this.setStatus(`${response.width}×${response.height}, ${response.steps} steps, ${response.scheduler}`);
+    this.setStatus(`${response.width}×${response.height} · ${response.steps} steps`, "info");
     for (const image of response.images) {
       const mime = `image/${image.format}`;
       const url = blobUrl(image.b64, mime);
@@ -97,6 +99,7 @@ export class ResultCell {
       this.images.append(figure);
     }
     const t = response.timings;
+    this.timings.append(el("dt", "", "scheduler"), el("dd", "", response.scheduler));
     const rows = [["inference", t.inference_s], ["encode", t.encode_s], ["total", t.total_s],
       ["overhead", t.overhead_s]];
     if (t.load_s !== undefined && t.load_s !== null) rows.push([`load (${t.load_tier || "disk"})`, t.load_s]);
