@@ -56,8 +56,9 @@ def test_each_front_end_refuses_without_a_key_in_its_own_shape(secure):
         assert httpx.get(f"{secure}{path}").status_code == 401, path
     # bad input from a stranger is refused before it is looked at
     assert httpx.post(f"{secure}/v1/txt2img", json={"width": "x"}).status_code == 401
-    for path in ("/healthz", "/readyz", "/openapi.json"):
-        assert httpx.get(f"{secure}{path}").status_code == 200, path
+    for path in ("/healthz", "/readyz", "/openapi.json", "/", "/static/playground.js"):
+        assert httpx.get(f"{secure}{path}").status_code == 200, path  # the playground page is public
+    assert httpx.post(f"{secure}/v1/tasks", json={"kind": "txt2img", "request": {"prompt": "x"}}).status_code == 401
 
 
 def test_openai_and_a1111_clients_authenticate_their_own_way(secure):
