@@ -134,11 +134,14 @@ def browser() -> Iterator[Any]:
 
 
 def wait_for(driver: Any, condition: Any, timeout_s: float, what: str) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    """`condition`'s first truthy answer; an element the page redrew meanwhile (it refreshes the modes and the
+    VRAM panel every few seconds) is looked up again on the next poll."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(condition)
+        return WebDriverWait(driver, timeout_s, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition)
     except TimeoutException:
         state = driver.execute_script("return document.getElementById('results').outerHTML.slice(0, 3000)")
         raise AssertionError(f"timed out waiting for {what}; results: {state}") from None
@@ -155,10 +158,14 @@ def open_page(driver: Any, url: str) -> None:
 def pick_modes(driver: Any, names: set[str]) -> None:
     from selenium.webdriver.common.by import By
 
-    for box in driver.find_elements(By.CSS_SELECTOR, "#mode-list input[type=checkbox]"):
-        wanted = box.get_attribute("value") in names
-        if box.is_enabled() and box.is_selected() != wanted:
-            box.click()
+    def picked(d: Any) -> bool:
+        for box in d.find_elements(By.CSS_SELECTOR, "#mode-list input[type=checkbox]"):
+            wanted = box.get_attribute("value") in names
+            if box.is_enabled() and box.is_selected() != wanted:
+                box.click()
+        return {b.get_attribute("value") for b in d.find_elements(By.CSS_SELECTOR, "#mode-list input:checked")} == names
+
+    wait_for(driver, picked, 30, f"modes {sorted(names)} picked")
 
 
 def cell_image_b64(driver: Any, mode: str) -> str:
@@ -177,18 +184,25 @@ def test_compare_two_modes_with_live_progress_vram_and_history(demo_url: str, cl
 
     d = browser
     open_page(d, demo_url)
-    refiner = d.find_element(By.ID, "mode-sdxl-refiner")
-    assert not refiner.is_enabled()  # img2img only: never sent a txt2img
+    # img2img only: never sent a txt2img
+    wait_for(d, lambda _: not d.find_element(By.ID, "mode-sdxl-refiner").is_enabled(), 10, "the refiner disabled")
     pick_modes(d, {"sd1", "sdxl"})
-    assert d.find_element(By.ID, "compare").get_attribute("data-count") == "2"
+    wait_for(d, lambda _: d.find_element(By.ID, "compare").get_attribute("data-count") == "2", 10, "2 modes to compare")
     d.find_element(By.ID, "prompt").send_keys("a lighthouse at dusk")
     d.find_element(By.ID, "seed").send_keys("4242")
     d.find_element(By.ID, "steps").send_keys("5")
-    wait_for(d, lambda _: d.find_elements(By.ID, "lora-tiny-sdxl-lora"), 30, "the LoRA picker")
-    d.find_element(By.ID, "lora-tiny-sdxl-lora").click()  # goes to the sdxl mode only (its family)
-    weight = d.find_element(By.ID, "lora-weight-tiny-sdxl-lora")
-    weight.clear()
-    weight.send_keys("0.8")
+
+    def lora_set(_: Any) -> bool:  # goes to the sdxl mode only (its family)
+        box = d.find_element(By.ID, "lora-tiny-sdxl-lora")
+        if not box.is_selected():
+            box.click()
+        weight = d.find_element(By.ID, "lora-weight-tiny-sdxl-lora")
+        if weight.get_attribute("value") != "0.8":
+            weight.clear()
+            weight.send_keys("0.8")
+        return box.is_selected() and weight.get_attribute("value") == "0.8"
+
+    wait_for(d, lora_set, 30, "the LoRA picked at 0.8")
     d.find_element(By.ID, "compare").click()
     results = d.find_element(By.ID, "results")
     wait_for(d, lambda _: results.get_attribute("data-run") == "1" and results.get_attribute("data-state") == "done",
@@ -223,12 +237,16 @@ def test_compare_two_modes_with_live_progress_vram_and_history(demo_url: str, cl
     assert stats["devices"]
     wait_for(d, lambda _: d.find_element(By.ID, "vram").get_attribute("data-state") == "ok", 30, "the VRAM panel")
     for device in stats["devices"]:
-        block = d.find_element(By.CSS_SELECTOR, f'#vram .device[data-device="{device["device"]}"]')
-        assert device["device"].split(":")[-1] in block.text  # e.g. gpu0, shown with its node's short id
-        assert block.find_elements(By.CSS_SELECTOR, ".bar")
         on_it = {m["mode"] for m in device["models"]}
-        listed = {li.get_attribute("data-mode") for li in block.find_elements(By.CSS_SELECTOR, ".models li")}
-        assert on_it and on_it <= listed, (on_it, listed)  # the models on it, by name
+        assert on_it
+
+        def shown(_: Any, device: dict = device, on_it: set = on_it) -> bool:
+            block = d.find_element(By.CSS_SELECTOR, f'#vram .device[data-device="{device["device"]}"]')
+            listed = {li.get_attribute("data-mode") for li in block.find_elements(By.CSS_SELECTOR, ".models li")}
+            return (device["device"].split(":")[-1] in block.text  # e.g. gpu0, shown with its node's short id
+                    and bool(block.find_elements(By.CSS_SELECTOR, ".bar")) and on_it <= listed)  # its models
+
+        wait_for(d, shown, 30, f"device {device['device']} with {sorted(on_it)} in the VRAM panel")
 
     history = d.find_elements(By.CSS_SELECTOR, "#history li img")
     assert len(history) == 2
