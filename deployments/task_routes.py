@@ -49,9 +49,8 @@ class TaskRoutes(RouterCore):
                         f"{mode.name!r} ({', '.join(mode.config.jobs) or 'it has none'})", param="kind")
                 payload = job.payload
             webhook = check_webhook(body.webhook, self.tasks_config) if body.webhook else None
-            task_id = request.request_id if request is not None else uuid.uuid4().hex[:16]
-            return await store.submit.remote(TaskSubmission(
-                id=task_id, kind=body.kind, mode=mode.name, family=mode.family.value, owner=current_caller().id,
+            return await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
+                id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value, owner=current_caller().id,
                 request=request, payload=payload, webhook=webhook))
 
     @http_app.get("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,

@@ -41,6 +41,11 @@ class TaskSubmission:
     payload: dict[str, Any] | None = None
     webhook: str | None = None
 
+    @property
+    def request_id(self) -> str:
+        """What its log lines carry: the submitting request's id for a generation."""
+        return self.request.request_id if self.request is not None else self.id
+
 
 @dataclass
 class _Held:
@@ -69,7 +74,7 @@ class TaskStore:
                       webhook=WebhookState(url=sub.webhook) if sub.webhook else None)
         held = self.tasks[sub.id] = _Held(out, sub.owner)
         held.runner = asyncio.get_running_loop().create_task(self._run(held, sub))
-        logger.info("[%s] task %s (%s on mode %s) queued", sub.id, sub.id, sub.kind, sub.mode)
+        logger.info("[%s] task %s (%s on mode %s) queued", sub.request_id, sub.id, sub.kind, sub.mode)
         return out.model_copy()
 
     def _mine(self, task_id: str, owner: str) -> _Held | None:
@@ -100,7 +105,7 @@ class TaskStore:
         with worker_errors(sub.mode):
             if sub.request is None:  # a custom job: no progress to report
                 self._started(out)
-                return await handle.run.remote(sub.kind, sub.payload or {}, sub.id)
+                return await handle.run.remote(sub.kind, sub.payload or {}, sub.request_id)
             set_id = sub.request.adapter_set_id()
             if set_id:
                 handle = handle.options(multiplexed_model_id=set_id)
@@ -124,12 +129,12 @@ class TaskStore:
         except asyncio.CancelledError:
             out.status = TaskStatus.CANCELLED
         except Exception as exc:  # the task fails as the direct request would have, with its status
-            f = error_facts(exc, sub.id)
+            f = error_facts(exc, sub.request_id)
             out.status, out.error = TaskStatus.FAILED, TaskError(status=f.status, type=f.type, message=f.message,
                                                                  param=f.param)
         out.finished_at = time.time()
         out.expires_at = out.finished_at + self.config.result_ttl_s
-        logger.info("[%s] task %s %s", sub.id, sub.id, out.status.value)
+        logger.info("[%s] task %s %s", sub.request_id, sub.id, out.status.value)
         if out.webhook is not None:  # on its own task: a cancel does not wait for the deliveries
             held.notifier = asyncio.get_running_loop().create_task(self._notify(out))
 
