@@ -50,8 +50,8 @@ class TaskRoutes(RouterCore):
                 payload = job.payload
             webhook = check_webhook(body.webhook, self.tasks_config) if body.webhook else None
             return await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
-                id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value, owner=current_caller().id,
-                request=request, payload=payload, webhook=webhook))
+                id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value,
+                owner=current_caller().id, request=request, payload=payload, webhook=webhook))
 
     @http_app.get("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
                   response_model_exclude_none=True, summary="A task's status, progress and result",
