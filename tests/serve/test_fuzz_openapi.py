@@ -1,8 +1,9 @@
 """A bounded schemathesis run against the demo's own `/openapi.json`: no input may get a 5xx, and every
 answer must have the content type the schema declares (JSON errors everywhere).
 
-Generation routes (tasks included) get invalid input only (valid input at the demo's limits would spend the
-run on denoising); the other routes get both, except `/readyz`, whose 503 is an answer. `DREAMLAB_FUZZ_EXAMPLES` sets the examples per operation.
+Generation routes (tasks included) get invalid input only (valid input at the demo's limits would spend
+the run on denoising); the other routes get both, except `/readyz`, whose 503 is an answer.
+`DREAMLAB_FUZZ_EXAMPLES` sets the examples per operation.
 """
 
 from __future__ import annotations
