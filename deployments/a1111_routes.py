@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from serve_app.api.a1111_schemas import (
     A1111Txt2ImgRequest,
     A1111Upscaler,
     A1111Vae,
+    without_hash,
 )
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
@@ -90,7 +90,7 @@ class A1111Routes(RouterCore):
         """A mode from an A1111 checkpoint title, model name, file name, mode name or alias."""
         if not checkpoint:
             return self.catalog.modes[self.current_default]
-        name = re.sub(r"\s*\[[0-9a-f]+\]$", "", checkpoint.strip())
+        name = without_hash(checkpoint)
         by_file = {Path(m.config.checkpoint).name: m.name for m in self.catalog.modes.values()}
         for candidate in (name, by_file.get(name), Path(name).name.removesuffix(".safetensors")):
             if candidate:

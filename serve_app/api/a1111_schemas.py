@@ -55,6 +55,11 @@ A1111_HR_UPSCALERS: dict[str, str] = {
 A1111_DEFAULT_VAES = ("automatic", "none", "")  # `sd_vae` values that keep the checkpoint's own VAE
 
 
+def without_hash(title: str) -> str:
+    """An A1111 checkpoint title (`name [hash]`) without its hash suffix."""
+    return re.sub(r"\s*\[[0-9a-f]+\]$", "", title.strip())
+
+
 class A1111NativeTxt2Img(Txt2ImgRequest):
     """The native request of an A1111 txt2img; its errors name the A1111 fields."""
 
@@ -169,7 +174,7 @@ class A1111Txt2ImgRequest(BaseModel):
                                          "another mode is not served; leave it empty", param="hr_checkpoint_name")
         refiner = None
         if self.refiner_checkpoint:  # an A1111 title "name [hash]" names the mode `name`
-            name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", self.refiner_checkpoint).removesuffix(".safetensors")
+            name = without_hash(self.refiner_checkpoint).removesuffix(".safetensors")
             refiner = RefinerPass(mode=name, switch_at=self.refiner_switch_at)
         return A1111NativeTxt2Img(mode=mode, hires=self.hires(), refiner=refiner, **self.native_fields())
 
