@@ -32,13 +32,13 @@ def main() -> int:
 
     import torch
 
-    from serve_app.api.native_schemas import Txt2ImgRequest
     from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import Txt2ImgRequest
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.demo_models import write_demo_models
-    from serve_app.model.generation import LoraUse
-    from serve_app.model.lora_set import adapter_name
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.model.adapters.lora_set import adapter_name
+    from serve_app.model.demo.demo_models import write_demo_models
+    from serve_app.model.generation.job import LoraUse
+    from serve_app.model.generation.runner import ModelRunner
 
     root = Path(tempfile.mkdtemp(prefix="dreamlab-bench-adapters-"))
     write_demo_models(root)

@@ -59,12 +59,12 @@ def main() -> int:
     from safetensors.torch import save_file
 
     from serve_app.api.adapter_catalog import AdapterCatalog
-    from serve_app.api.native_schemas import LoraRef, Txt2ImgRequest
     from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import LoraRef, Txt2ImgRequest
     from serve_app.app_builder import build_app
     from serve_app.config.modes_file import ModesFile
-    from serve_app.model.demo_adapters import demo_lora
-    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.demo.demo_adapters import demo_lora
+    from serve_app.model.demo.demo_models import write_demo_models
     from serve_app.model.families import Family
 
     root = Path(tempfile.mkdtemp(prefix="dreamlab-bench-affinity-"))

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-from bench_serving import PORT, deploy, pct  # noqa: E402
+import httpx
+from bench_serving import PORT, deploy, pct
 
 MAX_SIZE = 256
 ALLOWED = {200, 503, 507}
@@ -54,7 +54,7 @@ def main() -> int:
 
     from serve_app.api.mode_catalog import ModeCatalog
     from serve_app.config.modes_file import ModesFile
-    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.demo.demo_models import write_demo_models
 
     tmp = Path(tempfile.mkdtemp(prefix="dreamlab-contention-"))
     root = tmp / "models"

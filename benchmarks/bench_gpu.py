@@ -4,7 +4,7 @@
     python benchmarks/bench_gpu.py --allow-cpu --size 64 --steps 1 --requests 1 --max-images 1 --switches 1
 
 1. Builds one checkpoint per family (sd1 as mode `sd15`, sdxl as mode `sdxl`) from the shipped diffusers configs
-   (`serve_app/model/family_configs/`): real architectures and parameter counts, seeded random weights in fp16,
+   (`serve_app/model/loading/family_configs/`): real architectures and parameter counts, seeded random weights in fp16,
    the demo models' byte-level CLIP tokenizer (`demo_models.byte_level_clip_tokenizer`), nothing downloaded. They
    are written into --work as diffusers folders (`--format folder`) or original-layout single files (`single`,
    via `single_file_writer.write_single_file`); what already exists there is reused. Without --work a temporary
@@ -55,7 +55,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_checkpoints import (  # noqa: E402
+from gpu_checkpoints import (
     MODES,
     PEAK_STEPS,
     PROMPT,
@@ -66,8 +66,8 @@ from gpu_checkpoints import (  # noqa: E402
     prepare_page_cache,
     raw_read,
 )
-from gpu_in_process import copy_bandwidth, in_process_phase  # noqa: E402
-from gpu_report import fmt_s, report  # noqa: E402
+from gpu_in_process import copy_bandwidth, in_process_phase
+from gpu_report import fmt_s, report
 
 logger = logging.getLogger("bench_gpu")
 
@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.checkpoint_inspect import inspect_checkpoint
-    from serve_app.model.vram_estimate import BYTES_PER_DTYPE
+    from serve_app.model.inspection.checkpoint_inspect import inspect_checkpoint
+    from serve_app.model.inspection.vram_estimate import BYTES_PER_DTYPE
 
     for lib in (diffusers_logging, transformers_logging):
         lib.set_verbosity_error()
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[inspect] {mode.name}: {info.family.value}, {info.format.value}, {info.param_count / 1e9:.3f} B "
                   f"parameters, {info.file_bytes / 1e9:.2f} GB on disk, estimate {estimates[mode.name] / GiB:.2f} GiB")
         if args.format == "single":  # convert once now, so the served disk loads read the conversion cache
-            from serve_app.model.pipeline_loader import load_pipelines
+            from serve_app.model.loading.pipeline_loader import load_pipelines
 
             for mode in MODES:
                 started = time.perf_counter()

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_checkpoints import files_under, read_files  # noqa: E402
+from gpu_checkpoints import files_under, read_files
 
 INSPECT_TARGET_S = 0.050
 LOAD_TARGET_RATIO = 3.0  # a single file's cold load after its first, vs a raw read of the file
@@ -126,7 +126,7 @@ def write_full_size_sd15(work: Path) -> Path:
     from gpu_checkpoints import build_full_size_pipeline
 
     from serve_app.model.families import Family
-    from serve_app.model.single_file_writer import write_single_file
+    from serve_app.model.loading.single_file_writer import write_single_file
 
     path = work / "full-sd15.safetensors"
     started = time.perf_counter()
@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.checkpoint_inspect import inspect_checkpoint
-    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.demo.demo_models import write_demo_models
     from serve_app.model.families import Family
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.model.generation.runner import ModelRunner
+    from serve_app.model.inspection.checkpoint_inspect import inspect_checkpoint
 
     for lib in (diffusers_logging, transformers_logging):
         lib.set_verbosity_error()

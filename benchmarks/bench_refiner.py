@@ -21,8 +21,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import yaml  # noqa: E402
+import httpx
+import yaml
 
 PORT = 8126
 TARGET = 0.10
@@ -34,10 +34,10 @@ def in_process(root: Path, runs: int) -> tuple[float, float]:
     """Median seconds of the base stage and of the refiner stage, in one process."""
     import torch
 
-    from serve_app.api.native_schemas import Txt2ImgRequest
     from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import Txt2ImgRequest
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.model.generation.runner import ModelRunner
 
     base, refiner = (ModelRunner(ModeConfig(name=n, checkpoint=n), root / n, device=torch.device("cpu"))
                      for n in ("tiny-sdxl", "tiny-sdxl-refiner"))
@@ -67,7 +67,7 @@ def main() -> int:
     from ray import serve
 
     from serve_app.app_builder import build_app
-    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.demo.demo_models import write_demo_models
     from serve_app.model.families import Family
 
     root = Path(tempfile.mkdtemp(prefix="dreamlab-bench-refiner-"))

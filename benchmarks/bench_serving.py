@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import httpx  # noqa: E402
-import yaml  # noqa: E402
+import httpx
+import yaml
 
 PORT = 8124
 REQ = {"prompt": "benchmark", "width": 64, "height": 64, "steps": 2, "seed": 1}
@@ -30,7 +30,7 @@ REQ = {"prompt": "benchmark", "width": 64, "height": 64, "steps": 2, "seed": 1}
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def deploy(name: str, modes: dict, root: Path, tmp: Path, registry: dict | None = None) -> str:
@@ -50,10 +50,10 @@ def mode(name: str, checkpoint: str, **extra) -> dict:
 
 
 def in_process_runner(root: Path):
-    from serve_app.api.native_schemas import Txt2ImgRequest
     from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import Txt2ImgRequest
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.model.generation.runner import ModelRunner
 
     cfg = ModeConfig(**mode("sd1", "tiny-sd1"))
     runner = ModelRunner(cfg, root / "tiny-sd1")
@@ -109,7 +109,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_app.model.demo_models import demo_models_present, write_demo_models
+    from serve_app.model.demo.demo_models import demo_models_present, write_demo_models
 
     root = Path(os.environ.get("MODEL_ROOT", "./models")).resolve()
     if not demo_models_present(root):

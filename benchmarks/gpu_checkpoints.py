@@ -82,8 +82,8 @@ def build_full_size_pipeline(family: str, seed: int) -> Any:
     import torch
     import transformers
 
-    from serve_app.model.demo_models import byte_level_clip_tokenizer
-    from serve_app.model.family_configs import config_dir
+    from serve_app.model.demo.architectures import byte_level_clip_tokenizer
+    from serve_app.model.loading.family_configs import config_dir
 
     root = Path(config_dir(family))
     index = json.loads((root / "model_index.json").read_text())
@@ -124,7 +124,7 @@ def build_checkpoints(work: Path, fmt: str, seed: int) -> dict[str, Path]:
     import torch
 
     from serve_app.model.families import Family
-    from serve_app.model.single_file_writer import write_single_file
+    from serve_app.model.loading.single_file_writer import write_single_file
 
     paths: dict[str, Path] = {}
     for mode in MODES:
@@ -167,7 +167,7 @@ def file_bytes(path: Path) -> int:
 
 def conversion_entry(path: Path) -> Path | None:
     """The conversion cache entry of the single file `path` (what its cold loads read), newest first; None if none."""
-    from serve_app.model.converted_cache import MANIFEST_NAME, resolve_cache_dir
+    from serve_app.model.loading.converted_cache import MANIFEST_NAME, resolve_cache_dir
 
     root = resolve_cache_dir(path)
     if root is None or not root.is_dir():

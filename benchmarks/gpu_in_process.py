@@ -60,11 +60,11 @@ class InProcess:
 def in_process_phase(args: argparse.Namespace, paths: dict[str, Path], cuda: bool) -> dict[str, InProcess]:
     import torch
 
-    from serve_app.api.native_schemas import Txt2ImgRequest
     from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import Txt2ImgRequest
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.model_runner import ModelRunner
-    from serve_app.model.vram_estimate import estimate_vram
+    from serve_app.model.generation.runner import ModelRunner
+    from serve_app.model.inspection.vram_estimate import estimate_vram
 
     def sync() -> None:
         if cuda:

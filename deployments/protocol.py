@@ -14,7 +14,7 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.model.generation import GenerationRequest, GenerationResult, ProgressEvent
+from serve_app.model.generation.job import GenerationRequest, GenerationResult, ProgressEvent
 from serve_app.model.model_state import ModelState, Tier
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Regenerate ``serve_app/model/family_configs/``: the diffusers-format config folders, one per family.
+"""Regenerate ``serve_app/model/loading/family_configs/``: the diffusers-format config folders, one per family.
 
 Dream Lab loads A1111-style single-file ``.safetensors`` checkpoints fully offline with::
 
@@ -36,7 +36,7 @@ How to run it (from the repository root, in the project's virtual environment)::
     # then check the result
     python -m pytest tests/unit/test_family_configs.py
 
-It rewrites only the four family folders (``serve_app/model/family_configs/__init__.py`` is kept), and
+It rewrites only the four family folders (``serve_app/model/loading/family_configs/__init__.py`` is kept), and
 is deterministic: running it twice gives byte-identical files.
 
 Each folder holds its own plain copy of the tokenizer files: ``from_single_file`` loads a tokenizer
@@ -61,7 +61,7 @@ import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = REPO_ROOT / "serve_app" / "model" / "family_configs"
+OUT_DIR = REPO_ROOT / "serve_app" / "model" / "loading" / "family_configs"
 
 # sha256 of OpenAI CLIP's bpe_simple_vocab_16e6.txt.gz (the same bytes in openai/CLIP and open_clip).
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -409,27 +409,12 @@ TOKENIZERS: dict[str, dict[str, str]] = {
 # --------------------------------------------------------------------------------------------
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """OpenAI CLIP's (and GPT-2's) reversible byte -> printable unicode character table."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def clip_vocab_and_merges(bpe_gz: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocabulary and merges exactly as ``clip.simple_tokenizer.SimpleTokenizer.__init__`` builds them."""
     lines = gzip.decompress(bpe_gz.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # 48,894 merges
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2/CLIP's byte -> character table
+
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab.extend("".join(m) for m in merges)
@@ -461,7 +446,8 @@ def find_bpe(explicit: str | None, workdir: Path) -> Path:
         pass
     print("fetching the CLIP BPE file from the open_clip_torch wheel (pip download, no install) ...")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "open_clip_torch", "--no-deps", "--only-binary=:all:", "-d", str(workdir)],
+        [sys.executable, "-m", "pip", "download", "open_clip_torch", "--no-deps", "--only-binary=:all:",
+         "-d", str(workdir)],
         check=True,
     )
     wheels = sorted(workdir.glob("open_clip_torch-*.whl"))

@@ -26,17 +26,17 @@ def build_app(args: dict[str, Any] | None = None):
     """Build the Dream Lab application from its Serve-config `args`."""
     from ray import serve
 
-    from deployments.mode_worker_deployment import ModeWorkerDeployment
-    from deployments.router import RouterIngress
-    from deployments.task_store import TaskStore
-    from deployments.vram_registry import VramRegistry
+    from deployments.registry.vram_registry import VramRegistry
+    from deployments.router.ingress import RouterIngress
+    from deployments.tasks.store import TaskStore
+    from deployments.worker.deployment import ModeWorkerDeployment
 
     a = parse_app_args(args)
     root = Path(a.model_root).expanduser() if a.model_root else model_root_from_env()
     root = root.resolve()
     if a.demo_models:
-        from serve_app.model.demo_adapters import write_demo_adapters
-        from serve_app.model.demo_models import demo_models_present, write_demo_models
+        from serve_app.model.demo.demo_adapters import write_demo_adapters
+        from serve_app.model.demo.demo_models import demo_models_present, write_demo_models
 
         if not demo_models_present(root):
             logger.warning("writing the tiny demo checkpoints to %s", root)

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 # makes each denoising step 10x slower. DREAMLAB_TEST_TORCH_THREADS overrides.
 os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("DREAMLAB_TEST_TORCH_THREADS", "1"))
 
-import pytest  # noqa: E402
+import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def demo_models_dir(tmp_path_factory):
     """Every family's demo checkpoint, as a diffusers folder and as a single file (8 checkpoints),
     the SD1 inpainting variant and the demo adapters."""
-    from serve_app.model.demo_models import write_demo_models
+    from serve_app.model.demo.demo_models import write_demo_models
 
     directory = tmp_path_factory.mktemp("demo-models")
     write_demo_models(directory)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
-from serve_app.errors import RequestValidationError
-from serve_app.strict_model import quote
+from serve_app.core.errors import RequestValidationError
+from serve_app.core.strict_model import quote
 
 _LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.config.app_args import AccessConfig
-from serve_app.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from serve_app.core.errors import AuthenticationError, ConfigError, PermissionDeniedError
 
 
 @dataclass(frozen=True)

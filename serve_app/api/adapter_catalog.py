@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Protocol
 
 from serve_app.config.modes_file import ModeConfig
-from serve_app.errors import RequestValidationError, UnknownAdapterError
-from serve_app.model.adapter_inspect import AdapterInfo, AdapterKind, AdapterProblem, discover_adapters
+from serve_app.core.errors import RequestValidationError, UnknownAdapterError
+from serve_app.core.strict_model import quote
 from serve_app.model.families import Family
-from serve_app.model.generation import AdapterFile, LoraUse
-from serve_app.strict_model import quote
+from serve_app.model.generation.job import AdapterFile, LoraUse
+from serve_app.model.inspection.adapter_inspect import AdapterInfo, AdapterKind, AdapterProblem, discover_adapters
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from serve_app.errors import AuthenticationError, DreamLabError, QueueFullError
-from serve_app.strict_model import describe_error
+from serve_app.core.errors import AuthenticationError, DreamLabError, QueueFullError
+from serve_app.core.strict_model import describe_error
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.config.modes_file import ModeConfig, ModesFile, resolve_checkpoint
-from serve_app.errors import UnknownModeError
-from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.core.errors import UnknownModeError
 from serve_app.model.families import Family
+from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 
 
 @dataclass

@@ -28,13 +28,13 @@ from collections.abc import Callable, Mapping
 from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
-from serve_app.api.native_schemas import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
-from serve_app.errors import RequestTooLargeError, RequestValidationError
+from serve_app.core.errors import RequestTooLargeError, RequestValidationError
+from serve_app.core.strict_model import StrictModel, describe_error, quote
 from serve_app.model.families import Family
-from serve_app.model.generation import MAX_SEED, GenerationRequest, HiresPass, random_seed
-from serve_app.model.inpainting import InpaintingFill, fill_masked
-from serve_app.strict_model import StrictModel, describe_error, quote
+from serve_app.model.generation.inpainting import InpaintingFill, fill_masked
+from serve_app.model.generation.job import MAX_SEED, GenerationRequest, HiresPass, random_seed
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # an encoded init image, before base64
 INIT_IMAGE_SCALE = 2  # an init image may be this many times the mode's max_width / max_height

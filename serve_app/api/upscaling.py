@@ -11,8 +11,8 @@ from PIL import Image
 
 from serve_app.api.request_resolution import decode_image
 from serve_app.config.modes_file import ModeLimits
-from serve_app.errors import RequestValidationError
-from serve_app.strict_model import quote
+from serve_app.core.errors import RequestValidationError
+from serve_app.core.strict_model import quote
 
 MAX_UPSCALED_SIDE = 4096
 # A1111 upscaler name -> PIL filter ("None": a plain Lanczos resize, as A1111 resizes without an upscaler)

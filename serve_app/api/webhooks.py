@@ -16,8 +16,8 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from serve_app.config.app_args import TasksConfig
-from serve_app.errors import RequestValidationError
-from serve_app.strict_model import quote
+from serve_app.core.errors import RequestValidationError
+from serve_app.core.strict_model import quote
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def check_webhook(url: str, config: TasksConfig, field: str = "webhook") -> str:
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (checked scheme)
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code

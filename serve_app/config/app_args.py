@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from serve_app.errors import ConfigError
-from serve_app.strict_model import StrictModel, config_error_text
+from serve_app.core.errors import ConfigError
+from serve_app.core.strict_model import StrictModel, config_error_text
 
 GiB = 1024**3
 
@@ -34,7 +34,8 @@ class RegistryConfig(StrictModel):
 
     simulated_vram_bytes: int = Field(8 * GiB, ge=0, description="Device size where no CUDA reports one.")
     budget_bytes: int | None = Field(None, ge=0, description="Per-device budget; default: total - headroom.")
-    headroom_bytes: int = Field(512 * 1024**2, ge=0, description="Kept free on each device (CUDA context, fragmentation).")
+    headroom_bytes: int = Field(512 * 1024**2, ge=0,
+                                description="Kept free on each device (CUDA context, fragmentation).")
     heartbeat_interval_s: float = Field(0.5, gt=0, description="How often replicas report.")
     dead_after_s: float = Field(6.0, gt=0, description="A replica silent this long is dropped.")
     reservation_ttl_s: float = Field(300.0, gt=0, description="A reservation not turned into a registration expires.")

@@ -28,12 +28,12 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from serve_app.config.app_args import MODE_DEPLOYMENT_DEFAULTS, RESERVED_DEPLOYMENT_NAMES
-from serve_app.errors import ConfigError
-from serve_app.model.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
+from serve_app.core.errors import ConfigError
+from serve_app.core.strict_model import FieldError, StrictModel, config_error_text
 from serve_app.model.families import Family
-from serve_app.model.schedulers import SchedulerName
-from serve_app.model.vram_estimate import DTypeName, VramEstimate, estimate_vram
-from serve_app.strict_model import FieldError, StrictModel, config_error_text
+from serve_app.model.generation.schedulers import SchedulerName
+from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
+from serve_app.model.inspection.vram_estimate import DTypeName, VramEstimate, estimate_vram
 
 logger = logging.getLogger(__name__)
 

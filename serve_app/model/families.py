@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from serve_app.errors import RequestValidationError
+from serve_app.core.errors import RequestValidationError
 
 
 class Family(str, Enum):

@@ -39,7 +39,7 @@ def cuda_warm() -> None:
 
 def _runner(demo_models_dir: Path, name: str):
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.model.generation.runner import ModelRunner
 
     path = demo_models_dir / name
     return ModelRunner(ModeConfig(name="gpu", checkpoint=str(path), dtype="fp16"), path,
@@ -48,7 +48,7 @@ def _runner(demo_models_dir: Path, name: str):
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_load_matches_estimate_and_unload_returns_memory(demo_models_dir: Path, cuda_warm, name: str) -> None:
-    from serve_app.model.vram_estimate import estimate_vram
+    from serve_app.model.inspection.vram_estimate import estimate_vram
 
     runner = _runner(demo_models_dir, name)
     baseline = _settle()

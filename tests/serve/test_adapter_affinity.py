@@ -11,7 +11,7 @@ import httpx
 import pytest
 from safetensors.torch import save_file
 
-from serve_app.model.demo_adapters import demo_lora
+from serve_app.model.demo.demo_adapters import demo_lora
 from serve_app.model.families import Family
 
 pytestmark = pytest.mark.serve

@@ -111,7 +111,7 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_an_error(drain_app):
 def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app):
     import ray
 
-    from deployments.drain_shutdown import drain_and_shutdown
+    from serve_app.cli.drain_shutdown import drain_and_shutdown
 
     url, redeploy = drain_app
     redeploy(2)

@@ -4,7 +4,7 @@ images, bodies over the cap, 20 MB bad values, seeds that run out of range mid-r
 Every one is answered by the router, in the front end's error shape, before anything is queued.
 
 Serve's proxy sets no body limit of its own (Ray 2.60): it and the replica's receive plumbing buffer what
-the client sends, and the 413 comes from the router's cap (`deployments.http_app.MAX_BODY_BYTES`).
+the client sends, and the 413 comes from the router's cap (`deployments.router.http_app.MAX_BODY_BYTES`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from deployments.http_app import MAX_BODY_BYTES
-from serve_app.model.generation import MAX_SEED
+from deployments.router.http_app import MAX_BODY_BYTES
+from serve_app.model.generation.job import MAX_SEED
 
 pytestmark = pytest.mark.serve
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from deployments.playground_routes import STATIC_FILES, page_html
+from deployments.router.frontends.playground import STATIC_FILES, page_html
 
 pytestmark = pytest.mark.serve
 

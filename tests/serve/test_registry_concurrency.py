@@ -22,7 +22,7 @@ BUDGET = 10 * GiB
 def registry(ray_serve):
     from ray import serve
 
-    from deployments.vram_registry import VramRegistry
+    from deployments.registry.vram_registry import VramRegistry
 
     app = serve.deployment(VramRegistry, name="VramRegistry").options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serve_app.cli import main
+from serve_app.cli.main import main
 
 pytestmark = pytest.mark.serve
 

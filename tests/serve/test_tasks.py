@@ -33,7 +33,7 @@ def receiver():
     got: list[tuple[dict[str, str], bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}
             got.append((headers, self.rfile.read(int(headers["content-length"]))))
             self.send_response(204)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from deployments.protocol import DeviceStats, HeartbeatReport, ModelState, Registration, Tier
-from deployments.vram_registry import VramRegistry
+from deployments.registry.vram_registry import VramRegistry
 
 GiB = 1024**3
 DEV = "node-a:cuda:0"

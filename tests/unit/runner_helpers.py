@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
-from serve_app.model.generation import GenerationResult
-from serve_app.model.model_runner import ModelRunner
+from serve_app.model.generation.job import GenerationResult
+from serve_app.model.generation.runner import ModelRunner
 
 WIDTH, HEIGHT, STEPS = 64, 48, 2
 

@@ -9,7 +9,7 @@ import pytest
 
 from serve_app.api.access_policy import AccessPolicy, presented_key
 from serve_app.config.app_args import AccessConfig
-from serve_app.errors import AuthenticationError, ConfigError, PermissionDeniedError
+from serve_app.core.errors import AuthenticationError, ConfigError, PermissionDeniedError
 
 
 def _basic(user: str, password: str) -> str:

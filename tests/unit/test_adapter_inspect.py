@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from serve_app.errors import AdapterFileError, CorruptCheckpointError, PickleCheckpointError
-from serve_app.model.adapter_inspect import AdapterFormat, AdapterKind, discover_adapters, inspect_adapter
-from serve_app.model.demo_adapters import DEMO_LORA_RANK, write_demo_adapters
+from serve_app.core.errors import AdapterFileError, CorruptCheckpointError, PickleCheckpointError
+from serve_app.model.demo.demo_adapters import DEMO_LORA_RANK, write_demo_adapters
 from serve_app.model.families import Family
+from serve_app.model.inspection.adapter_inspect import AdapterFormat, AdapterKind, discover_adapters, inspect_adapter
 
 
 @pytest.fixture(scope="module")

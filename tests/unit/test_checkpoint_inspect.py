@@ -17,16 +17,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from serve_app.errors import (
+from serve_app.core.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     NotACheckpointError,
     PickleCheckpointError,
     UnsupportedCheckpointError,
 )
-from serve_app.model.checkpoint_inspect import CheckpointFormat, inspect_checkpoint, is_checkpoint_candidate
-from serve_app.model.demo_models import demo_name
+from serve_app.model.demo.architectures import demo_name
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family
+from serve_app.model.inspection.checkpoint_inspect import CheckpointFormat, inspect_checkpoint, is_checkpoint_candidate
 
 EXPECTED_DIM = {Family.SD1: 768, Family.SD2: 1024, Family.SDXL: 2048, Family.SDXL_REFINER: 1280}
 UNET = "model.diffusion_model."
@@ -49,7 +49,7 @@ def _stored_param_count(files: list[Path]) -> int:
     total = 0
     for path in files:
         with safe_open(str(path), framework="pt") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
                 total += math.prod(fh.get_slice(key).get_shape())
     return total
 

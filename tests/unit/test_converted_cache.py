@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeDefaults
-from serve_app.errors import CheckpointNotFoundError
-from serve_app.model.checkpoint_inspect import inspect_checkpoint, read_safetensors_header
-from serve_app.model.converted_cache import (
+from serve_app.core.errors import CheckpointNotFoundError
+from serve_app.model.generation.runner import ModelRunner
+from serve_app.model.inspection.checkpoint_inspect import inspect_checkpoint
+from serve_app.model.inspection.safetensors_header import read_safetensors_header
+from serve_app.model.loading.converted_cache import (
     CACHE_DIR_ENV,
     DEFAULT_CACHE_DIR_NAME,
     MANIFEST_NAME,
@@ -30,8 +32,7 @@ from serve_app.model.converted_cache import (
     ConvertedCache,
     resolve_cache_dir,
 )
-from serve_app.model.model_runner import ModelRunner
-from serve_app.model.pipeline_loader import load_pipelines
+from serve_app.model.loading.pipeline_loader import load_pipelines
 
 SDXL_FILE = "tiny-sdxl.safetensors"
 CPU = torch.device("cpu")
@@ -215,7 +216,7 @@ def test_a_broken_entry_is_rebuilt_and_gives_the_same_image(corruption: str, che
     entry = _only_entry(cache)
     CORRUPTIONS[corruption](entry)
 
-    with caplog.at_level(logging.WARNING, logger="serve_app.model.converted_cache"):
+    with caplog.at_level(logging.WARNING, logger="serve_app.model.loading.converted_cache"):
         assert _image(checkpoint, cache) == reference_image
     assert conversions.count == 2
     assert any("discarding" in r.getMessage() and str(entry) in r.getMessage() for r in caplog.records)
@@ -230,7 +231,7 @@ def test_an_unwritable_cache_dir_falls_back_to_direct_loads(checkpoint: Path, tm
                                                             caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # a folder below a file cannot be made, not even by root
-    with caplog.at_level(logging.WARNING, logger="serve_app.model.converted_cache"):
+    with caplog.at_level(logging.WARNING, logger="serve_app.model.loading.converted_cache"):
         assert _image(checkpoint, blocker / "cache") == reference_image
         assert _image(checkpoint, blocker / "cache") == reference_image
     assert conversions.count == 2  # every load converts, as without a cache

@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deployments.http_app import current_request_id, install_error_path
+from deployments.router.http_app import current_request_id, install_error_path
 from serve_app.api.http_errors import FrontEnd
-from serve_app.api.native_schemas import Txt2ImgRequest
-from serve_app.errors import InsufficientVRAMError, QueueFullError, RequestValidationError
+from serve_app.api.schemas.native import Txt2ImgRequest
+from serve_app.core.errors import InsufficientVRAMError, QueueFullError, RequestValidationError
 
 SECRET = "ActorDiedError pid=4242 ip=10.1.2.3 actor_id=deadbeef"
 

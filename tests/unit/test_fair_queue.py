@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from deployments.fair_queue import FairQueue
-from serve_app.errors import QueueFullError
+from deployments.router.fair_queue import FairQueue
+from serve_app.core.errors import QueueFullError
 
 
 async def _run(queue: FairQueue, client: str, label: str, order: list[str], release: asyncio.Event) -> None:

@@ -1,4 +1,4 @@
-"""The shipped diffusers config folders (serve_app/model/family_configs/) are complete and exact.
+"""The shipped diffusers config folders (serve_app/model/loading/family_configs/) are complete and exact.
 
 Offline and fast: models are built on the ``meta`` device (no weights allocated) only to count
 their parameters against the public checkpoints' known counts.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family
-from serve_app.model.family_configs import FAMILY_CONFIGS_ROOT, FAMILY_DIRS, config_dir
+from serve_app.model.loading.family_configs import FAMILY_CONFIGS_ROOT, FAMILY_DIRS, config_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.native import Img2ImgRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig
-from serve_app.errors import RequestValidationError
+from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
-from serve_app.model.generation import GenerationRequest
-from serve_app.model.model_runner import GenerationCancelledError, ModelRunner, ModelState
+from serve_app.model.generation.job import GenerationRequest
+from serve_app.model.generation.runner import GenerationCancelledError, ModelRunner, ModelState
 from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, txt2img
 
 TXT2IMG_CHECKPOINTS = ["tiny-sd1", "tiny-sd1.safetensors", "tiny-sd2", "tiny-sd2.safetensors",

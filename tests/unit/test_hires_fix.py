@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.api.a1111_schemas import A1111Txt2ImgRequest
-from serve_app.api.native_schemas import HiresFix, Img2ImgRequest, Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
-from serve_app.errors import RequestValidationError
+from serve_app.api.schemas.a1111 import A1111Txt2ImgRequest
+from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, Txt2ImgRequest
+from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
-from serve_app.model.model_runner import ModelRunner
+from serve_app.model.generation.runner import ModelRunner
 from tests.unit.runner_helpers import mode_for
 
 

@@ -11,14 +11,14 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from deployments.http_app import MAX_BODY_BYTES
-from serve_app.api.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
-from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
+from deployments.router.http_app import MAX_BODY_BYTES
 from serve_app.api.request_resolution import INIT_IMAGE_SCALE, MAX_IMAGE_BYTES, decode_image, resolve_request
-from serve_app.errors import RequestTooLargeError, RequestValidationError
+from serve_app.api.schemas.a1111 import A1111Img2ImgRequest, A1111Txt2ImgRequest
+from serve_app.api.schemas.native import Img2ImgRequest, Txt2ImgRequest
+from serve_app.core.errors import RequestTooLargeError, RequestValidationError
+from serve_app.core.strict_model import describe_error, quote
 from serve_app.model.families import Family
-from serve_app.model.generation import MAX_SEED
-from serve_app.strict_model import describe_error, quote
+from serve_app.model.generation.job import MAX_SEED
 from tests.unit.hostile_inputs import HUGE, MODE, b64, image, png, png_claiming
 
 

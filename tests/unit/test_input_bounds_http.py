@@ -15,14 +15,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deployments.http_app import MAX_BODY_BYTES, install_error_path
-from serve_app.api.a1111_schemas import A1111Img2ImgRequest, A1111Txt2ImgRequest
+from deployments.router.http_app import MAX_BODY_BYTES, install_error_path
 from serve_app.api.http_errors import FrontEnd
-from serve_app.api.native_schemas import Img2ImgRequest, Txt2ImgRequest
-from serve_app.api.openai_schemas import OpenAIImageRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.a1111 import A1111Img2ImgRequest, A1111Txt2ImgRequest
+from serve_app.api.schemas.native import Img2ImgRequest, Txt2ImgRequest
+from serve_app.api.schemas.openai import OpenAIImageRequest
 from serve_app.model.families import Family
-from serve_app.model.generation import MAX_SEED
+from serve_app.model.generation.job import MAX_SEED
 from tests.unit.hostile_inputs import HUGE, MODE, SHORT_ERROR, SMALL_CAP, b64, png_claiming
 
 # -- over HTTP: the body cap and each front end's short errors ---------------------------------------------------

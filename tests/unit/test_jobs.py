@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from serve_app.config.modes_file import ModeConfig, ModeDefaults
-from serve_app.errors import ConfigError, RequestValidationError, UnknownJobTypeError
-from serve_app.model.example_jobs import describe
-from serve_app.model.jobs import JobContext, JobRegistry, import_job
-from serve_app.model.model_runner import ModelRunner
+from serve_app.core.errors import ConfigError, RequestValidationError, UnknownJobTypeError
+from serve_app.model.demo.example_jobs import describe
+from serve_app.model.generation.custom_jobs import JobContext, JobRegistry, import_job
+from serve_app.model.generation.runner import ModelRunner
 
 
 @pytest.fixture(scope="module")
 def runner(demo_models_dir: Path) -> Iterator[ModelRunner]:
     path = demo_models_dir / "tiny-sd1"
-    mode = ModeConfig(name="sd1", checkpoint=str(path), jobs={"describe": "serve_app.model.example_jobs:describe"},
+    mode = ModeConfig(name="sd1", checkpoint=str(path), jobs={"describe": "serve_app.model.demo.example_jobs:describe"},
                       defaults=ModeDefaults(width=64, height=64, steps=2))
     r = ModelRunner(mode, path, device=torch.device("cpu"))
     r.load()
@@ -36,7 +36,7 @@ def test_generation_is_not_a_job() -> None:
 
 
 def test_custom_job_by_import_path(runner: ModelRunner) -> None:
-    registry = JobRegistry({"describe": "serve_app.model.example_jobs:describe"})
+    registry = JobRegistry({"describe": "serve_app.model.demo.example_jobs:describe"})
     assert registry.names() == ["describe"]
     fn = registry.get("describe")
     assert fn is describe
@@ -49,12 +49,12 @@ def test_custom_job_by_import_path(runner: ModelRunner) -> None:
 
 
 def test_custom_job_sees_an_unloaded_model_as_not_ready(demo_models_dir: Path) -> None:
-    from serve_app.errors import ModelNotReadyError
+    from serve_app.core.errors import ModelNotReadyError
 
     path = demo_models_dir / "tiny-sd1"
     cold = ModelRunner(ModeConfig(name="cold", checkpoint=str(path)), path, device=torch.device("cpu"))
     with pytest.raises(ModelNotReadyError) as err:
-        JobRegistry({"describe": "serve_app.model.example_jobs:describe"}).get("describe")(JobContext(cold), {})
+        JobRegistry({"describe": "serve_app.model.demo.example_jobs:describe"}).get("describe")(JobContext(cold), {})
     assert "'cold'" in err.value.message
 
 
@@ -65,7 +65,7 @@ def test_custom_job_input_errors(runner: ModelRunner) -> None:
 
 
 def test_unknown_job_type_lists_the_names() -> None:
-    registry = JobRegistry({"describe": "serve_app.model.example_jobs:describe"})
+    registry = JobRegistry({"describe": "serve_app.model.demo.example_jobs:describe"})
     with pytest.raises(UnknownJobTypeError) as err:
         registry.get("upscale")
     msg = err.value.message
@@ -76,7 +76,7 @@ def test_unknown_job_type_lists_the_names() -> None:
 
 @pytest.mark.parametrize(("target", "why"), [
     ("serve_app.no_such_module:describe", "no_such_module"),
-    ("serve_app.model.example_jobs:no_such_function", "no_such_function"),
+    ("serve_app.model.demo.example_jobs:no_such_function", "no_such_function"),
     ("serve_app.model.families:INPAINTING_IN_CHANNELS", "not callable"),
 ])
 def test_bad_import_path_names_the_job(target: str, why: str) -> None:

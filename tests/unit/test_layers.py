@@ -20,7 +20,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "serve_app/api": ("ray", "torch", "diffusers", "deployments", *TOP),
     "deployments": TOP,
 }
-GROUND = ("serve_app/errors.py", "serve_app/strict_model.py")
+GROUND = ("serve_app/core/errors.py", "serve_app/core/strict_model.py")
 
 
 def _imports(path: Path) -> set[str]:
@@ -53,5 +53,5 @@ def test_ground_imports_nothing_of_the_project() -> None:
 
 def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
     sneaky = tmp_path / "sneaky.py"
-    sneaky.write_text("def f():\n    from deployments.router import Router\n    import ray.serve\n")
-    assert _violations(sneaky, FORBIDDEN["serve_app/model"]) == ["deployments.router", "ray.serve"]
+    sneaky.write_text("def f():\n    from deployments.router.ingress import Router\n    import ray.serve\n")
+    assert _violations(sneaky, FORBIDDEN["serve_app/model"]) == ["deployments.router.ingress", "ray.serve"]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from serve_app.api.a1111_prompt_tags import split_lora_tags
-from serve_app.api.a1111_schemas import A1111Txt2ImgRequest
 from serve_app.api.adapter_catalog import AdapterCatalog
-from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.a1111 import A1111Txt2ImgRequest
+from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
-from serve_app.errors import RequestValidationError, UnknownAdapterError
-from serve_app.model.demo_adapters import write_demo_adapters
+from serve_app.core.errors import RequestValidationError, UnknownAdapterError
+from serve_app.model.demo.demo_adapters import write_demo_adapters
 from serve_app.model.families import Family
 
 SD1 = ModeConfig(name="sd1", checkpoint="tiny-sd1", limits=ModeLimits(max_loras=2, max_lora_weight=1.5))

@@ -12,7 +12,7 @@ import pytest
 
 from deployments.protocol import EntryState, ModelState, ReserveStatus, Tier
 from serve_app.config.modes_file import ModeConfig
-from serve_app.errors import JobFailedError, RequestValidationError
+from serve_app.core.errors import JobFailedError, RequestValidationError
 from tests.unit.worker_fakes import (
     DEV,
     MODE,

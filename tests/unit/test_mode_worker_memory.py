@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from deployments.protocol import ModelState, ReserveStatus, Tier
-from deployments.vram_registry import VramRegistry
-from serve_app.errors import InsufficientVRAMError
-from serve_app.model.generation import GenerationRequest, LoraUse
-from serve_app.model.vram_estimate import estimate_vram
+from deployments.registry.vram_registry import VramRegistry
+from serve_app.core.errors import InsufficientVRAMError
+from serve_app.model.generation.job import GenerationRequest, LoraUse
+from serve_app.model.inspection.vram_estimate import estimate_vram
 from tests.unit.worker_fakes import (
     DEV,
     MODE,

@@ -14,8 +14,8 @@ from serve_app.config.modes_file import (
     modes_from_environment,
     resolve_checkpoint,
 )
-from serve_app.errors import ConfigError
-from serve_app.model.schedulers import SCHEDULER_NAMES
+from serve_app.core.errors import ConfigError
+from serve_app.model.generation.schedulers import SCHEDULER_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES_FILES = sorted((REPO_ROOT / "configs").glob("*modes*.yaml"))
@@ -43,14 +43,14 @@ def test_every_modes_yaml_parses(path: Path) -> None:
         assert d.width % 8 == 0 and d.height % 8 == 0
         assert d.width <= lim.max_width and d.height <= lim.max_height and d.steps <= lim.max_steps
         for name, target in mode.jobs.items():  # custom jobs named in a shipped file must import
-            from serve_app.model.jobs import import_job
+            from serve_app.model.generation.custom_jobs import import_job
 
             assert callable(import_job(name, target))
 
 
 def test_demo_modes_resolve_against_the_demo_checkpoints(demo_models_dir: Path) -> None:
     modes = load_modes_file(REPO_ROOT / "configs" / "demo_modes.yaml")
-    from serve_app.model.checkpoint_inspect import inspect_checkpoint
+    from serve_app.model.inspection.checkpoint_inspect import inspect_checkpoint
 
     for mode in modes.modes:
         path = resolve_checkpoint(mode.checkpoint, demo_models_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from deployments.protocol import ModelState, Offloaded, Tier
-from deployments.vram_registry import VramRegistry
+from deployments.registry.vram_registry import VramRegistry
 from tests.unit.registry_fakes import (
     DEV,
     FakeClock,

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
-from serve_app.model.model_runner import ModelRunner
+from serve_app.api.schemas.native import Txt2ImgRequest
+from serve_app.model.generation.runner import ModelRunner
 from tests.unit.runner_helpers import mode_for
 
 

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from serve_app.api.adapter_catalog import AdapterCatalog
-from serve_app.api.native_schemas import Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
-from serve_app.errors import AdapterFileError, RequestValidationError, UnknownAdapterError
-from serve_app.model.demo_models import vae_config
+from serve_app.api.schemas.native import Txt2ImgRequest
+from serve_app.core.errors import AdapterFileError, RequestValidationError, UnknownAdapterError
+from serve_app.model.demo.architectures import vae_config
 from serve_app.model.families import Family
-from serve_app.model.model_runner import ModelRunner
+from serve_app.model.generation.runner import ModelRunner
 from tests.unit.runner_helpers import mode_for
 
 
@@ -26,7 +26,7 @@ def models(demo_models_dir: Path, tmp_path_factory) -> Path:
     """The demo checkpoints and adapters, plus a VAE of another architecture and one more embedding."""
     from diffusers import AutoencoderKL
 
-    from serve_app.model.demo_adapters import write_demo_adapters
+    from serve_app.model.demo.demo_adapters import write_demo_adapters
 
     root = tmp_path_factory.mktemp("adapters")
     for name in ("tiny-sd1", "tiny-sdxl"):

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from serve_app.api.native_schemas import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.api.request_resolution import resolve_request
-from serve_app.errors import RequestValidationError
-from serve_app.model.demo_models import DEMO_INPAINTING
+from serve_app.api.schemas.native import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from serve_app.core.errors import RequestValidationError
+from serve_app.model.demo.architectures import DEMO_INPAINTING
 from serve_app.model.families import Family
-from serve_app.model.model_runner import ModelRunner
+from serve_app.model.generation.runner import ModelRunner
 from tests.unit.runner_helpers import mode_for
 
 SIZE = 64

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve_app.errors import CheckpointNotFoundError, ModelNotReadyError
-from serve_app.model.model_runner import ModelRunner, ModelState
+from serve_app.core.errors import CheckpointNotFoundError, ModelNotReadyError
+from serve_app.model.generation.runner import ModelRunner, ModelState
 from serve_app.model.model_state import Tier
 from tests.unit.runner_helpers import mode_for, txt2img
 

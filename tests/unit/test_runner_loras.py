@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve_app.errors import AdapterFileError
-from serve_app.model.generation import LoraUse
-from serve_app.model.model_runner import ModelRunner
+from serve_app.core.errors import AdapterFileError
+from serve_app.model.generation.job import LoraUse
+from serve_app.model.generation.runner import ModelRunner
 from tests.unit.runner_helpers import mode_for
 
 
@@ -21,8 +21,8 @@ def _lora(models: Path, name: str, weight: float = 1.0) -> LoraUse:
 
 
 def _generate(runner: ModelRunner, loras: list[LoraUse]) -> bytes:
-    from serve_app.api.native_schemas import Txt2ImgRequest
     from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import Txt2ImgRequest
 
     params = resolve_request(Txt2ImgRequest(prompt="a red fox", seed=5), runner.mode, runner.family)
     params.loras = loras

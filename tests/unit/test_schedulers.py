@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from deployments.a1111_routes import A1111Routes
-from serve_app.api.a1111_schemas import A1111_SAMPLER_ALIASES, A1111_SAMPLERS, A1111Txt2ImgRequest, a1111_scheduler
-from serve_app.api.native_schemas import Txt2ImgRequest
+from deployments.router.frontends.a1111 import A1111Routes
 from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.a1111 import A1111_SAMPLER_ALIASES, A1111_SAMPLERS, A1111Txt2ImgRequest, a1111_scheduler
+from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
-from serve_app.model.generation import GenerationResult
-from serve_app.model.model_runner import ModelRunner
-from serve_app.model.schedulers import SCHEDULER_NAMES
+from serve_app.model.generation.job import GenerationResult
+from serve_app.model.generation.runner import ModelRunner
+from serve_app.model.generation.schedulers import SCHEDULER_NAMES
 
 SIZE, STEPS = 64, 2
 

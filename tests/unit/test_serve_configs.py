@@ -10,7 +10,7 @@ import yaml
 from serve_app.app_builder import build_app
 from serve_app.config.app_args import MODE_DEPLOYMENT_DEFAULTS, parse_app_args
 from serve_app.config.modes_file import load_modes_file
-from serve_app.errors import ConfigError
+from serve_app.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = [REPO / "configs" / "rayservice.yaml"]

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from serve_app.model.families import Family
-from serve_app.model.single_file_writer import (
+from serve_app.model.loading.single_file_writer import (
     METADATA_DIFFUSERS_CONFIG,
     METADATA_FAMILY,
     TEXT_ENCODER_LAYOUTS,
@@ -48,7 +48,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("family", list(Family), ids=lambda f: f.value)
 def test_demo_pipeline_round_trips_through_single_file(family: Family, tmp_path: Path) -> None:
-    from serve_app.model.demo_models import build_demo_pipeline
+    from serve_app.model.demo.architectures import build_demo_pipeline
 
     pipe = build_demo_pipeline(family)
     path = tmp_path / f"{family.value}.safetensors"
@@ -153,7 +153,8 @@ REAL = {
         {"text_encoder": _OPENCLIP_H},
         "v2",
     ),
-    Family.SDXL: (dict(_SDXL_UNET, **_XL_COMMON), {"text_encoder": _CLIP_L, "text_encoder_2": _OPENCLIP_BIGG}, "xl_base"),
+    Family.SDXL: (dict(_SDXL_UNET, **_XL_COMMON), {"text_encoder": _CLIP_L, "text_encoder_2": _OPENCLIP_BIGG},
+                  "xl_base"),
     Family.SDXL_REFINER: (dict(_REFINER_UNET, **_XL_COMMON), {"text_encoder_2": _OPENCLIP_BIGG}, "xl_refiner"),
 }
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.model import vram_estimate as ve
-from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.model.demo_models import demo_name
+from serve_app.model.demo.architectures import demo_name
 from serve_app.model.families import Family
-from serve_app.model.vram_estimate import estimate_vram
+from serve_app.model.inspection import vram_estimate as ve
+from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.inspection.vram_estimate import estimate_vram
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_weights_term_matches_a_real_load(demo_models_dir: Path, checkpoint: str
     import torch
 
     from serve_app.config.modes_file import ModeConfig
-    from serve_app.model.model_runner import ModelRunner
+    from serve_app.model.generation.runner import ModelRunner
 
     path = demo_models_dir / checkpoint
     runner = ModelRunner(ModeConfig(name="m", checkpoint=str(path), dtype=dtype), path, device=torch.device("cpu"))

@@ -16,7 +16,7 @@ from deployments.protocol import (
     ReserveAnswer,
     ReserveStatus,
 )
-from deployments.vram_registry import VramRegistry
+from deployments.registry.vram_registry import VramRegistry
 from tests.unit.registry_fakes import (
     DEV,
     FakeClock,

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from deployments.mode_worker import ModeWorker
 from deployments.protocol import DeviceStats, ModelState, Tier
-from deployments.vram_registry import VramRegistry
+from deployments.registry.vram_registry import VramRegistry
+from deployments.worker.mode_worker import ModeWorker
 from serve_app.config.modes_file import ModeConfig
-from serve_app.model.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.model.generation import GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.generation.job import GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 
 GiB = 1024**3
 DEV = "node:gpu0"

@@ -1,0 +1,283 @@
+"""What every front end of the Router shares: mode selection, admission, the drain flag and the default
+mode learnt from the registry, and the typed calls to the mode workers.
+
+The route methods live in `native_routes`, `openai_routes` and `a1111_routes` (subclasses of
+`RouterCore`); `router.Router` joins them into the Serve ingress. It never touches torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from deployments import metrics
+from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent
+from deployments.registry.client import RegistryClient
+from deployments.router.access_control import current_caller, set_access_policy
+from deployments.router.fair_queue import FairQueue
+from deployments.router.http_app import current_request_id, note_mode
+from serve_app.api.access_policy import AccessPolicy
+from serve_app.api.adapter_catalog import AdapterCatalog
+from serve_app.api.mode_catalog import ModeCatalog, ServedMode
+from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.native import Txt2ImgRequest
+from serve_app.config.app_args import AccessConfig, FairShareConfig, TasksConfig
+from serve_app.config.modes_file import ModesFile
+from serve_app.core.errors import ModeUnavailableError, QueueFullError, RequestValidationError, ShuttingDownError
+from serve_app.model.families import Family
+from serve_app.model.generation.job import GenerationTimings
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def worker_errors(mode: str) -> Iterator[None]:
+    """Ray's own failures of a call to a mode replica, as Dream Lab errors (no actor ids, pids or IPs)."""
+    try:
+        yield
+    except BackPressureError:
+        raise QueueFullError(f"mode {mode!r} has a full queue; retry later", retry_after_s=1) from None
+    except (RayActorError, ActorUnavailableError):
+        logger.warning("[%s] the replica of mode %s went away", current_request_id(), mode, exc_info=True)
+        raise ModeUnavailableError(f"the replica of mode {mode!r} running this request went away; retry",
+                                   retry_after_s=1) from None
+
+
+@dataclass
+class Generated:
+    mode: ServedMode
+    result: GenerationResult
+    total_s: float
+
+
+class RouterCore:
+    """`mode_handles` maps mode name -> DeploymentHandle; `registry` and `task_store` are those deployments'
+    handles (None: none)."""
+
+    def __init__(self, modes: dict[str, Any], model_root: str, mode_handles: dict[str, Any],
+                 registry: Any = None, access: dict[str, Any] | None = None,
+                 fair_share: dict[str, Any] | None = None, task_store: Any = None,
+                 tasks: dict[str, Any] | None = None) -> None:
+        self.catalog = ModeCatalog(ModesFile.model_validate(modes), Path(model_root))
+        self.adapters = AdapterCatalog(Path(model_root))
+        self.handles = mode_handles
+        self.registry = RegistryClient(registry) if registry is not None else None
+        self.task_store = task_store  # the TaskStore's handle (None: no tasks)
+        self.tasks_config = TasksConfig.model_validate(tasks or {})
+        set_access_policy(AccessPolicy.from_config(AccessConfig.model_validate(access or {})))
+        share = FairShareConfig.model_validate(fair_share or {})
+        self.queues: dict[str, FairQueue] = {}
+        for name, mode in self.catalog.modes.items():
+            options = mode.config.deployment_options()
+            self.queues[name] = FairQueue(name, self._capacity(name, options["max_ongoing_requests"]),
+                                          options["max_queued_requests"], share.max_waiting_per_client)
+        self.router_id = uuid.uuid4().hex[:12]
+        self.inflight = 0
+        self.operator = OperatorState()  # this router's copy of what operators set (see OperatorState)
+        self.replicas: dict[str, int] = {}  # live replicas per mode, from the registry
+        self.started_at = time.time()
+        self._poller: asyncio.Task | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.operator.draining
+
+    @property
+    def current_default(self) -> str:
+        """The application's default mode: the last switch, else the configured one."""
+        switched = self.operator.default_mode
+        return switched if switched in self.catalog.modes else self.catalog.default
+
+    # -- operator state shared through the registry: drain flag, default mode ----------------------------
+    async def ensure_poller(self) -> None:
+        """Report in-flight work and the operator state to the registry, learn its (every 0.2 s).
+
+        The first call polls once before returning, so a router's very first request already knows
+        whether the application drains."""
+        if self._poller is None and self.registry is not None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_registry())
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        assert self.registry is not None
+        try:
+            ans = await self.registry.router_poll(self.router_id, self.inflight, self.operator)
+        except Exception as exc:
+            logger.warning("registry poll failed: %s", exc)
+            return
+        # a poll sent before this router's own switch may answer after it: only newer versions count
+        if ans.state.version > self.operator.version:
+            self.operator = ans.state
+        self.replicas = ans.replicas
+        for name, queue in self.queues.items():
+            queue.wake()  # a mode that scaled up takes more at once
+            metrics.queue_depth(name, queue.waiting())
+
+    async def _poll_registry(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            await self._poll_once()
+
+    async def set_default_mode(self, name: str) -> None:
+        """Switch the application's default mode (shared with every router through the registry)."""
+        if self.registry is None:
+            self.operator = self.operator.model_copy(
+                update={"default_mode": name, "version": self.operator.version + 1})
+            return
+        state = await self.registry.set_default_mode(name)
+        if state.version > self.operator.version:
+            self.operator = state
+
+    # -- admission -----------------------------------------------------------------------------------
+    async def refuse_if_draining(self) -> None:
+        await self.ensure_poller()
+        if self.draining:
+            raise ShuttingDownError("Dream Lab is shutting down: in-flight work finishes, new work is refused",
+                                    retry_after_s=30)
+
+    async def admit(self) -> None:
+        """Count a request in flight; refuse it while the application drains. `release()` undoes it."""
+        await self.refuse_if_draining()
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+
+    @contextlib.asynccontextmanager
+    async def accepting(self) -> AsyncIterator[None]:
+        await self.admit()
+        try:
+            yield
+        finally:
+            self.release()
+
+    # -- modes and workers -----------------------------------------------------------------------------
+    def _capacity(self, mode: str, per_replica: int) -> Callable[[], int]:
+        """How many requests of `mode` go on to its replicas at once (a scaled-to-zero mode takes one
+        replica's worth, which wakes it)."""
+        return lambda: per_replica * max(1, self.replicas.get(mode, 0))
+
+    @contextlib.asynccontextmanager
+    async def dispatch(self, mode: ServedMode) -> AsyncIterator[None]:
+        """A slot to send a request of `mode` on, in fair turn with the other clients."""
+        queue, started = self.queues[mode.name], time.perf_counter()
+        async with queue.slot(current_caller().id):
+            metrics.stage_seconds(mode.name, {"queue": time.perf_counter() - started})
+            metrics.queue_depth(mode.name, queue.waiting())
+            yield
+        metrics.queue_depth(mode.name, queue.waiting())
+
+    def select(self, name: str | None, param: str = "mode") -> ServedMode:
+        """The named mode (or alias), or the application's current default mode."""
+        mode = self.catalog.select(name or self.current_default, param=param)
+        note_mode(mode.name)
+        return mode
+
+    @staticmethod
+    def observe(mode: ServedMode, result: GenerationResult, total_s: float) -> None:
+        """A finished generation's stages, into the metrics."""
+        t = result.timings
+        metrics.stage_seconds(mode.name, {"load": t.load_s, "inference": t.inference_s, "encode": t.encode_s,
+                                          "total": total_s})
+
+    def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
+        """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
+        if body.refiner is not None:  # only `generate` runs the two stages
+            raise RequestValidationError("`refiner` runs on the direct generation routes only (not streamed, not as "
+                                         "a task)", param="refiner")
+        return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters)
+
+    def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
+        """The base's request of a base -> refiner generation (it stops at `switch_at` and answers latents)."""
+        refiner = self.select(body.refiner.mode, param="refiner.mode")
+        if mode.family is not Family.SDXL or refiner.family is not Family.SDXL_REFINER:
+            raise RequestValidationError(
+                f"`refiner.mode` {refiner.name!r} is {refiner.family.value}, mode {mode.name!r} is "
+                f"{mode.family.value}: a refiner pass needs an sdxl mode and an sdxl-refiner mode",
+                param="refiner.mode")
+        base = resolve_request(body.model_copy(update={"refiner": None}), mode.config, mode.family,
+                               current_request_id(), self.adapters)
+        if base.kind != "txt2img" or base.hires is not None:
+            raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
+        base.denoising_end = body.refiner.switch_at
+        return base, refiner
+
+    async def _generate_refined(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationResult:
+        """Base -> refiner across two mode deployments: the latents travel between them, not images."""
+        base, refiner = self._refiner_stages(body, mode)
+        first = await self._generate_once(mode, base)
+        finish = dataclasses.replace(base, kind="img2img", init_latents=first.latents, denoising_end=None,
+                                     denoising_start=base.denoising_end, loras=[], embeddings=[], vae=None)
+        second = await self._generate_once(refiner, finish)
+        a, b = first.timings, second.timings
+        second.timings = GenerationTimings(
+            inference_s=round(a.inference_s + b.inference_s, 4), encode_s=b.encode_s, job_s=round(a.job_s + b.job_s, 4),
+            load_s=None if a.load_s is None and b.load_s is None else round((a.load_s or 0) + (b.load_s or 0), 4),
+            adapter_loads=a.adapter_loads)
+        second.stages = [(mode.name, a), (refiner.name, b)]
+        return second
+
+    def _worker(self, mode: ServedMode, request: GenerationRequest) -> Any:
+        """The mode's handle; for a request with adapters, under their set's id, so Serve prefers a replica
+        that holds them (see `mode_worker_deployment`)."""
+        set_id = request.adapter_set_id()
+        handle = self.handles[mode.name]
+        return handle.options(multiplexed_model_id=set_id) if set_id else handle
+
+    async def generate(self, body: Txt2ImgRequest, mode: ServedMode | None = None) -> Generated:
+        """Resolve `body` (on `mode`, else the one it names) and run it on that mode's worker.
+
+        A replica that dies under the request costs one retry (Serve sends it to another replica);
+        generation has no side effects, so running it twice is safe."""
+        started = time.perf_counter()
+        mode = mode or self.select(body.mode)
+        if body.refiner is not None:
+            result = await self._generate_refined(body, mode)
+        else:
+            request = self.resolve(body, mode)
+            try:
+                result = await self._generate_once(mode, request)
+            except ModeUnavailableError:
+                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)
+                result = await self._generate_once(mode, request)
+        total_s = time.perf_counter() - started
+        self.observe(mode, result, total_s)
+        return Generated(mode, result, total_s)
+
+    async def _generate_once(self, mode: ServedMode, request: GenerationRequest) -> GenerationResult:
+        async with self.dispatch(mode):
+            with worker_errors(mode.name):
+                return await self._worker(mode, request).generate.remote(request)
+
+    async def generate_stream(self, mode: ServedMode,
+                              request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+        """The worker's progress events, then its result. Retried once like `generate` while nothing was
+        streamed yet; after that a dead replica is a 503."""
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            streamed = False
+            try:
+                async with self.dispatch(mode):
+                    with worker_errors(mode.name):
+                        stream = self._worker(mode, request).options(stream=True).generate_stream.remote(request)
+                        async for event in stream:
+                            streamed = True
+                            if isinstance(event, GenerationResult):
+                                self.observe(mode, event, time.perf_counter() - started)
+                            yield event
+                return
+            except ModeUnavailableError:
+                if streamed or attempt == 2:
+                    raise
+                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)

@@ -1,0 +1,1 @@
+"""The TaskStore: async tasks run and kept outside the router."""

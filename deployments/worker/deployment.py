@@ -1,0 +1,48 @@
+"""What Serve runs for a mode: a `ModeWorker` that starts in its (async) constructor, stops in `__del__`
+after Serve drained it, and tells Serve's routing which adapter sets it holds.
+
+Affinity uses Serve's own model multiplexing: the router sends a request with adapters under its set's id
+(`GenerationRequest.adapter_set_id`, as `multiplexed_model_id`), and each replica advertises the ids of the
+sets it ran last (`adapter_sets_per_replica` of them) through a `serve.multiplexed` function, so Serve
+prefers a replica that already holds the request's LoRAs and VAE; any replica loads them on demand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from deployments.protocol import GenerationRequest, GenerationResult, ProgressEvent
+from deployments.worker.mode_worker import ModeWorker
+
+
+class ModeWorkerDeployment(ModeWorker):
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # Serve awaits an async constructor
+        super().__init__(*args, **kwargs)
+
+        async def held_adapter_set(set_id: str) -> str:  # the adapters themselves load in the generation
+            return set_id
+
+        # an instance attribute: the bound comes from the mode's config, and Serve finds it on the instance
+        self.held_adapter_set = serve.multiplexed(
+            max_num_models_per_replica=self.mode.adapter_sets_per_replica)(held_adapter_set)
+        await self.start()
+
+    async def _advertise(self, request: GenerationRequest) -> None:
+        set_id = request.adapter_set_id()
+        if set_id:
+            await self.held_adapter_set(set_id)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        await self._advertise(request)
+        return await super().generate(request)
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+        await self._advertise(request)
+        async for event in super().generate_stream(request):
+            yield event
+
+    async def __del__(self) -> None:
+        await self.stop()

@@ -1,0 +1,1 @@
+"""Request and response bodies of every front end, as `/openapi.json` shows them."""

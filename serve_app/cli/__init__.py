@@ -1,0 +1,1 @@
+"""The `dreamlab` command line: inspect, demo-models, generate, status, shutdown."""

@@ -1,0 +1,1 @@
+"""Adapters applied per request on a loaded pipeline: LoRAs, textual-inversion embeddings, VAEs."""

@@ -1,0 +1,1 @@
+"""Tiny demo checkpoints and adapters (random weights, real architectures) and example custom jobs."""

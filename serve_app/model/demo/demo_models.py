@@ -1,0 +1,56 @@
+"""Tiny demo checkpoints: random weights, real architectures, real cross-attention widths.
+
+`write_demo_models(dir)` writes, for each family, a diffusers folder `tiny-<family>/` and a single-file
+`tiny-<family>.safetensors` in the original (LDM / A1111) key layout. Everything is made locally and
+deterministically (fixed seeds, see `architectures`): no hub, no network.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from serve_app.model.demo.architectures import DEMO_INPAINTING, build_demo_pipeline, demo_name
+from serve_app.model.demo.demo_adapters import write_demo_adapters
+from serve_app.model.families import Family
+
+logger = logging.getLogger(__name__)
+
+def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tuple(Family)) -> list[Path]:
+    """Write every family's demo checkpoint as a diffusers folder and as a single file, and the demo adapters
+    (`demo_adapters`); return the paths.
+
+    Existing checkpoints are kept (the output is deterministic, so rewriting would change nothing).
+    """
+    from serve_app.model.loading.single_file_writer import write_single_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for family in families:
+        folder = out / demo_name(family)
+        single = out / f"{demo_name(family)}.safetensors"
+        if folder.is_dir() and single.is_file():
+            written += [folder, single]
+            continue
+        pipe = build_demo_pipeline(family)
+        if not folder.is_dir():
+            pipe.save_pretrained(folder, safe_serialization=True)
+        if not single.is_file():
+            write_single_file(pipe, family, single)
+        logger.info("demo checkpoint %s written to %s", family.value, out)
+        written += [folder, single]
+    inpainting = out / DEMO_INPAINTING
+    if Family.SD1 in families:
+        if not inpainting.is_dir():
+            build_demo_pipeline(Family.SD1, inpainting=True).save_pretrained(inpainting, safe_serialization=True)
+        written.append(inpainting)
+    return written + write_demo_adapters(out)
+
+
+def demo_models_present(directory: str | Path) -> bool:
+    out = Path(directory)
+    return (out / DEMO_INPAINTING).is_dir() and all(
+        (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in Family
+    )
+

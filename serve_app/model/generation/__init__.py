@@ -1,0 +1,1 @@
+"""Running generations: the job types, the runner, samplers, hires fix, inpainting, custom jobs."""

@@ -1,0 +1,36 @@
+"""Hires fix: a txt2img at the requested size, upscaled (in latent space, or in pixels with Lanczos or
+nearest neighbour), then denoised again at the larger size by the img2img pipeline (`strength` of it), as
+A1111's `enable_hr` does. Latent upscaling keeps the first pass's latents and skips a VAE round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from serve_app.model.generation.job import LATENT_UPSCALERS, HiresPass
+
+VAE_SCALE = 8  # pixels per latent of every supported family
+
+
+def second_pass_steps(hires: HiresPass) -> int:
+    """Denoising steps the second pass really runs (img2img runs `steps * strength` of them)."""
+    return max(1, min(int(hires.steps * hires.strength), hires.steps))
+
+
+def upscale(first: Any, hires: HiresPass) -> Any:
+    """The first pass's output (latents for a latent upscaler, else PIL images) at the hires size."""
+    if hires.upscaler in LATENT_UPSCALERS:
+        mode = "nearest" if hires.upscaler == "latent_nearest" else "bilinear"
+        size = (hires.height // VAE_SCALE, hires.width // VAE_SCALE)
+        return torch.nn.functional.interpolate(first, size=size, mode=mode)
+    resample = Image.NEAREST if hires.upscaler == "nearest" else Image.LANCZOS
+    return [img.resize((hires.width, hires.height), resample) for img in first]
+
+
+def second_pass(pipe: Any, first: Any, hires: HiresPass, call: dict[str, Any]) -> list[Image.Image]:
+    """Denoise the upscaled first pass again with `pipe` (img2img); `call` holds the first pass's arguments."""
+    call = {k: v for k, v in call.items() if k not in ("width", "height", "output_type")}
+    call.update(image=upscale(first, hires), strength=hires.strength, num_inference_steps=hires.steps)
+    return pipe(**call).images

@@ -1,0 +1,378 @@
+"""One mode's model: load, generate, offload, unload. The mode worker deployment is a thin wrapper around this.
+
+Tiers: a loaded model is in `vram` (on its device); `offload` moves it to `ram` (host memory, pinned on
+CUDA; on a CPU device the built pipeline is simply kept), from where `load` is a device copy instead of a
+read from disk and a pipeline construction; `unload` drops it from either tier (`disk`).
+
+Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
+scheduler and the request's adapters (LoRAs: `lora_set`, embeddings: `embedding_set`, a VAE: `vae_set`)
+are applied under the same lock. `self_check` tells a request that failed from a pipeline that broke (the
+mode worker runs it after an unexpected error); it and custom jobs run without LoRAs and with the
+checkpoint's own VAE.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+from PIL import Image
+
+from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError, RequestValidationError
+from serve_app.model.adapters.embedding_set import EmbeddingSet
+from serve_app.model.adapters.lora_set import LoraSet
+from serve_app.model.adapters.vae_set import VaeSet
+from serve_app.model.families import Family
+from serve_app.model.generation.hires_fix import second_pass, second_pass_steps
+from serve_app.model.generation.inpainting import NEUTRAL, blurred, composite
+from serve_app.model.generation.job import (
+    LATENT_UPSCALERS,
+    AdapterFile,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    GenerationTimings,
+    LoraUse,
+)
+from serve_app.model.generation.schedulers import make_scheduler
+from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.loading.pipeline_loader import (
+    LoadedPipelines,
+    free_device_memory,
+    load_pipelines,
+    pick_device,
+    torch_dtype_for,
+)
+from serve_app.model.model_state import ModelState, Tier
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
+
+SELF_CHECK_SIZE = 64  # pixels: the smallest size every family's UNet takes (latents 8x8)
+SELF_CHECK_SCHEDULER = "euler"  # a plain one: the check is about the pipeline, not the request's scheduler
+
+
+class RunnerSettings(Protocol):
+    """What the runner needs of a mode (a modes-file `ModeConfig` is one; the model layer does not import it)."""
+
+    name: str
+    family: Family | None
+    dtype: str
+    prediction_type: str | None
+    lora_cache_bytes: int
+
+
+def encode_image(image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, format="PNG")
+    else:
+        image.save(buf, format=fmt.upper(), quality=90)
+    return buf.getvalue()
+
+
+class ModelRunner:
+    """Owns one checkpoint's pipelines on one device."""
+
+    def __init__(
+        self,
+        mode: RunnerSettings,
+        checkpoint: Path,
+        *,
+        device: torch.device | None = None,
+        loader: Loader = load_pipelines,
+    ) -> None:
+        self.mode = mode
+        self.info = inspect_checkpoint(checkpoint)
+        self.family = mode.family or self.info.family
+        self.device = device or pick_device()
+        self.dtype = torch_dtype_for(mode.dtype, self.device)
+        self._loader = loader
+        self._pipes: LoadedPipelines | None = None
+        self._scheduler_config: dict[str, Any] = {}
+        self._schedulers: dict[str, Any] = {}  # name -> instance; reused (generation is serialised)
+        self._lock = threading.RLock()
+        self.loras = LoraSet(mode.lora_cache_bytes)
+        self.embeddings = EmbeddingSet()
+        self.vaes = VaeSet()
+        self.state = ModelState.COLD
+        self.tier = Tier.DISK
+        self.loaded_from: Tier | None = None  # where the last load came from
+        self.last_error: str | None = None
+        self.last_used = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        """On its device, ready to generate."""
+        return self.tier is Tier.VRAM
+
+    def load(self) -> bool:
+        """Bring the pipelines onto the device: a copy from the RAM tier, else a load from disk; False (a
+        no-op) when they are there. A checkpoint that cannot be read (gone, corrupt) leaves the model cold:
+        the error names the file and the next request tries again."""
+        with self._lock:
+            if self.tier is Tier.VRAM:
+                return False
+            started = time.perf_counter()
+            self.state = ModelState.LOADING
+            if self.tier is Tier.RAM:
+                return self._restore(started)
+            try:
+                self._pipes = self._loader(self.info, self.family, self.dtype, self.device)
+            except (DreamLabError, torch.cuda.OutOfMemoryError) as exc:  # the file, or room: the pipeline is sound
+                self._pipes, self.state, self.last_error = None, ModelState.COLD, str(exc)[:500]
+                free_device_memory(self.device)
+                raise
+            except Exception as exc:
+                self.state, self.last_error = ModelState.FAILED, str(exc)
+                raise
+            self.loaded_from = Tier.DISK
+            self._scheduler_config = dict(self._pipes.base.scheduler.config)
+            self._schedulers = {}
+            if self.mode.prediction_type is not None:
+                self._scheduler_config["prediction_type"] = self.mode.prediction_type
+            self.tier = Tier.VRAM
+            self.state = ModelState.READY
+            self.last_used = time.time()
+            logger.info("mode %s loaded (%s, %s on %s) in %.2fs", self.mode.name, self.family.value,
+                        self.dtype, self.device, time.perf_counter() - started)
+            return True
+
+    def _restore(self, started: float) -> bool:
+        assert self._pipes is not None
+        if self.device.type != "cpu":
+            try:
+                self._pipes.move_to(self.device)
+            except BaseException:  # half moved: drop it; the next load reads the checkpoint again
+                self._pipes, self.tier, self.state = None, Tier.DISK, ModelState.COLD
+                free_device_memory(self.device)
+                raise
+        self.tier = Tier.VRAM
+        self.loaded_from = Tier.RAM
+        self.state = ModelState.READY
+        logger.info("mode %s restored from the RAM tier to %s in %.3fs", self.mode.name, self.device,
+                    time.perf_counter() - started)
+        return True
+
+    def offload(self) -> bool:
+        """Move the pipelines from the device to host memory (the RAM tier); False when not on the device."""
+        with self._lock:
+            if self.tier is not Tier.VRAM or self._pipes is None:
+                return False
+            self.vaes.reset(self._pipes)  # only the checkpoint's own modules move to the RAM tier
+            if self.device.type != "cpu":
+                self._pipes.move_to(torch.device("cpu"))
+                free_device_memory(self.device)
+            self.tier = Tier.RAM
+            self.state = ModelState.OFFLOADED
+            logger.info("mode %s offloaded to the RAM tier", self.mode.name)
+            return True
+
+    def unload(self) -> bool:
+        """Drop the pipelines from either tier and free their memory; False when nothing was held."""
+        with self._lock:
+            if self._pipes is None:
+                return False
+            self.vaes.reset(self._pipes)
+            self._pipes = None
+            self.loras.clear()
+            self.embeddings.clear()
+            free_device_memory(self.device)
+            self.tier = Tier.DISK
+            self.state = ModelState.COLD
+            logger.info("mode %s unloaded", self.mode.name)
+            return True
+
+    def parameter_bytes(self) -> int:
+        """Bytes of every parameter and buffer of the held pipeline (its footprint without CUDA, and what it
+        takes in the RAM tier)."""
+        if self._pipes is None:
+            return 0
+        return sum(t.numel() * t.element_size() for module in self._pipes.modules()
+                   for t in (*module.parameters(), *module.buffers()))
+
+    def adapter_bytes(self) -> int:
+        """Bytes of the adapters held loaded (counted in the replica's footprint)."""
+        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes
+
+    def adapter_bytes_to_load(self, params: GenerationRequest) -> int:
+        """Bytes the request's adapter files not held yet would add (reserved before they are loaded)."""
+        embeddings = [e for e in params.embeddings if self.embeddings.loaded.get(e.name.lower()) != e]
+        return (self.loras.missing_bytes(params.loras) + sum(e.file_bytes for e in embeddings)
+                + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0))
+
+    def adapter_loads(self) -> int:
+        """Adapter files read from disk so far."""
+        return self.loras.loads + self.embeddings.loads + self.vaes.loads
+
+    def _adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
+               vae: AdapterFile | None) -> int:
+        """Make `pipes` run with exactly these adapters; how many files that read from disk."""
+        before = self.adapter_loads()
+        self.loras.apply(pipes.base, loras)  # the modules are shared: both pipelines see them
+        self.embeddings.apply(pipes.base, embeddings)
+        self.vaes.apply(pipes, vae)
+        return self.adapter_loads() - before
+
+    def pipelines(self) -> LoadedPipelines:
+        """The loaded pipelines, for custom jobs; raises when the mode is not on its device."""
+        if self._pipes is None or not self.loaded:
+            raise ModelNotReadyError(f"mode {self.mode.name!r} is not loaded (state {self.state.value})",
+                                     param="mode")
+        return self._pipes
+
+    def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run `fn` (a custom job) the way a generation runs: alone on the pipeline, which no offload or unload
+        can take away meanwhile; raises when the mode is not on its device."""
+        with self._lock:
+            self._adapt(self.pipelines(), [], [], None)  # the checkpoint's own weights, not the last request's
+            result = fn()
+            self.last_used = time.time()
+            return result
+
+    def _scheduler(self, name: str) -> Any:
+        if name not in self._schedulers:  # building one costs 2-8 ms: build each once
+            self._schedulers[name] = make_scheduler(name, self._scheduler_config)
+        return self._schedulers[name]
+
+    def self_check(self, request_id: str = "-") -> bool:
+        """A minimal real generation (1 step, 64x64, one image, fixed seed, no guidance); False, with the reason
+        logged (under `request_id`, the request whose failure asked for it), when it raises or its pixels are not
+        finite, or when nothing is loaded."""
+        with self._lock:
+            if self._pipes is None or not self.loaded:
+                logger.error("[%s] mode %s self-check failed: not loaded (state %s)", request_id, self.mode.name,
+                             self.state.value)
+                return False
+            pipes = self._pipes
+            self._adapt(pipes, [], [], None)  # the checkpoint's own weights
+            call: dict[str, Any] = dict(prompt="self-check", num_inference_steps=1, guidance_scale=1.0,
+                                        generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
+            check = GenerationRequest(  # the refiner: img2img only; strength 1 keeps the one step
+                kind="txt2img" if self.family.txt2img else "img2img", prompt="", negative_prompt="",
+                width=SELF_CHECK_SIZE, height=SELF_CHECK_SIZE, steps=1, guidance_scale=1.0, seeds=[0],
+                scheduler=SELF_CHECK_SCHEDULER, output_format="png", strength=1.0,
+                init_image=None if self.family.txt2img else Image.new("RGB", (SELF_CHECK_SIZE,) * 2, NEUTRAL))
+            pipe, inputs, _ = self._inputs(pipes, check)
+            call.update(inputs)
+            started = time.perf_counter()
+            try:
+                pipe.scheduler = self._scheduler(SELF_CHECK_SCHEDULER)
+                with torch.inference_mode():
+                    images = pipe(**call).images
+                finite = bool(torch.isfinite(images).all())
+            except Exception as exc:
+                logger.error("[%s] mode %s self-check failed: %s: %s", request_id, self.mode.name,
+                             type(exc).__name__, exc)
+                return False
+        if not finite:
+            logger.error("[%s] mode %s self-check failed: the pipeline gave non-finite pixels (NaN or inf)",
+                         request_id, self.mode.name)
+            return False
+        logger.info("[%s] mode %s self-check passed in %.2fs", request_id, self.mode.name,
+                    time.perf_counter() - started)
+        return True
+
+    @staticmethod
+    def _inputs(pipes: LoadedPipelines, params: GenerationRequest) -> tuple[Any, dict[str, Any], tuple | None]:
+        """(the pipeline, its inputs for `params`, what to composite the result onto: (image, mask) or None).
+
+        An inpainting checkpoint runs every job on its inpainting pipeline: txt2img as a full mask over a
+        neutral image (strength 1), img2img as a full mask over the init image."""
+        size = dict(width=params.width, height=params.height)
+        if params.kind == "inpaint":
+            mask = blurred(params.mask, params.mask_blur)
+            inputs = dict(image=params.init_image, mask_image=mask, strength=params.strength, **size)
+            if params.inpaint_padding is not None:
+                inputs["padding_mask_crop"] = params.inpaint_padding
+            return pipes.inpaint, inputs, (params.init_image, mask)
+        if pipes.inpainting_only:
+            full = Image.new("L", (params.width, params.height), 255)
+            image = params.init_image or Image.new("RGB", (params.width, params.height), NEUTRAL)
+            return pipes.inpaint, dict(image=image, mask_image=full, strength=params.strength or 1.0, **size), None
+        if params.kind == "txt2img":
+            if params.denoising_end is not None:
+                size.update(denoising_end=params.denoising_end, output_type="latent")
+            return pipes.txt2img, size, None
+        if params.init_latents is not None:  # a refiner finishing a base's latents
+            latents = torch.from_numpy(params.init_latents).to(pipes.device, pipes.dtype)
+            return pipes.img2img, dict(image=latents, denoising_start=params.denoising_start), None
+        return pipes.img2img, dict(image=params.init_image, strength=params.strength), None
+
+    def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
+                 cancelled: CancelFn | None = None) -> GenerationResult:
+        """Run one resolved request; same params and seeds give the same image bytes."""
+        self.family.check_job(params.kind, self.mode.name)
+        with self._lock:
+            pipes = self.pipelines()
+            if params.hires is not None and pipes.img2img is None:
+                raise RequestValidationError(f"`hires`: mode {self.mode.name!r} is an inpainting checkpoint, which "
+                                             "has no second pass; use an ordinary one", param="hires")
+            pipe, inputs, overlay = self._inputs(pipes, params)
+            adapter_loads = self._adapt(pipes, params.loras, params.embeddings, params.vae)
+            pipe.scheduler = self._scheduler(params.scheduler)
+            n = len(params.seeds)
+
+            done_before = [0]  # steps of the hires fix's first pass, once it is done
+            hires_steps = second_pass_steps(params.hires) if params.hires else 0
+
+            def on_step_end(p, step: int, timestep, kwargs: dict) -> dict:
+                if progress is not None:
+                    total = params.steps + hires_steps if hires_steps else int(getattr(p, "_num_timesteps", 0))
+                    progress(done_before[0] + step + 1, total or params.steps)
+                if cancelled is not None and cancelled():
+                    p._interrupt = True
+                return kwargs
+
+            call: dict[str, Any] = dict(
+                prompt=[self.embeddings.in_prompt(params.prompt, params.embeddings)] * n,
+                negative_prompt=[self.embeddings.in_prompt(params.negative_prompt, params.embeddings)] * n,
+                num_inference_steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
+                callback_on_step_end=on_step_end,
+            )
+            if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
+                inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
+            call.update(inputs)
+            if params.hires is not None:
+                call["output_type"] = "latent" if params.hires.upscaler in LATENT_UPSCALERS else "pil"
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    images = pipe(**call).images
+                    if params.hires is not None:
+                        done_before[0] = params.steps
+                        pipes.img2img.scheduler = pipe.scheduler
+                        images = second_pass(pipes.img2img, images, params.hires, call)
+            except Exception:
+                self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
+                raise
+            if overlay is not None:  # unmasked pixels come back exactly as sent
+                images = [composite(img, *overlay) for img in images]
+            inference_s = time.perf_counter() - started
+            if cancelled is not None and cancelled():
+                raise GenerationCancelledError("generation cancelled: the client went away")
+            self.last_used = time.time()
+        started = time.perf_counter()
+        latents = images.float().cpu().numpy() if params.denoising_end is not None else None  # (torch-free)
+        encoded = [] if latents is not None else [
+            GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
+            for img, seed in zip(images, params.seeds)]
+        return GenerationResult(
+            images=encoded, width=params.output_size[0], height=params.output_size[1], steps=params.steps,
+            scheduler=params.scheduler,
+            timings=GenerationTimings(inference_s=round(inference_s, 4),
+                                      encode_s=round(time.perf_counter() - started, 4), adapter_loads=adapter_loads),
+            latents=latents,
+        )

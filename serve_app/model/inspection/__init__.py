@@ -1,0 +1,1 @@
+"""Looking at checkpoint and adapter files without loading them: family, layout, sizes, VRAM estimate."""

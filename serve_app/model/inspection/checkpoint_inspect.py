@@ -1,0 +1,206 @@
+"""Look at a checkpoint without loading it: format, family, dtype, sizes.
+
+A single `.safetensors` file is inspected from its JSON header alone (8-byte length + JSON), so a
+multi-GB file costs one small read. A diffusers folder is inspected from `model_index.json`,
+`unet/config.json` and the headers of its weight files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field
+
+from serve_app.core.errors import (
+    CheckpointNotFoundError,
+    NotACheckpointError,
+    PickleCheckpointError,
+    UnsupportedCheckpointError,
+)
+from serve_app.core.strict_model import StrictModel
+from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, INPAINTING_IN_CHANNELS, Family, supported_dims_text
+from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.single_file_layout import UNET_PREFIX, VAE_PREFIX
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+class CheckpointFormat(str, Enum):
+    DIFFUSERS = "diffusers"
+    SINGLE_FILE = "single-file"
+
+
+class CheckpointInfo(StrictModel):
+    """What a checkpoint is, read from its metadata only."""
+
+    path: str = Field(description="Absolute path of the checkpoint.")
+    format: CheckpointFormat = Field(description="`diffusers` folder or original-layout `single-file`.")
+    family: Family = Field(description="Detected from the UNet's cross-attention dim.")
+    cross_attention_dim: int = Field(description="Width of the text context the UNet attends to.")
+    inpainting: bool = Field(description="UNet in_channels == 9.")
+    unet_in_channels: int = Field(description="Input channels of the UNet.")
+    dtype: str = Field(description="Stored dtype of most weight bytes (float16, bfloat16, float32).")
+    param_count: int = Field(description="Number of stored parameters (all components).")
+    param_bytes: int = Field(description="Bytes of stored parameters.")
+    file_bytes: int = Field(description="Bytes on disk (all files of the checkpoint).")
+    unet_base_channels: int = Field(description="Channels of the UNet's first level (drives working memory).")
+    vae_decoder_channels: int = Field(description="Channels of the VAE decoder at full resolution.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Single-file `__metadata__` strings.")
+
+
+def pickle_refusal(path: Path, param: str = "checkpoint") -> PickleCheckpointError:
+    return PickleCheckpointError(
+        f"{path}: '{path.suffix}' is a pickle checkpoint and is refused: loading a pickle runs arbitrary code "
+        "from the file. Convert it once, in a sandbox you trust, to safetensors, e.g. "
+        "`python -c \"import torch, safetensors.torch as st; sd = torch.load('model.ckpt', weights_only=True); "
+        "sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous() for k, v in sd.items() "
+        "if hasattr(v, 'contiguous')}, 'model.safetensors')\"` (or diffusers' `save_pretrained`).",
+        param=param,
+    )
+
+
+def _numel(t: TensorHeader) -> int:
+    return math.prod(t.shape)
+
+
+def dominant_dtype(tensors: list[TensorHeader]) -> str:
+    by_bytes: Counter[str] = Counter()
+    for t in tensors:
+        by_bytes[t.dtype] += _numel(t) * _DTYPE_BYTES.get(t.dtype, 4)
+    if not by_bytes:
+        return "unknown"
+    top = by_bytes.most_common(1)[0][0]
+    return _DTYPE_NAMES.get(top, top.lower())
+
+
+def _family_for(path: Path, dim: int) -> Family:
+    family = FAMILY_BY_CROSS_ATTENTION_DIM.get(dim)
+    if family is None:
+        raise UnsupportedCheckpointError(
+            f"{path}: unsupported checkpoint: UNet cross_attention_dim is {dim}; supported: {supported_dims_text()}",
+            param="checkpoint")
+    return family
+
+
+def _inspect_single_file(path: Path) -> CheckpointInfo:
+    tensors, metadata = read_safetensors_header(path)
+    to_k = [(k, t) for k, t in tensors.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")]
+    conv_in = tensors.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if not to_k or conv_in is None:
+        raise NotACheckpointError(
+            f"{path}: not a Stable Diffusion checkpoint: no UNet tensors under '{UNET_PREFIX}' with cross-attention "
+            "(a LoRA, VAE or embedding file cannot be served as a mode)", param="checkpoint")
+    dim = to_k[0][1].shape[1]
+    vae_out = tensors.get(VAE_PREFIX + "decoder.conv_out.weight")
+    return CheckpointInfo(
+        path=str(path),
+        format=CheckpointFormat.SINGLE_FILE,
+        family=_family_for(path, dim),
+        cross_attention_dim=dim,
+        inpainting=conv_in.shape[1] == INPAINTING_IN_CHANNELS,
+        unet_in_channels=conv_in.shape[1],
+        dtype=dominant_dtype([t for k, t in tensors.items() if k.startswith(UNET_PREFIX)]),
+        param_count=sum(_numel(t) for t in tensors.values()),
+        param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in tensors.values()),
+        file_bytes=path.stat().st_size,
+        unet_base_channels=conv_in.shape[0],
+        vae_decoder_channels=vae_out.shape[1] if vae_out is not None else 128,
+        metadata=metadata,
+    )
+
+
+def _weight_files(component_dir: Path) -> list[Path]:
+    """The safetensors files of one component, preferring the plain files over variants (`x.fp16.safetensors`)."""
+    files = sorted(component_dir.glob("*.safetensors"))
+    plain = [f for f in files if f.name.count(".") == 1 or "-of-" in f.name]
+    return plain or files
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise NotACheckpointError(f"{path}: unreadable JSON ({exc})", param="checkpoint") from exc
+    if not isinstance(data, dict):
+        raise NotACheckpointError(f"{path}: expected a JSON object", param="checkpoint")
+    return data
+
+
+def _inspect_folder(path: Path) -> CheckpointInfo:
+    if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
+        raise NotACheckpointError(
+            f"{path}: not a checkpoint: a diffusers folder needs model_index.json and unet/config.json",
+            param="checkpoint")
+    _read_json(path / "model_index.json")
+    unet_cfg = _read_json(path / "unet" / "config.json")
+    dim = unet_cfg.get("cross_attention_dim")
+    if isinstance(dim, list):
+        dim = dim[0]
+    if not isinstance(dim, int):
+        raise NotACheckpointError(f"{path / 'unet' / 'config.json'}: no integer cross_attention_dim",
+                                  param="checkpoint")
+    family = _family_for(path, dim)
+    components = [p for p in sorted(path.iterdir()) if p.is_dir()]
+    all_headers: list[TensorHeader] = []
+    unet_headers: list[TensorHeader] = []
+    vae_channels = 128
+    file_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    for comp in components:
+        files = _weight_files(comp)
+        if not files and any(comp.glob("*.bin")):
+            raise pickle_refusal(next(comp.glob("*.bin")))
+        for f in files:
+            tensors, _ = read_safetensors_header(f)
+            all_headers += tensors.values()
+            if comp.name == "unet":
+                unet_headers += tensors.values()
+            if comp.name == "vae" and "decoder.conv_out.weight" in tensors:
+                vae_channels = tensors["decoder.conv_out.weight"].shape[1]
+    base_channels = unet_cfg.get("block_out_channels", [320])[0]
+    return CheckpointInfo(
+        path=str(path),
+        format=CheckpointFormat.DIFFUSERS,
+        family=family,
+        cross_attention_dim=dim,
+        inpainting=unet_cfg.get("in_channels", 4) == INPAINTING_IN_CHANNELS,
+        unet_in_channels=unet_cfg.get("in_channels", 4),
+        dtype=dominant_dtype(unet_headers),
+        param_count=sum(_numel(t) for t in all_headers),
+        param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in all_headers),
+        file_bytes=file_bytes,
+        unet_base_channels=base_channels,
+        vae_decoder_channels=vae_channels,
+    )
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Inspect a diffusers folder or a single-file `.safetensors`; raise a typed CheckpointError otherwise."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointNotFoundError(f"{p}: checkpoint path does not exist", param="checkpoint")
+    p = p.resolve()
+    if p.is_dir():
+        return _inspect_folder(p)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        raise pickle_refusal(p)
+    if p.suffix.lower() != ".safetensors":
+        raise NotACheckpointError(
+            f"{p}: not a checkpoint: expected a diffusers folder or a .safetensors file, got '{p.suffix or p.name}'",
+            param="checkpoint")
+    return _inspect_single_file(p)
+
+
+def is_checkpoint_candidate(path: Path) -> bool:
+    """Cheap test used by discovery: does this path look like something inspect_checkpoint accepts?"""
+    if path.is_dir():
+        return (path / "model_index.json").is_file()
+    return path.suffix.lower() == ".safetensors"

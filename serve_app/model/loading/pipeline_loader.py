@@ -1,0 +1,242 @@
+"""Load a checkpoint (diffusers folder or single file) offline into the right diffusers pipelines.
+
+Single files need the diffusers configs of their family. Dream Lab's demo files carry them in their
+safetensors metadata; every other file uses the configs shipped in `serve_app/model/loading/family_configs/<family>/`.
+Converting a single file's key layout costs more than reading it, so the conversion is done once and kept
+as a diffusers folder in the conversion cache (`converted_cache`); later loads read that folder.
+Nothing is ever downloaded (`local_files_only=True`).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serve_app.core.errors import CheckpointNotFoundError, UnsupportedCheckpointError
+from serve_app.model.families import Family
+from serve_app.model.inspection.checkpoint_inspect import CheckpointFormat, CheckpointInfo
+from serve_app.model.inspection.safetensors_header import read_safetensors_header
+from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CONFIG
+from serve_app.model.loading.converted_cache import CacheKey, ConvertedCache, resolve_cache_dir
+from serve_app.model.loading.family_configs import config_dir
+
+logger = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_STORED_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def pick_device() -> torch.device:
+    """CUDA (the replica's first visible GPU) when present, else the CPU."""
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def torch_dtype_for(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is fp16 on CUDA and fp32 on the CPU (fp16 matmuls are slow or missing there)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _TORCH_DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _TORCH_DTYPES.items()}[dtype]
+
+
+@dataclass
+class LoadedPipelines:
+    """The pipelines of one loaded checkpoint; img2img shares every module with txt2img."""
+
+    family: Family
+    device: torch.device
+    dtype: torch.dtype
+    img2img: Any | None
+    txt2img: Any | None = None
+    inpaint: Any | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base(self) -> Any:
+        return next(p for p in (self.txt2img, self.img2img, self.inpaint) if p is not None)
+
+    @property
+    def inpainting_only(self) -> bool:
+        """An inpainting checkpoint (UNet in_channels 9): every job runs on the inpainting pipeline."""
+        return self.txt2img is None and self.img2img is None
+
+    def all(self) -> list[Any]:
+        return [p for p in (self.txt2img, self.img2img, self.inpaint) if p is not None]
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
+
+    def move_to(self, device: torch.device) -> None:
+        """Move every module (shared by both pipelines) to `device`; to the CPU from CUDA, into pinned memory,
+        so the copy back is a fast DMA."""
+        for module in self.modules():
+            module.to(device)
+            if device.type == "cpu" and torch.cuda.is_available():
+                for tensor in (*module.parameters(), *module.buffers()):
+                    tensor.data = tensor.data.pin_memory()
+        self.device = device
+
+
+def _pipeline_classes(family: Family) -> tuple[type | None, type, type]:
+    """(txt2img, img2img, inpaint) pipeline classes of `family`; the inpaint one takes ordinary and
+    inpainting (9-channel) UNets alike."""
+    import diffusers as d
+
+    if family is Family.SDXL_REFINER:
+        return None, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline
+    if family is Family.SDXL:
+        return d.StableDiffusionXLPipeline, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline
+    return d.StableDiffusionPipeline, d.StableDiffusionImg2ImgPipeline, d.StableDiffusionInpaintPipeline
+
+
+def _config_dir(info: CheckpointInfo, family: Family) -> Path:
+    embedded = info.metadata.get(METADATA_DIFFUSERS_CONFIG)
+    if embedded is None:
+        return Path(config_dir(family))
+    from serve_app.model.loading.single_file_writer import materialize_config_dir
+
+    digest = hashlib.sha256(embedded.encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"dreamlab-configs-{os.getuid()}" / digest
+    if not (target / "model_index.json").is_file():
+        # written aside and renamed: a concurrent loader never converts with (or caches) a half-written folder
+        partial = target.with_name(f"{digest}.partial-{uuid.uuid4().hex[:8]}")
+        materialize_config_dir(embedded, partial)
+        try:
+            os.rename(partial, target)
+        except OSError:  # another loader materialised it first (or a crashed one left a partial folder)
+            shutil.rmtree(partial, ignore_errors=True)
+            if not (target / "model_index.json").is_file():
+                materialize_config_dir(embedded, target)
+    return target
+
+
+def _conversion_dtype(path: Path) -> torch.dtype | None:
+    """The dtype a cache entry is written in: the file's own, so a load from the entry at any dtype equals a
+    load from the file (fp32 for a file mixing fp16/bf16/fp32: widening is exact). None: not cached (fp64, fp8)."""
+    tensors, _ = read_safetensors_header(path)
+    floats = {t.dtype for t in tensors.values() if t.dtype.startswith(("F", "BF"))}
+    if floats - _STORED_FLOAT_DTYPES.keys():
+        return None
+    return _STORED_FLOAT_DTYPES[floats.pop()] if len(floats) == 1 else torch.float32
+
+
+def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwargs: dict[str, Any],
+                      cache_dir: str | Path | None) -> Any:
+    """From the conversion cache when it holds this file's conversion, else converted (and cached) now."""
+    path = Path(info.path)
+    config = _config_dir(info, family)
+
+    def convert(**more: Any) -> Any:
+        return load_cls.from_single_file(str(path), config=str(config), **{**kwargs, **more})
+
+    root = resolve_cache_dir(path, cache_dir)
+    if root is None:
+        return convert()
+    cache = ConvertedCache(root)
+    key = CacheKey.for_checkpoint(path, family.value, config)
+
+    entry = cache.lookup(key)
+    if entry is not None:
+        pipe = _load_entry(load_cls, cache, entry, kwargs)
+        if pipe is not None:
+            logger.info("%s: loaded from the conversion cache %s", path, entry)
+            return pipe
+    conversion_dtype = _conversion_dtype(path)
+    if conversion_dtype is None:
+        logger.info("%s: its stored dtypes (fp64/fp8) are not cached; it is converted on every load", path)
+        return convert()
+
+    def convert_into(folder: Path) -> None:
+        convert(dtype=conversion_dtype).save_pretrained(folder, safe_serialization=True)
+
+    started = time.perf_counter()
+    entry = cache.write(key, convert_into)
+    gc.collect()  # the converted pipeline is garbage now; free it before loading the entry
+    if entry is not None:
+        logger.info("%s: converted once into the conversion cache %s in %.2fs", path, entry,
+                    time.perf_counter() - started)
+        pipe = _load_entry(load_cls, cache, entry, kwargs)
+        if pipe is not None:
+            return pipe
+    return convert()
+
+
+def _load_entry(load_cls: type, cache: ConvertedCache, entry: Path, kwargs: dict[str, Any]) -> Any | None:
+    """Load a cache entry; one that does not load is discarded (None), never trusted."""
+    try:
+        return load_cls.from_pretrained(str(entry), **kwargs)
+    except (MemoryError, torch.cuda.OutOfMemoryError):  # no room is not a broken entry: keep it
+        raise
+    except Exception as exc:  # any failure of a derived copy: rebuild it from the checkpoint
+        cache.discard(entry, f"it does not load ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _quiet_loading() -> None:
+    """No per-component progress bars in a replica's log on every load: the load is logged once, with its time."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, device: torch.device, *,
+                   cache_dir: str | Path | None = None) -> LoadedPipelines:
+    """Load `info`'s checkpoint as `family` onto `device` in `dtype`, offline.
+
+    A single file goes through the conversion cache in `cache_dir` (default `$DREAMLAB_CACHE_DIR`, else
+    `.dreamlab-cache` next to the file; `off` disables it): see `converted_cache`.
+    """
+    _quiet_loading()
+    if not Path(info.path).exists():  # deleted since it was inspected: name the file, not a library's error
+        raise CheckpointNotFoundError(f"{info.path}: checkpoint path does not exist", param="checkpoint")
+    main_cls, img2img_cls, inpaint_cls = _pipeline_classes(family)
+    load_cls = main_cls or img2img_cls
+    if info.inpainting:
+        if info.format is CheckpointFormat.SINGLE_FILE:
+            raise UnsupportedCheckpointError(
+                f"{info.path}: inpainting single files (unet in_channels 9) are not served yet; save it as a "
+                "diffusers folder (diffusers' from_single_file + save_pretrained)", param="checkpoint")
+        main_cls, img2img_cls, load_cls = None, None, inpaint_cls
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    if family in (Family.SD1, Family.SD2):
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if info.format is CheckpointFormat.SINGLE_FILE:
+        pipe = _load_single_file(load_cls, info, family, kwargs, cache_dir)
+    else:
+        pipe = load_cls.from_pretrained(info.path, **kwargs)
+    if device.type != "cpu":  # weights load on the CPU; .to() there is a no-op that only warns
+        pipe = pipe.to(device)
+    if info.inpainting:
+        pipe.set_progress_bar_config(disable=True)
+        return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=None, inpaint=pipe)
+
+    def derived(cls: type) -> Any:  # shares every module; from_pipe casts them to its `dtype` (fp32 if none)
+        derived_pipe = pipe if isinstance(pipe, cls) else cls.from_pipe(pipe, dtype=dtype)
+        derived_pipe.set_progress_bar_config(disable=True)
+        return derived_pipe
+
+    return LoadedPipelines(family=family, device=device, dtype=dtype, txt2img=derived(main_cls) if main_cls else None,
+                           img2img=derived(img2img_cls), inpaint=derived(inpaint_cls))
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Collect garbage and hand cached CUDA blocks back to the driver."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
