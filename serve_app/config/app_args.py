@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, IPvAnyNetwork, ValidationError
 
 from serve_app.core.errors import ConfigError
 from serve_app.core.strict_model import StrictModel, config_error_text
@@ -70,8 +70,13 @@ class TasksConfig(StrictModel):
 
     result_ttl_s: float = Field(3600.0, gt=0, description="A finished task (and its result) is kept this long.")
     max_tasks: int = Field(1000, ge=1, description="Tasks held at once (running and finished); more get 503.")
-    webhook_allowed_hosts: list[str] = Field(default_factory=list, description="Hosts webhooks may call (exact, or "
-                                             "'.example.com' for its subdomains); none: webhooks are refused.")
+    webhook_allowed_hosts: list[str] = Field(default_factory=list, description="Targets webhooks may call, as "
+                                             "`[scheme://]host[:port]` (no scheme: http or https; no port: the "
+                                             "scheme's default; '.example.com' for its subdomains); none: webhooks "
+                                             "are refused.")
+    webhook_allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="Loopback, private or link-local networks webhooks may reach (e.g. "
+        "127.0.0.0/8); targets resolving there are refused otherwise.")
     webhook_secret_env: str = Field("DREAMLAB_WEBHOOK_SECRET", description="Environment variable with the secret "
                                     "webhook bodies are signed with (HMAC-SHA256); unset: webhooks are refused.")
     webhook_attempts: int = Field(4, ge=1, le=10, description="Deliveries tried before giving up.")

@@ -18,6 +18,7 @@ import yaml
 PORT = 8123
 METRICS_PORT = 8127  # Ray's Prometheus endpoint of the test node
 WEBHOOK_SECRET = "test-webhook-secret"  # what task webhooks are signed with in the serve tier
+WEBHOOK_PORT = 8129  # the one receiver port configs/demo.yaml allows
 BASE_URL = f"http://127.0.0.1:{PORT}"
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from tests.serve.conftest import WEBHOOK_SECRET, wait_ready
+from tests.serve.conftest import WEBHOOK_PORT, WEBHOOK_SECRET, wait_ready
 
 pytestmark = pytest.mark.serve
 
@@ -42,7 +42,7 @@ def receiver():
         def log_message(self, *args) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server = HTTPServer(("127.0.0.1", WEBHOOK_PORT), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/hook", got
     server.shutdown()
