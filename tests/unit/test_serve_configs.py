@@ -13,7 +13,7 @@ from serve_app.config.modes_file import load_modes_file
 from serve_app.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-KUBERNETES = [REPO / "configs" / "rayservice.yaml"]
+KUBERNETES = [REPO / "configs" / "rayservice.yaml", REPO / "configs" / "networkpolicy.yaml"]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p not in KUBERNETES)
 SERVE_CONFIGS = [p for p in CONFIGS if "applications" in (yaml.safe_load(p.read_text()) or {})]
 
@@ -79,3 +79,17 @@ def test_the_rayservice_serves_gpu_yaml_on_gpu_workers_with_the_models_volume():
     access = gpu["applications"][0]["args"]["access"]
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert all(any(access[k].startswith(m) for m in mounts) for k in ("api_keys_file", "admin_key_file"))
+
+
+def test_the_network_policy_keeps_ray_ports_to_the_cluster():
+    """Every pod of the RayService is selected; only 8000 is open to all; the dashboard only to the operator."""
+    policy = yaml.safe_load(KUBERNETES[1].read_text())
+    service = yaml.safe_load(KUBERNETES[0].read_text())["spec"]["rayClusterConfig"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    templates = [service["headGroupSpec"]["template"]] + [g["template"] for g in service["workerGroupSpecs"]]
+    assert all(selected.items() <= t["metadata"]["labels"].items() for t in templates)
+    open_to_all = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == [8000]
+    for rule in policy["spec"]["ingress"]:
+        if any(p["port"] == 8265 for p in rule.get("ports", [])):
+            assert all("namespaceSelector" in source or "podSelector" in source for source in rule["from"])
