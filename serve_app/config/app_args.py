@@ -83,6 +83,17 @@ class TasksConfig(StrictModel):
     webhook_backoff_s: float = Field(0.5, gt=0, description="Wait before the 2nd try; doubled each time.")
 
 
+class HttpLimitsConfig(StrictModel):
+    """Request bodies bounded before any route runs (see `deployments.router.body_guard`)."""
+
+    max_body_bytes: int = Field(48 * 1024 * 1024, ge=1024, description="Largest request body (413 over it): an "
+                                "init image at its 32 MiB limit is 42.7 MiB of base64, plus the JSON around it.")
+    body_timeout_s: float = Field(60.0, gt=0, description="A whole body must arrive within this (408).")
+    body_idle_timeout_s: float = Field(10.0, gt=0, description="Longest gap between two chunks of a body (408).")
+    max_unread_bodies_per_client: int = Field(8, ge=1, description="Bodies one client may have arriving at once "
+                                              "(503 + Retry-After past it).")
+
+
 class AppArgs(StrictModel):
     """The `args` of the application in a Serve config."""
 

@@ -43,6 +43,13 @@ class RequestTooLargeError(DreamLabError):
     status_code = 413
 
 
+class RequestTimeoutError(DreamLabError):
+    """The request body did not arrive in time (too slow, or stalled)."""
+
+    status_code = 408
+    error_type = "request_timeout"
+
+
 class AuthenticationError(DreamLabError):
     """No API key, or not a valid one."""
 

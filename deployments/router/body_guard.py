@@ -1,0 +1,100 @@
+"""Request bodies bounded in size and in time, before any route runs.
+
+Starlette reads a body only when a route asks for it, and nothing limits how long that takes: a client
+sending one byte every few seconds holds a router slot for as long as it likes, and one streaming an endless
+chunked body to a route that reads none is buffered for the request's life. So, for every request that
+declares a body (`Content-Length` > 0 or chunked):
+
+- a route that takes no body refuses it at once (413), unread;
+- a route that needs an API key checks the key first (401/403), so an anonymous client cannot hold a slot;
+- one client may have at most `max_unread_bodies_per_client` bodies arriving at once (503 + Retry-After);
+- the body must arrive within `body_timeout_s` in all, with no gap longer than `body_idle_timeout_s`
+  between chunks (408), and be at most `max_body_bytes` (413: at once when `Content-Length` says so, else at
+  the chunk that crosses it; what was read stays at most the cap plus that chunk).
+
+Serve's proxy still accepts the connection and what the client sends before the router answers; a front
+proxy's body limits and timeouts bound that part (see the README's security section).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive
+
+from serve_app.config.app_args import HttpLimitsConfig
+from serve_app.core.errors import QueueFullError, RequestTimeoutError, RequestTooLargeError
+
+
+def declared_length(headers: Headers) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def declares_body(headers: Headers) -> bool:
+    length = declared_length(headers)
+    return (length is not None and length > 0) or "chunked" in headers.get("transfer-encoding", "").lower()
+
+
+def too_large(max_bytes: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"the request body is larger than {max_bytes} bytes ({max_bytes / 2**20:g} MiB), "
+                                "the most this server accepts", param="body")
+
+
+def bodyless_refusal() -> RequestTooLargeError:
+    return RequestTooLargeError("this route takes no request body; send none", param="body")
+
+
+def guarded_receive(receive: Receive, headers: Headers, limits: HttpLimitsConfig) -> Receive:
+    """`receive` that raises RequestTooLargeError past `max_body_bytes` and RequestTimeoutError when the body
+    is slower than the limits allow. Messages other than body chunks pass through untouched."""
+    declared = declared_length(headers)
+    deadline = time.monotonic() + limits.body_timeout_s
+    seen = 0
+    done = False
+
+    async def receive_guarded() -> Message:
+        nonlocal seen, done
+        if done:  # after the body, `receive` only waits for the client to go away: no limit applies
+            return await receive()
+        if declared is not None and declared > limits.max_body_bytes:
+            raise too_large(limits.max_body_bytes)
+        wait = min(limits.body_idle_timeout_s, deadline - time.monotonic())
+        try:
+            message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive in time (at most {limits.body_timeout_s:g} s in all and "
+                f"{limits.body_idle_timeout_s:g} s between chunks); {seen} bytes came", param="body") from None
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limits.max_body_bytes:
+                raise too_large(limits.max_body_bytes)
+            done = not message.get("more_body", False)
+        return message
+
+    return receive_guarded
+
+
+class BodyGate:
+    """How many bodies each client has arriving at once, bounded per client."""
+
+    def __init__(self, max_per_client: int) -> None:
+        self.max_per_client = max_per_client
+        self.arriving: Counter[str] = Counter()
+
+    def enter(self, client: str) -> None:
+        if self.arriving[client] >= self.max_per_client:
+            raise QueueFullError(f"you have {self.arriving[client]} request bodies arriving at once, the most "
+                                 "this server takes from one client; retry later", retry_after_s=1)
+        self.arriving[client] += 1
+
+    def leave(self, client: str) -> None:
+        self.arriving[client] -= 1
+        if self.arriving[client] <= 0:
+            del self.arriving[client]
