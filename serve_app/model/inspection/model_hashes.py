@@ -1,0 +1,102 @@
+"""Model identity as AUTOMATIC1111 users know it: the SHA-256 of a checkpoint or LoRA file, and its short
+hash (A1111: the first 10 hex digits for checkpoints, 12 for LoRAs), which infotexts and Civitai use.
+
+Hashing a multi-GB file takes seconds to minutes, so it is done once per file version (size + mtime) and
+kept in `hashes.json` in the checkpoint's cache folder (the conversion cache's, see `converted_cache`);
+`cached_sha256` only looks there and never reads the file, so a request never waits for a hash: callers
+start `compute_sha256` in the background and show the hash once it is known. A diffusers folder has no A1111
+hash; its identity is the SHA-256 of its files' hashes by relative path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from serve_app.model.loading.converted_cache import resolve_cache_dir
+
+logger = logging.getLogger(__name__)
+
+HASHES_FILE = "hashes.json"
+CHECKPOINT_SHORT = 10
+LORA_SHORT = 12
+_BLOCK = 1024 * 1024
+_lock = threading.Lock()  # one writer of a hashes.json at a time within a process
+
+
+def _version(path: Path) -> str:
+    """Size and mtime: of the file, or summed over a folder's files (a changed weight file changes it)."""
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    stats = [p.stat() for p in files]
+    return f"{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}:{len(stats)}"
+
+
+def _cache_file(path: Path) -> Path | None:
+    folder = resolve_cache_dir(path)
+    return None if folder is None else folder / HASHES_FILE
+
+
+def _read_cache(cache: Path) -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_sha256(path: str | Path) -> str | None:
+    """The file's SHA-256 when it was computed for this version of the file; None otherwise (no reading)."""
+    path = Path(path).resolve()
+    cache = _cache_file(path)
+    if cache is None:
+        return None
+    try:
+        version = _version(path)
+    except OSError:
+        return None
+    entry = _read_cache(cache).get(str(path))
+    return entry.get("sha256") if isinstance(entry, dict) and entry.get("version") == version else None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def compute_sha256(path: str | Path) -> str:
+    """Hash the file (or a diffusers folder) and remember it for this version; blocking: run it off-loop."""
+    path = Path(path).resolve()
+    found = cached_sha256(path)
+    if found is not None:
+        return found
+    version = _version(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        lines = "".join(f"{p.relative_to(path)}\t{_file_sha256(p)}\n" for p in files)
+        sha = hashlib.sha256(lines.encode()).hexdigest()
+    else:
+        sha = _file_sha256(path)
+    cache = _cache_file(path)
+    if cache is not None and _version(path) == version:  # not rewritten while it was read
+        with _lock:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                entries = _read_cache(cache)
+                entries[str(path)] = {"version": version, "sha256": sha}
+                tmp = cache.with_name(f".{HASHES_FILE}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+                tmp.replace(cache)
+            except OSError as exc:  # a read-only models volume: the hash is still right, just not kept
+                logger.warning("cannot keep the hash of %s in %s: %s", path, cache, exc)
+    return sha
+
+
+def short_hash(sha256: str | None, digits: int = CHECKPOINT_SHORT) -> str | None:
+    return None if sha256 is None else sha256[:digits]
