@@ -1,0 +1,79 @@
+"""A1111's infotext: the generation parameters as text, written into every PNG as its `parameters` chunk,
+which the web UI's PNG Info tab, Civitai and image browsers read back.
+
+The format is A1111's (`modules/processing.py` `create_infotext`, read back by `infotext_utils.
+parse_generation_parameters`): the prompt, a `Negative prompt: ...` line when there is one, then one line of
+`Key: value` pairs joined by `, `; a value holding `,`, `:` or a newline is JSON-quoted. Written here in a few
+lines because the format is small and no maintained library writes it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+PNG_KEY = "parameters"
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _unquote(text: str) -> str:
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return str(json.loads(text))
+    except ValueError:
+        return text
+
+
+def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, object | None]) -> str:
+    """The infotext of one image; `params` in A1111's order and names (`Steps`, `Sampler`, ...), None: left out."""
+    line = ", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None)
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{line}"
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """`Prompt`, `Negative prompt` and every `Key: value` of an infotext, values unquoted (as A1111 does)."""
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:  # A1111's rule: a last line with fewer pairs is still prompt text
+        lines.append(last)
+        last = ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            negative.append(line[len("Negative prompt:"):].strip())
+        elif negative:
+            negative.append(line)
+        else:
+            prompt.append(line)
+    out = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    out.update({key: _unquote(value) for key, value in _PARAM.findall(last)})
+    return out
+
+
+def png_with_infotext(image: Image.Image, infotext: str, **save: object) -> bytes:
+    """The image as PNG bytes carrying `infotext` as its `parameters` text chunk."""
+    info = PngInfo()
+    info.add_text(PNG_KEY, infotext)
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info, **save)
+    return out.getvalue()
+
+
+def read_infotext(image: Image.Image) -> str | None:
+    """The `parameters` text of an opened image (PNG text chunk), if it has one."""
+    value = image.info.get(PNG_KEY)
+    return value if isinstance(value, str) else None
