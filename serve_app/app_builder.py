@@ -28,7 +28,7 @@ def build_app(args: dict[str, Any] | None = None):
 
     from deployments.registry.vram_registry import VramRegistry
     from deployments.router.ingress import RouterIngress
-    from deployments.tasks.store import TaskStore
+    from deployments.tasks.store import TaskStore, state_root
     from deployments.worker.deployment import ModeWorkerDeployment
 
     a = parse_app_args(args)
@@ -54,7 +54,7 @@ def build_app(args: dict[str, Any] | None = None):
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
     tasks = serve.deployment(TaskStore, name=TASKS_DEPLOYMENT).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
-        logging_config={"enable_access_log": False}).bind(a.tasks.model_dump(), handles)
+        logging_config={"enable_access_log": False}).bind(a.tasks, handles, str(state_root(a.tasks, root)))
     return serve.deployment(RouterIngress, name=ROUTER_DEPLOYMENT).options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
         modes.model_dump(mode="json"), str(root), handles, registry, a.access.model_dump(), a.fair_share.model_dump(),

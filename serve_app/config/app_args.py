@@ -69,7 +69,23 @@ class TasksConfig(StrictModel):
     """Async tasks (`/v1/tasks`): how long results stay, how many tasks are held, where webhooks may go."""
 
     result_ttl_s: float = Field(3600.0, gt=0, description="A finished task (and its result) is kept this long.")
-    max_tasks: int = Field(1000, ge=1, description="Tasks held at once (running and finished); more get 503.")
+    max_tasks: int = Field(1000, ge=1, description="Tasks held at once by all clients (unfinished and stored); "
+                           "more get 503.")
+    max_tasks_per_client: int = Field(100, ge=1, description="Tasks one client holds at once (unfinished and "
+                                      "stored); more get 429.")
+    max_queued_per_client: int = Field(16, ge=1, description="Unfinished tasks of one client; more get 429.")
+    max_result_bytes_per_client: int = Field(2 * 1024**3, ge=1, description="Bytes of stored results of one "
+                                             "client; a submission past it gets 429.")
+    running_per_mode: int = Field(1, ge=1, description="Tasks sent to one mode at once; the others wait, taken "
+                                  "round-robin by client, so tasks leave room for direct requests.")
+    call_timeout_s: float = Field(900.0, gt=0, description="A task's call to its mode replica may take this long "
+                                  "(then it fails with 504 and frees its slot).")
+    state_dir: str | None = Field(None, description="Where the task database (SQLite) and the result files live; "
+                                  "default: $DREAMLAB_STATE_DIR, else `.dreamlab-state` in the model root.")
+    database_url: str | None = Field(None, description="A PostgreSQL URL (`postgresql://user:pass@host/db`) for "
+                                     "the task database instead of SQLite; default: $DREAMLAB_TASKS_DATABASE_URL. "
+                                     "Results still go to `state_dir` (a shared volume when several nodes run "
+                                     "the store).")
     webhook_allowed_hosts: list[str] = Field(default_factory=list, description="Targets webhooks may call, as "
                                              "`[scheme://]host[:port]` (no scheme: http or https; no port: the "
                                              "scheme's default; '.example.com' for its subdomains); none: webhooks "

@@ -149,6 +149,20 @@ class QueueFullError(DreamLabError):
         self.retry_after_s = retry_after_s
 
 
+class QuotaExceededError(QueueFullError):
+    """One client holds its share (tasks queued or stored, bytes of results): the others still get theirs."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class WorkerTimeoutError(QueueFullError):
+    """A call across actors (a mode replica, the task store) did not answer in its time; its slot is freed."""
+
+    status_code = 504
+    error_type = "timeout_error"
+
+
 class ShuttingDownError(QueueFullError):
     """The server drains: in-flight work finishes, new work is refused."""
 

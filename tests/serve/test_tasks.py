@@ -114,3 +114,52 @@ def test_a_task_survives_a_killed_router_replica(client, demo_url):
     wait_ready(demo_url)
     task = _wait(client, task_id)
     assert task["status"] == "succeeded" and task["result"]["images"]
+
+
+def _kill_task_store() -> None:
+    import ray
+
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if "dreamlab#TaskStore#" in a["name"]]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
+def test_a_task_survives_a_killed_task_store_and_its_webhook_arrives_once(client, receiver):
+    url, got = receiver
+    r = client.post("/v1/tasks", json={"kind": "txt2img", "request": {**GEN, "steps": 20}, "webhook": url})
+    task_id = r.json()["id"]
+    _kill_task_store()  # SIGKILL: nothing of the replica's memory survives; the database does
+    deadline = time.monotonic() + 120
+    task = None
+    while time.monotonic() < deadline:
+        r = client.get(f"/v1/tasks/{task_id}")
+        if r.status_code == 200 and r.json()["status"] in ("succeeded", "failed", "cancelled"):
+            task = r.json()
+            break
+        time.sleep(0.5)
+    assert task is not None and task["status"] == "succeeded" and task["result"]["images"], task
+    deadline = time.monotonic() + 30
+    while not any(json.loads(b)["id"] == task_id for _, b in got) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert [json.loads(b)["id"] for _, b in got].count(task_id) == 1
+    assert client.get(f"/v1/tasks/{task_id}").json()["webhook"]["delivered"] is True
+
+
+def test_one_client_cannot_queue_more_than_its_share(client):
+    ids, refused = [], None
+    for _ in range(40):  # the demo's per-client cap of unfinished tasks is 16
+        r = client.post("/v1/tasks", json={"kind": "txt2img", "request": {**GEN, "steps": 50}})
+        if r.status_code != 202:
+            refused = r
+            break
+        ids.append(r.json()["id"])
+    try:
+        assert refused is not None and refused.status_code == 429, refused and refused.text
+        assert "unfinished tasks" in refused.json()["error"]["message"] and refused.headers["retry-after"]
+        assert len(ids) == 16
+    finally:
+        for task_id in ids:
+            client.delete(f"/v1/tasks/{task_id}")
+    r = client.post("/v1/tasks", json={"kind": "txt2img", "request": GEN})  # room again once they are cancelled
+    assert r.status_code == 202 and _wait(client, r.json()["id"])["status"] == "succeeded"

@@ -9,7 +9,7 @@ from deployments.router.access_control import CLIENT, current_caller
 from deployments.router.frontends.native import GENERATION_JOBS, NATIVE
 from deployments.router.gateway import RouterCore
 from deployments.router.http_app import http_app
-from deployments.tasks.store import TaskSubmission
+from deployments.tasks.submission import TaskSubmission
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.request_resolution import parse_request
 from serve_app.api.schemas.native import JobRequest
@@ -18,7 +18,7 @@ from serve_app.api.webhooks import check_webhook
 from serve_app.core.errors import ModeUnavailableError, UnknownJobTypeError, UnknownTaskError
 from serve_app.core.strict_model import quote
 
-TASK_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 503)
+TASK_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 429, 503, 504)
 
 
 class TaskRoutes(RouterCore):
