@@ -74,7 +74,8 @@ def queue_depth(mode: str, waiting: int) -> None:
 def model_loaded(mode: str, tier: str, seconds: float) -> None:
     if (m := _get("loads")) is not None:
         m.inc(tags={"mode": mode, "tier": tier})
-        _get("load_s").observe(seconds, tags={"mode": mode, "tier": tier})
+        if (h := _get("load_s")) is not None:
+            h.observe(seconds, tags={"mode": mode, "tier": tier})
 
 
 def model_moved(mode: str, to: str, reason: str) -> None:
@@ -97,6 +98,8 @@ class RegistryExport:
         """`stats`: a `RegistryStats`; devices gone since the last export are zeroed."""
         self._last = time.monotonic()
         vram, models = _get("vram"), _get("models")
+        if vram is None or models is None:
+            return
         seen = set()
         for dev in stats.devices:
             seen.add(dev.device)

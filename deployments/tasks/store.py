@@ -54,13 +54,24 @@ def state_root(config: TasksConfig, model_root: str | Path | None = None) -> Pat
     return Path(model_root or ".").expanduser().resolve() / ".dreamlab-state"
 
 
+def _app_name() -> str:
+    """The Serve application this replica belongs to (apps may share a state folder or a database)."""
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().app_name or "dreamlab"
+    except Exception:  # built outside a Serve replica (a unit test)
+        return "dreamlab"
+
+
 class TaskStore:
     def __init__(self, config: TasksConfig, mode_handles: dict[str, Any], state_dir: str) -> None:
         self.config = config
         self.handles = mode_handles
+        app = _app_name()
         root = Path(state_dir)
-        self.results = ResultStore(root / "results")
-        self.db = TaskDatabase(database_url(root, config.database_url or os.environ.get(DATABASE_URL_ENV)))
+        self.results = ResultStore(root / "results" / app)
+        self.db = TaskDatabase(database_url(root, config.database_url or os.environ.get(DATABASE_URL_ENV)), app)
         self._opening: asyncio.Task[None] | None = None
         self._submit_lock = asyncio.Lock()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -92,6 +103,10 @@ class TaskStore:
             await self._finish(row.id, TaskStatus.FAILED, error=TaskError(
                 status=500, type="job_error", message="the server restarted with a version that cannot resume "
                 "this task; submit it again"))
+            return
+        if sub.mode not in self.handles:
+            await self._finish(row.id, TaskStatus.FAILED, error=TaskError(
+                status=503, type="unavailable_error", message=f"mode {sub.mode!r} is no longer served"))
             return
         if row.status == TaskStatus.RUNNING.value and row.runs >= MAX_RUNS:
             await self._finish(row.id, TaskStatus.FAILED, error=TaskError(

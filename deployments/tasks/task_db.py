@@ -42,6 +42,7 @@ metadata = MetaData()
 tasks_table = Table(
     "dreamlab_tasks", metadata,
     Column("id", String(64), primary_key=True),
+    Column("app", String(128), nullable=False, index=True),  # the Serve application (apps may share a database)
     Column("owner", String(128), nullable=False, index=True),
     Column("kind", String(64), nullable=False),
     Column("mode", String(128), nullable=False),
@@ -70,6 +71,7 @@ class TaskRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str
+    app: str = "dreamlab"
     owner: str
     kind: str
     mode: str
@@ -119,10 +121,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class TaskDatabase:
-    """Async access to the tasks table. `open()` before use, `close()` after."""
+    """Async access to one Serve application's rows of the tasks table. `open()` before use, `close()` after."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, app: str = "dreamlab") -> None:
         self.url = url
+        self.app = app
         self.engine: AsyncEngine | None = None
 
     async def open(self) -> TaskDatabase:
@@ -147,7 +150,7 @@ class TaskDatabase:
 
     async def insert(self, row: TaskRow) -> None:
         async with self._engine().begin() as conn:
-            await conn.execute(insert(tasks_table).values(**row.model_dump()))
+            await conn.execute(insert(tasks_table).values(**row.model_copy(update={"app": self.app}).model_dump()))
 
     async def update(self, task_id: str, **values: Any) -> None:
         async with self._engine().begin() as conn:
@@ -155,13 +158,13 @@ class TaskDatabase:
 
     async def get(self, task_id: str) -> TaskRow | None:
         async with self._engine().connect() as conn:
-            found = (await conn.execute(select(tasks_table).where(tasks_table.c.id == task_id))).mappings().first()
+            found = (await conn.execute(select(tasks_table).where(tasks_table.c.id == task_id, tasks_table.c.app == self.app))).mappings().first()
         return None if found is None else TaskRow.model_validate(dict(found))
 
     async def _rows(self, *where: Any) -> list[TaskRow]:
         async with self._engine().connect() as conn:
             found = (await conn.execute(
-                select(tasks_table).where(*where).order_by(tasks_table.c.created_at))).mappings().all()
+                select(tasks_table).where(tasks_table.c.app == self.app, *where).order_by(tasks_table.c.created_at))).mappings().all()
         return [TaskRow.model_validate(dict(r)) for r in found]
 
     async def unfinished(self) -> list[TaskRow]:
@@ -184,7 +187,8 @@ class TaskDatabase:
     async def usage(self, owner: str | None = None) -> OwnerUsage:
         """Unfinished and stored tasks and result bytes, of one client or (None) of everyone."""
         unfinished = func.sum(tasks_table.c.status.in_(UNFINISHED).cast(Integer))
-        query = select(unfinished, func.count(), func.coalesce(func.sum(tasks_table.c.result_bytes), 0))
+        query = select(unfinished, func.count(), func.coalesce(func.sum(tasks_table.c.result_bytes), 0)).where(
+            tasks_table.c.app == self.app)
         if owner is not None:
             query = query.where(tasks_table.c.owner == owner)
         async with self._engine().connect() as conn:

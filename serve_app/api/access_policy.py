@@ -105,6 +105,6 @@ class AccessPolicy:
         if self.keys_required and not is_client:
             raise AuthenticationError("a valid API key is required (Authorization: Bearer <key>)"
                                       if digest is None else "the API key is not valid")
-        if is_client:
+        if is_client and digest is not None:
             return Caller(f"key:{digest.hex()[:12]}", is_admin)
         return Caller(f"addr:{address or 'unknown'}", is_admin)

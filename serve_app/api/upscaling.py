@@ -16,8 +16,9 @@ from serve_app.core.strict_model import quote
 
 MAX_UPSCALED_SIDE = 4096
 # A1111 upscaler name -> PIL filter ("None": a plain Lanczos resize, as A1111 resizes without an upscaler)
-PIXEL_UPSCALERS: dict[str, Image.Resampling] = {"None": Image.LANCZOS, "Lanczos": Image.LANCZOS,
-                                                "Nearest": Image.NEAREST}
+PIXEL_UPSCALERS: dict[str, Image.Resampling] = {"None": Image.Resampling.LANCZOS,
+                                                "Lanczos": Image.Resampling.LANCZOS,
+                                                "Nearest": Image.Resampling.NEAREST}
 
 
 def upscale_image(image_b64: str, upscaler: str, scale: float | None, size: tuple[int, int] | None,
@@ -30,7 +31,8 @@ def upscale_image(image_b64: str, upscaler: str, scale: float | None, size: tupl
         raise RequestValidationError(f"`upscaling_resize` must be in (0, 8], got {quote(scale)}",
                                      param="upscaling_resize")
     image = decode_image(image_b64, "image", limits)
-    target = size or (round(image.width * scale), round(image.height * scale))
+    factor = scale if scale is not None else 1.0
+    target = size or (round(image.width * factor), round(image.height * factor))
     field = "upscaling_resize_w" if size else "upscaling_resize"
     if not (1 <= target[0] <= MAX_UPSCALED_SIDE and 1 <= target[1] <= MAX_UPSCALED_SIDE):
         raise RequestValidationError(f"`{field}` makes {target[0]}x{target[1]}; each side must be 1 to "

@@ -12,7 +12,7 @@ import re
 import signal
 import time
 
-from serve_app.config.app_args import REGISTRY_DEPLOYMENT
+from serve_app.config.app_args import REGISTRY_DEPLOYMENT, TASKS_DEPLOYMENT
 
 logger = logging.getLogger(__name__)
 
@@ -25,20 +25,27 @@ def dreamlab_apps() -> list[str]:
     return [name for name, app in serve.status().applications.items() if REGISTRY_DEPLOYMENT in app.deployments]
 
 
+CALL_TIMEOUT_S = 30.0  # one answer of a registry or task store; a hung actor does not hang the drain
+
+
 def drain(timeout_s: float = 300.0, poll_s: float = 0.2, settle_polls: int = 3) -> dict[str, int]:
-    """Set every Dream Lab app draining and wait until no router or replica has work in flight."""
+    """Set every Dream Lab app draining and wait until no router or replica has work in flight and no
+    accepted task or webhook delivery is left (tasks are kept across restarts, but a drain finishes them)."""
     from ray import serve
 
-    registries = [serve.get_deployment_handle(REGISTRY_DEPLOYMENT, app) for app in dreamlab_apps()]
+    apps = dreamlab_apps()
+    registries = [serve.get_deployment_handle(REGISTRY_DEPLOYMENT, app) for app in apps]
+    stores = [serve.get_deployment_handle(TASKS_DEPLOYMENT, app) for app in apps]
     for answer in [reg.set_draining.remote(True) for reg in registries]:  # every app at once
-        answer.result()
+        answer.result(timeout_s=CALL_TIMEOUT_S)
     time.sleep(3 * poll_s)  # routers poll the flag every 0.2 s
     deadline = time.monotonic() + timeout_s
     quiet = 0
-    counts = {"routers": 0, "replicas": 0}
+    counts = {"routers": 0, "replicas": 0, "tasks": 0}
     while time.monotonic() < deadline:
-        answers = [reg.inflight.remote().result() for reg in registries]
-        counts = {"routers": sum(a.routers for a in answers), "replicas": sum(a.replicas for a in answers)}
+        answers = [reg.inflight.remote().result(timeout_s=CALL_TIMEOUT_S) for reg in registries]
+        counts = {"routers": sum(a.routers for a in answers), "replicas": sum(a.replicas for a in answers),
+                  "tasks": sum(s.unfinished.remote().result(timeout_s=CALL_TIMEOUT_S) for s in stores)}
         quiet = quiet + 1 if not any(counts.values()) else 0
         if quiet >= settle_polls:
             break

@@ -4,6 +4,7 @@ the field and value they are about."""
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -59,7 +60,7 @@ def printable(text: str, limit: int = 4 * QUOTE_LIMIT) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_field(err: dict[str, Any]) -> tuple[str, object]:
+def error_field(err: Mapping[str, Any]) -> tuple[str, object]:
     """The dotted field path and the value of one pydantic (or FastAPI) error.
 
     FastAPI's leading `body` is dropped; cross-field errors (FieldError) carry their own path and value.
@@ -74,7 +75,7 @@ def error_field(err: dict[str, Any]) -> tuple[str, object]:
     return printable(".".join(str(p)[:limit + 1] for p in loc), limit), value
 
 
-def describe_error(err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(err: Mapping[str, Any]) -> tuple[str, str]:
     """The field of one error and the one message style for it: "`field`: msg, got value".
 
     The client's value is quoted short (`quote`) and the field path too (a JSON key is client input), so

@@ -4,6 +4,7 @@ replica that dies is run again on another."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,7 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_an_error(drain_app):
 
 
 @pytest.mark.shutdown
-def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app):
+def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app, demo_models_dir):
     import ray
 
     from serve_app.cli.drain_shutdown import drain_and_shutdown
@@ -116,6 +117,9 @@ def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app):
     url, redeploy = drain_app
     redeploy(2)
     _wait_for(lambda: len(_replicas(url)) == 2, 180, "two replicas")
+    task = httpx.post(f"{url}/v1/tasks", json={"kind": "txt2img", "request": {"prompt": "queued", "steps": 40}},
+                      timeout=60)
+    assert task.status_code == 202, task.text
     pool, futures = _start_long_requests(url, 2, steps=160)  # they outlast the drain flag's way to the routers
     stopper = threading.Thread(target=drain_and_shutdown, kwargs={"timeout_s": 120})
     stopper.start()
@@ -130,3 +134,15 @@ def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app):
     leftovers = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                  if a["name"].startswith("SERVE_REPLICA")]
     assert leftovers == []
+    # the accepted task was finished before Serve stopped: its row says so (and would outlive a restart)
+    from deployments.tasks.task_db import TaskDatabase, database_url
+
+    async def stored_status() -> str | None:
+        db = await TaskDatabase(database_url(demo_models_dir / ".dreamlab-state", None), "drain").open()
+        try:
+            row = await db.get(task.json()["id"])
+            return row.status if row else None
+        finally:
+            await db.close()
+
+    assert asyncio.run(stored_status()) == "succeeded"

@@ -7,8 +7,11 @@ They go into MODEL_ROOT's `loras/`, `embeddings/` and `vae/` folders, next to th
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import save_file
@@ -28,12 +31,12 @@ def _attention_linears(family: Family) -> list[tuple[str, torch.nn.Linear]]:
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import Attention
 
-    unet = UNet2DConditionModel(**unet_config(family))
-    found = []
+    unet = cast(torch.nn.Module, UNet2DConditionModel(**unet_config(family)))
+    found: list[tuple[str, torch.nn.Linear]] = []
     for path, module in unet.named_modules():
         if isinstance(module, Attention):
             for proj in _PROJECTIONS:
-                found.append((f"{path}.{proj}", module.get_submodule(proj)))
+                found.append((f"{path}.{proj}", cast(torch.nn.Linear, module.get_submodule(proj))))
     return found
 
 
@@ -66,15 +69,15 @@ def demo_vae(seed: int = 0) -> dict[str, torch.Tensor]:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**vae_config(Family.SD1))
+    vae = cast(torch.nn.Module, AutoencoderKL(**vae_config(Family.SD1)))
     return {k: v.contiguous() for k, v in vae.state_dict().items()}
 
 
 def write_demo_adapters(model_root: str | Path) -> list[Path]:
     """Write the demo adapters under `model_root` when missing; return their paths."""
     root = Path(model_root)
-    files = {
-        **{(AdapterKind.LORA, f"{demo_name(f)}-lora"): (lambda f=f: demo_lora(f))
+    files: dict[tuple[AdapterKind, str], Callable[[], dict[str, torch.Tensor]]] = {
+        **{(AdapterKind.LORA, f"{demo_name(f)}-lora"): functools.partial(demo_lora, f)
            for f in (Family.SD1, Family.SD2, Family.SDXL)},
         (AdapterKind.LORA, f"{demo_name(Family.SD1)}-lora-kohya"): lambda: demo_lora(Family.SD1, kohya=True, seed=1),
         (AdapterKind.EMBEDDING, f"{demo_name(Family.SD1)}-embedding"): lambda: demo_embedding(Family.SD1),
