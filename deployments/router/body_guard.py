@@ -21,10 +21,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
-from starlette.types import Message, Receive
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.api.access_policy import AccessPolicy
 from serve_app.config.app_args import HttpLimitsConfig
 from serve_app.core.errors import QueueFullError, RequestTimeoutError, RequestTooLargeError
 
@@ -98,3 +102,67 @@ class BodyGate:
         self.arriving[client] -= 1
         if self.arriving[client] <= 0:
             del self.arriving[client]
+
+
+def matched_route(routes: list[BaseRoute], scope: Scope) -> BaseRoute | None:
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+    return None
+
+
+class BodyGuardMiddleware:
+    """The rules of this module's docstring for every request that declares a body. It runs inside the
+    request-context middleware, so its refusals take the one error path (and the matched route's front end).
+
+    `routes` and `policy` are read per request: the app's routes (a route takes a body when it has a body
+    field) and the access policy (any valid key lets a body in; the route's own dependency then decides)."""
+
+    def __init__(self, app: ASGIApp, limits: HttpLimitsConfig, routes: Callable[[], list[BaseRoute]],
+                 policy: Callable[[], AccessPolicy]) -> None:
+        self.app = app
+        self.limits = limits
+        self.routes = routes
+        self.policy = policy
+        self.gate = BodyGate(limits.max_unread_bodies_per_client)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        if scope["type"] != "http" or not declares_body(headers):
+            await self.app(scope, receive, send)
+            return
+        route = matched_route(self.routes(), scope)
+        if route is None:  # a 404 follows; its body is never read
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route  # the refusals below answer in the route's front-end shape
+        if not isinstance(route, APIRoute) or route.body_field is None:
+            raise bodyless_refusal()
+        client = scope.get("client")
+        caller = self.policy().caller(headers.get("authorization"), client[0] if client else None)
+        self.gate.enter(caller.id)
+        left = False
+
+        def leave() -> None:  # once the body is in (or failed), it no longer counts for the client
+            nonlocal left
+            if not left:
+                left = True
+                self.gate.leave(caller.id)
+
+        inner = guarded_receive(receive, headers, self.limits)
+
+        async def receive_body() -> Message:
+            try:
+                message = await inner()
+            except BaseException:
+                leave()
+                raise
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                leave()
+            return message
+
+        try:
+            await self.app(scope, receive_body, send)
+        finally:
+            leave()

@@ -7,11 +7,14 @@ import asyncio
 from collections.abc import Iterable
 
 import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
 from starlette.datastructures import Headers
 
-from deployments.router.body_guard import BodyGate, declares_body, guarded_receive
+from deployments.router.body_guard import BodyGate, BodyGuardMiddleware, declares_body, guarded_receive
+from serve_app.api.access_policy import AccessPolicy
 from serve_app.config.app_args import HttpLimitsConfig
-from serve_app.core.errors import QueueFullError, RequestTimeoutError, RequestTooLargeError
+from serve_app.core.errors import AuthenticationError, QueueFullError, RequestTimeoutError, RequestTooLargeError
 
 LIMITS = HttpLimitsConfig(max_body_bytes=4096, body_timeout_s=0.5, body_idle_timeout_s=0.2)
 
@@ -91,3 +94,93 @@ def test_one_client_has_a_bounded_number_of_bodies_arriving() -> None:
     gate.leave("a")
     gate.enter("a")
     assert gate.arriving == {"a": 2, "b": 1}
+
+
+# -- the middleware: what it refuses before any body is read ------------------------------------------------
+
+
+class _Body(BaseModel):
+    prompt: str
+
+
+_routes_app = FastAPI()
+
+
+@_routes_app.post("/v1/txt2img")
+async def _txt2img(body: _Body) -> dict:
+    return {}
+
+
+@_routes_app.post("/v1/modes/{name}/load")
+async def _load(name: str) -> dict:
+    return {}
+
+
+def _scope(path: str, headers: dict[str, str], client: str = "10.0.0.1") -> dict:
+    return {"type": "http", "method": "POST", "path": path, "root_path": "", "query_string": b"",
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()], "client": (client, 1234)}
+
+
+async def _reading_app(scope, receive, send) -> None:
+    """The app behind the guard: reads the whole body, as a route with a body does."""
+    await _read_all(receive)
+
+
+def _guard(keys: list[str] | None = None, **limits) -> BodyGuardMiddleware:
+    return BodyGuardMiddleware(_reading_app, HttpLimitsConfig(**{**LIMITS.model_dump(), **limits}),
+                               routes=lambda: _routes_app.routes, policy=lambda: AccessPolicy(keys))
+
+
+async def _no_send(message) -> None:
+    pass
+
+
+def test_a_body_sent_to_a_route_that_takes_none_is_refused_unread() -> None:
+    receive, taken = _client([b"x" * 1000] * 1000)
+    with pytest.raises(RequestTooLargeError, match="takes no request body"):
+        asyncio.run(_guard()(_scope("/v1/modes/sd1/load", {"transfer-encoding": "chunked"}), receive, _no_send))
+    assert taken == []
+
+
+def test_the_key_is_checked_before_the_body_is_read() -> None:
+    receive, taken = _client([b"{}"])
+    with pytest.raises(AuthenticationError):
+        asyncio.run(_guard(keys=["secret"])(_scope("/v1/txt2img", {"content-length": "2"}), receive, _no_send))
+    assert taken == []
+    receive, taken = _client([b"{}"])
+    asyncio.run(_guard(keys=["secret"])(_scope("/v1/txt2img", {"content-length": "2",
+                                                                "authorization": "Bearer secret"}),
+                                        receive, _no_send))
+    assert taken == [b"{}"]
+
+
+def test_the_middleware_bounds_one_clients_arriving_bodies() -> None:
+    guard = _guard(max_unread_bodies_per_client=2, body_idle_timeout_s=5, body_timeout_s=5)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def slow_receive():
+            await release.wait()
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        headers = {"content-length": "2"}
+        slow = [asyncio.create_task(guard(_scope("/v1/txt2img", headers), slow_receive, _no_send)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFullError, match="bodies arriving"):
+            await guard(_scope("/v1/txt2img", headers), slow_receive, _no_send)
+        other, _ = _client([b"{}"])  # another client is not held up
+        await guard(_scope("/v1/txt2img", headers, client="10.0.0.2"), other, _no_send)
+        release.set()
+        await asyncio.gather(*slow)
+        again, taken = _client([b"{}"])  # the first client's bodies are in: room again
+        await guard(_scope("/v1/txt2img", headers), again, _no_send)
+        assert taken == [b"{}"]
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_body_through_the_guard_is_a_408() -> None:
+    receive, _ = _client([b"{", b"}"], gap_s=0.5)
+    with pytest.raises(RequestTimeoutError):
+        asyncio.run(_guard()(_scope("/v1/txt2img", {"content-length": "2"}), receive, _no_send))
