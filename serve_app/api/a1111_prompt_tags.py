@@ -12,11 +12,18 @@ from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
 from serve_app.core.errors import RequestValidationError
 from serve_app.core.strict_model import quote
 
+# Checked before the tags are parsed, so no client makes the router's loop scan megabytes; the mode's own
+# `max_prompt_chars` applies to the prompt without its tags afterwards.
+MAX_TAGGED_PROMPT_CHARS = 65536
 _LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 
 
 def split_lora_tags(prompt: str) -> tuple[str, list[dict[str, object]]]:
     """(the prompt without its `<lora:...>` tags, the LoRAs they name as `{name, weight}`)."""
+    if len(prompt) > MAX_TAGGED_PROMPT_CHARS:
+        raise RequestValidationError(f"`prompt` is {len(prompt)} characters long, more than the "
+                                     f"{MAX_TAGGED_PROMPT_CHARS} this server reads; starts {quote(prompt)}",
+                                     param="prompt")
     loras: list[dict[str, object]] = []
     for match in _LORA_TAG.finditer(prompt):
         if len(loras) == MAX_LORAS_PER_REQUEST:

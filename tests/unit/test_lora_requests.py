@@ -72,3 +72,12 @@ def test_a1111_lora_errors_name_the_prompt(catalog: AdapterCatalog) -> None:
     with pytest.raises(UnknownAdapterError) as info:
         resolve_request(native, SD1, Family.SD1, adapters=catalog)
     assert info.value.param == "prompt" and "'nope'" in info.value.message
+
+
+def test_a_huge_tagged_prompt_is_refused_before_its_tags_are_parsed() -> None:
+    from serve_app.core.errors import RequestValidationError
+
+    prompt = "<lora:" * 8_000_000  # 48 MB: parsing its tags would hold the router's loop for seconds
+    with pytest.raises(RequestValidationError, match="more than the 65536") as err:
+        split_lora_tags(prompt)
+    assert err.value.param == "prompt" and "'<lora:<lora:" in err.value.message
