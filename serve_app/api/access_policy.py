@@ -13,9 +13,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from serve_app.config.app_args import AccessConfig
@@ -108,3 +110,32 @@ class AccessPolicy:
         if is_client and digest is not None:
             return Caller(f"key:{digest.hex()[:12]}", is_admin)
         return Caller(f"addr:{address or 'unknown'}", is_admin)
+
+
+def client_address(peer: str | None, forwarded_for: str | None,
+                   trusted: Sequence[IPv4Network | IPv6Network]) -> str | None:
+    """The client's address: the connection's peer, unless the peer is a trusted proxy, then the last
+    `X-Forwarded-For` hop that is not one (hops a client wrote itself, to the left of them, are ignored)."""
+    if peer is None or not trusted or not forwarded_for or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for[:2048].split(",")]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop[:64] if _is_address(hop) else peer
+    return peer
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _trusted(address: str, trusted: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in trusted)

@@ -54,6 +54,9 @@ class AccessConfig(StrictModel):
     api_keys_file: str | None = Field(None, description="File with the client API keys, one per line.")
     admin_key_env: str | None = Field(None, description="Environment variable with the admin key(s).")
     admin_key_file: str | None = Field(None, description="File with the admin key(s), one per line.")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="Proxies (addresses or networks, e.g. 10.0.0.0/8) whose "
+        "`X-Forwarded-For` names the client; none by default: a client is its connection's address.")
 
 
 class FairShareConfig(StrictModel):

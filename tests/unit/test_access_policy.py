@@ -72,3 +72,18 @@ def test_a_named_but_empty_key_source_is_a_config_error(config: AccessConfig, pa
     with pytest.raises(ConfigError) as err:
         AccessPolicy.from_config(config, environ={})
     assert err.value.param == param
+
+
+def test_forwarded_for_is_honoured_only_from_trusted_proxies() -> None:
+    from ipaddress import ip_network
+
+    from serve_app.api.access_policy import client_address
+
+    proxies = [ip_network("10.0.0.0/8")]
+    assert client_address("203.0.113.5", "198.51.100.7", []) == "203.0.113.5"  # none trusted: the peer
+    assert client_address("203.0.113.5", "198.51.100.7", proxies) == "203.0.113.5"  # an untrusted peer lies
+    assert client_address("10.0.0.2", "198.51.100.7", proxies) == "198.51.100.7"
+    # the client wrote its own X-Forwarded-For: the proxy appended the real address after it
+    assert client_address("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.9", proxies) == "198.51.100.7"
+    assert client_address("10.0.0.2", "not-an-address", proxies) == "10.0.0.2"
+    assert client_address("10.0.0.2", None, proxies) == "10.0.0.2"
