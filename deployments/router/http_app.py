@@ -1,4 +1,4 @@
-"""The FastAPI app every HTTP route of the Router is declared on, with the one error path.
+"""The one error path of the Router's FastAPI app (`ingress.create_http_app` builds the app).
 
 - `RequestContextMiddleware` gives every request an id: the `X-Request-Id` it came with (Serve's proxy
   sets one on every request and echoes it in the response), else a new one, which it then adds to the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
@@ -29,8 +28,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import serve_app
 from deployments import metrics
+from deployments.router.request_context import current_request_id, request_scope
 from serve_app.api.http_errors import FrontEnd, render_error
 from serve_app.core.errors import DreamLabError, RequestTooLargeError
 
@@ -40,22 +39,7 @@ logger = logging.getLogger(__name__)
 # MAX_IMAGE_BYTES`) is 42.7 MiB of base64, plus room for the rest of the JSON.
 MAX_BODY_BYTES = 48 * 1024 * 1024
 
-_request_id: ContextVar[str] = ContextVar("dreamlab_request_id", default="-")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-_request_mode: ContextVar[list[str] | None] = ContextVar("dreamlab_request_mode", default=None)
-
-
-def note_mode(name: str) -> None:
-    """Record the mode the request at hand runs on (its metrics are labelled with it)."""
-    holder = _request_mode.get()
-    if holder is not None:
-        holder[0] = name
-
-
-def current_request_id() -> str:
-    return _request_id.get()
 
 
 def front_end_of(scope: Scope) -> FrontEnd:
@@ -112,9 +96,6 @@ class RequestContextMiddleware:
         receive = capped_receive(receive, headers, self.max_body_bytes)
         incoming = headers.get("x-request-id")
         request_id = incoming if incoming and _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
-        token = _request_id.set(request_id)
-        mode: list[str] = [""]
-        mode_token = _request_mode.set(mode)
         started = False
         status = 500
 
@@ -126,19 +107,17 @@ class RequestContextMiddleware:
                     MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            if started:  # the response is under way (a stream): nothing left to tell the client
-                logger.exception("[%s] failed after the response started", request_id)
-                return
-            await render_error(exc, front_end_of(scope), request_id)(scope, receive, send_with_id)
-        finally:
-            route = scope.get("route")
-            metrics.request_answered(mode[0], getattr(route, "path", "unmatched"), status)
-            _request_mode.reset(mode_token)
-            _request_id.reset(token)
-
+        with request_scope(request_id) as mode:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                if started:  # the response is under way (a stream): nothing left to tell the client
+                    logger.exception("[%s] failed after the response started", request_id)
+                    return
+                await render_error(exc, front_end_of(scope), request_id)(scope, receive, send_with_id)
+            finally:
+                route = scope.get("route")
+                metrics.request_answered(mode[0], getattr(route, "path", "unmatched"), status)
 
 async def _handled_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, HTTPException) and isinstance(exc.__cause__, DreamLabError):
@@ -152,11 +131,3 @@ def install_error_path(app: FastAPI, max_body_bytes: int = MAX_BODY_BYTES) -> No
     for exc_type in (DreamLabError, FastAPIValidationError, HTTPException):
         app.add_exception_handler(exc_type, _handled_error)
 
-
-http_app = FastAPI(
-    title="Dream Lab",
-    version=serve_app.__version__,
-    description="Stable Diffusion from many checkpoints at once: native API, OpenAI images API, "
-    "AUTOMATIC1111 sdapi. Errors are JSON in each API's own shape; every response carries `X-Request-Id`.",
-)
-install_error_path(http_app)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.protocol import GenerationRequest, GenerationResult
-from deployments.router.gateway import worker_errors
+from deployments.router.mode_client import ModeClient
 from serve_app.api.http_errors import error_facts
 from serve_app.api.schemas.native import generation_response
 from serve_app.api.schemas.tasks import TaskError, TaskOut, TaskProgress, TaskStatus, WebhookState
@@ -56,9 +56,9 @@ class _Held:
 
 
 class TaskStore:
-    def __init__(self, config: dict[str, Any] | None, mode_handles: dict[str, Any]) -> None:
-        self.config = TasksConfig.model_validate(config or {})
-        self.handles = mode_handles
+    def __init__(self, config: TasksConfig | None, mode_handles: dict[str, Any] | ModeClient) -> None:
+        self.config = config or TasksConfig()
+        self.workers = mode_handles if isinstance(mode_handles, ModeClient) else ModeClient(mode_handles)
         self.tasks: dict[str, _Held] = {}
 
     def _sweep(self) -> None:
@@ -101,21 +101,16 @@ class TaskStore:
 
     async def _execute(self, out: TaskOut, sub: TaskSubmission) -> Any:
         started = time.perf_counter()
-        handle = self.handles[sub.mode]
-        with worker_errors(sub.mode):
-            if sub.request is None:  # a custom job: no progress to report
+        if sub.request is None:  # a custom job: no progress to report
+            self._started(out)
+            return await self.workers.run_job(sub.mode, sub.kind, sub.payload or {}, sub.request_id)
+        result: GenerationResult | None = None
+        async for event in self.workers.generate_stream(sub.mode, sub.request):
+            if isinstance(event, GenerationResult):
+                result = event
+            else:
                 self._started(out)
-                return await handle.run.remote(sub.kind, sub.payload or {}, sub.request_id)
-            set_id = sub.request.adapter_set_id()
-            if set_id:
-                handle = handle.options(multiplexed_model_id=set_id)
-            result: GenerationResult | None = None
-            async for event in handle.options(stream=True).generate_stream.remote(sub.request):
-                if isinstance(event, GenerationResult):
-                    result = event
-                else:
-                    self._started(out)
-                    out.progress = TaskProgress(step=event.step, total=event.total)
+                out.progress = TaskProgress(step=event.step, total=event.total)
         assert result is not None, "the generation stream ended without a result"
         response = generation_response(result, sub.mode, sub.family, sub.request.request_id,
                                        time.perf_counter() - started)
