@@ -2,7 +2,7 @@
 
 It reads the modes, makes the demo checkpoints when asked and missing, and binds one `VramRegistry`,
 one mode deployment per mode (named after the mode, so a Serve config's `deployments:` entries override
-its options the Serve way), one `TaskStore` and the `Router` ingress.
+its options the Serve way), one `TaskStore` and the `RouterIngress`, each given its typed configs by keyword.
 """
 
 from __future__ import annotations
@@ -44,18 +44,18 @@ def build_app(args: dict[str, Any] | None = None):
         write_demo_adapters(root)  # cheap when present; a models folder from an older version lacks them
     modes, root = modes_from_environment(a.modes_file, root)
     registry_cfg = a.registry.model_dump()
-    registry = serve.deployment(VramRegistry, name=REGISTRY_DEPLOYMENT).options(
+    registry = serve.deployment(name=REGISTRY_DEPLOYMENT)(VramRegistry).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
         logging_config={"enable_access_log": False}).bind(registry_cfg)  # heartbeats would flood the log
     handles = {}
     for mode in modes.modes:
-        handles[mode.name] = serve.deployment(ModeWorkerDeployment, name=mode.name).options(
+        handles[mode.name] = serve.deployment(name=mode.name)(ModeWorkerDeployment).options(
             **mode.deployment_options()).bind(
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
-    tasks = serve.deployment(TaskStore, name=TASKS_DEPLOYMENT).options(
+    tasks = serve.deployment(name=TASKS_DEPLOYMENT)(TaskStore).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
         logging_config={"enable_access_log": False}).bind(a.tasks, handles, str(state_root(a.tasks, root)))
-    return serve.deployment(RouterIngress, name=ROUTER_DEPLOYMENT).options(
+    return serve.deployment(name=ROUTER_DEPLOYMENT)(RouterIngress).options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
-        modes.model_dump(mode="json"), str(root), handles, registry, a.access.model_dump(), a.fair_share.model_dump(),
-        tasks, a.tasks.model_dump())
+        modes=modes, model_root=str(root), mode_handles=handles, registry=registry, access=a.access,
+        fair_share=a.fair_share, task_store=tasks, tasks=a.tasks, http=a.http)

@@ -19,13 +19,14 @@ proxy's body limits and timeouts bound that part (see the README's security sect
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.api.access_policy import AccessPolicy
@@ -104,10 +105,33 @@ class BodyGate:
             del self.arriving[client]
 
 
-def matched_route(routes: list[BaseRoute], scope: Scope) -> BaseRoute | None:
+@dataclass(frozen=True)
+class RouteFacts:
+    """What the guard needs of a route, from the app's OpenAPI document (public, unlike the router's internals):
+    its path template and tags (the front end whose error shape a refusal takes) and whether it takes a body."""
+
+    path: str
+    method: str
+    tags: tuple[str, ...]
+    takes_body: bool
+    pattern: re.Pattern[str]
+
+
+def route_table(openapi: dict[str, Any]) -> list[RouteFacts]:
+    table = []
+    for path, operations in openapi.get("paths", {}).items():
+        pattern = re.compile("[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", path)) + "$")
+        for method, op in operations.items():
+            table.append(RouteFacts(path, method.upper(), tuple(op.get("tags", ())), "requestBody" in op, pattern))
+    return table
+
+
+def matched_route(routes: list[RouteFacts], scope: Scope) -> RouteFacts | None:
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
     for route in routes:
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
+        if route.method == scope["method"] and route.pattern.match(path):
             return route
     return None
 
@@ -116,10 +140,10 @@ class BodyGuardMiddleware:
     """The rules of this module's docstring for every request that declares a body. It runs inside the
     request-context middleware, so its refusals take the one error path (and the matched route's front end).
 
-    `routes` and `policy` are read per request: the app's routes (a route takes a body when it has a body
-    field) and the access policy (any valid key lets a body in; the route's own dependency then decides)."""
+    `routes` and `policy` are read per request: the app's routes and the access policy (any valid key lets
+    a body in; the route's own dependency then decides)."""
 
-    def __init__(self, app: ASGIApp, limits: HttpLimitsConfig, routes: Callable[[], list[BaseRoute]],
+    def __init__(self, app: ASGIApp, limits: HttpLimitsConfig, routes: Callable[[], list[RouteFacts]],
                  policy: Callable[[], AccessPolicy]) -> None:
         self.app = app
         self.limits = limits
@@ -128,8 +152,11 @@ class BodyGuardMiddleware:
         self.gate = BodyGate(limits.max_unread_bodies_per_client)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         headers = Headers(scope=scope)
-        if scope["type"] != "http" or not declares_body(headers):
+        if not declares_body(headers):
             await self.app(scope, receive, send)
             return
         route = matched_route(self.routes(), scope)
@@ -137,10 +164,12 @@ class BodyGuardMiddleware:
             await self.app(scope, receive, send)
             return
         scope["route"] = route  # the refusals below answer in the route's front-end shape
-        if not isinstance(route, APIRoute) or route.body_field is None:
+        if not route.takes_body:
             raise bodyless_refusal()
         client = scope.get("client")
-        caller = self.policy().caller(headers.get("authorization"), client[0] if client else None)
+        policy = self.policy()
+        address = policy.client_address(client[0] if client else None, headers.get("x-forwarded-for"))
+        caller = policy.caller(headers.get("authorization"), address)
         self.gate.enter(caller.id)
         left = False
 

@@ -1,8 +1,10 @@
-"""What every front end of the Router shares: mode selection, admission, the drain flag and the default
-mode learnt from the registry, and the typed calls to the mode workers.
+"""The Gateway: what every front end of the Router shares. Admission and drain (the drain flag and the
+default mode learnt from the registry), mode selection and request resolution, one fair queue per mode,
+and the mode workers through a `ModeClient`.
 
-The route methods live in `native_routes`, `openai_routes` and `a1111_routes` (subclasses of
-`RouterCore`); `router.Router` joins them into the Serve ingress. It never touches torch.
+It is built from typed configs and pre-built catalogs, by keyword (`RouterIngress` builds them in the
+replica; a unit test builds it with fakes). The front ends (`frontends/`) are `APIRouter` modules that get
+it as a FastAPI dependency (`gateway_dependency`). It never touches torch and imports no FastAPI.
 """
 
 from __future__ import annotations
@@ -13,45 +15,27 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
 
 from deployments import metrics
 from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent
 from deployments.registry.client import RegistryClient
-from deployments.router.access_control import current_caller, set_access_policy
 from deployments.router.fair_queue import FairQueue
-from deployments.router.http_app import current_request_id, note_mode
+from deployments.router.mode_client import ModeClient
+from deployments.router.request_context import current_caller, current_request_id, note_mode
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
 from serve_app.api.request_resolution import resolve_request
 from serve_app.api.schemas.native import Txt2ImgRequest
-from serve_app.config.app_args import AccessConfig, FairShareConfig, TasksConfig
-from serve_app.config.modes_file import ModesFile
-from serve_app.core.errors import ModeUnavailableError, QueueFullError, RequestValidationError, ShuttingDownError
+from serve_app.config.app_args import FairShareConfig, TasksConfig
+from serve_app.core.errors import RequestValidationError, ShuttingDownError
 from serve_app.model.families import Family
 from serve_app.model.generation.job import GenerationTimings
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def worker_errors(mode: str) -> Iterator[None]:
-    """Ray's own failures of a call to a mode replica, as Dream Lab errors (no actor ids, pids or IPs)."""
-    try:
-        yield
-    except BackPressureError:
-        raise QueueFullError(f"mode {mode!r} has a full queue; retry later", retry_after_s=1) from None
-    except (RayActorError, ActorUnavailableError):
-        logger.warning("[%s] the replica of mode %s went away", current_request_id(), mode, exc_info=True)
-        raise ModeUnavailableError(f"the replica of mode {mode!r} running this request went away; retry",
-                                   retry_after_s=1) from None
 
 
 @dataclass
@@ -61,22 +45,22 @@ class Generated:
     total_s: float
 
 
-class RouterCore:
-    """`mode_handles` maps mode name -> DeploymentHandle; `registry` and `task_store` are those deployments'
-    handles (None: none)."""
+class Gateway:
+    """`workers` calls the mode workers; `registry` is the registry's client and `task_store` the
+    TaskStore's handle (None: none); `access` says who may call (open when it holds no key)."""
 
-    def __init__(self, modes: dict[str, Any], model_root: str, mode_handles: dict[str, Any],
-                 registry: Any = None, access: dict[str, Any] | None = None,
-                 fair_share: dict[str, Any] | None = None, task_store: Any = None,
-                 tasks: dict[str, Any] | None = None) -> None:
-        self.catalog = ModeCatalog(ModesFile.model_validate(modes), Path(model_root))
-        self.adapters = AdapterCatalog(Path(model_root))
-        self.handles = mode_handles
-        self.registry = RegistryClient(registry) if registry is not None else None
-        self.task_store = task_store  # the TaskStore's handle (None: no tasks)
-        self.tasks_config = TasksConfig.model_validate(tasks or {})
-        set_access_policy(AccessPolicy.from_config(AccessConfig.model_validate(access or {})))
-        share = FairShareConfig.model_validate(fair_share or {})
+    def __init__(self, *, catalog: ModeCatalog, adapters: AdapterCatalog, workers: ModeClient,
+                 access: AccessPolicy | None = None, fair_share: FairShareConfig | None = None,
+                 tasks: TasksConfig | None = None, registry: RegistryClient | None = None,
+                 task_store: Any = None) -> None:
+        self.catalog = catalog
+        self.adapters = adapters
+        self.workers = workers
+        self.registry = registry
+        self.task_store = task_store
+        self.tasks_config = tasks or TasksConfig()
+        self.access = access or AccessPolicy()
+        share = fair_share or FairShareConfig()
         self.queues: dict[str, FairQueue] = {}
         for name, mode in self.catalog.modes.items():
             options = mode.config.deployment_options()
@@ -200,7 +184,9 @@ class RouterCore:
 
     def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
         """The base's request of a base -> refiner generation (it stops at `switch_at` and answers latents)."""
-        refiner = self.select(body.refiner.mode, param="refiner.mode")
+        stage = body.refiner
+        assert stage is not None, "only a request with a refiner has refiner stages"
+        refiner = self.select(stage.mode, param="refiner.mode")
         if mode.family is not Family.SDXL or refiner.family is not Family.SDXL_REFINER:
             raise RequestValidationError(
                 f"`refiner.mode` {refiner.name!r} is {refiner.family.value}, mode {mode.name!r} is "
@@ -210,7 +196,7 @@ class RouterCore:
                                current_request_id(), self.adapters)
         if base.kind != "txt2img" or base.hires is not None:
             raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
-        base.denoising_end = body.refiner.switch_at
+        base.denoising_end = stage.switch_at
         return base, refiner
 
     async def _generate_refined(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationResult:
@@ -228,13 +214,6 @@ class RouterCore:
         second.stages = [(mode.name, a), (refiner.name, b)]
         return second
 
-    def _worker(self, mode: ServedMode, request: GenerationRequest) -> Any:
-        """The mode's handle; for a request with adapters, under their set's id, so Serve prefers a replica
-        that holds them (see `mode_worker_deployment`)."""
-        set_id = request.adapter_set_id()
-        handle = self.handles[mode.name]
-        return handle.options(multiplexed_model_id=set_id) if set_id else handle
-
     async def generate(self, body: Txt2ImgRequest, mode: ServedMode | None = None) -> Generated:
         """Resolve `body` (on `mode`, else the one it names) and run it on that mode's worker.
 
@@ -245,39 +224,21 @@ class RouterCore:
         if body.refiner is not None:
             result = await self._generate_refined(body, mode)
         else:
-            request = self.resolve(body, mode)
-            try:
-                result = await self._generate_once(mode, request)
-            except ModeUnavailableError:
-                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)
-                result = await self._generate_once(mode, request)
+            result = await self._generate_once(mode, self.resolve(body, mode))
         total_s = time.perf_counter() - started
         self.observe(mode, result, total_s)
         return Generated(mode, result, total_s)
 
     async def _generate_once(self, mode: ServedMode, request: GenerationRequest) -> GenerationResult:
         async with self.dispatch(mode):
-            with worker_errors(mode.name):
-                return await self._worker(mode, request).generate.remote(request)
+            return await self.workers.generate(mode.name, request)
 
     async def generate_stream(self, mode: ServedMode,
                               request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
-        """The worker's progress events, then its result. Retried once like `generate` while nothing was
-        streamed yet; after that a dead replica is a 503."""
+        """The worker's progress events, then its result (see `ModeClient.generate_stream`)."""
         started = time.perf_counter()
-        for attempt in (1, 2):
-            streamed = False
-            try:
-                async with self.dispatch(mode):
-                    with worker_errors(mode.name):
-                        stream = self._worker(mode, request).options(stream=True).generate_stream.remote(request)
-                        async for event in stream:
-                            streamed = True
-                            if isinstance(event, GenerationResult):
-                                self.observe(mode, event, time.perf_counter() - started)
-                            yield event
-                return
-            except ModeUnavailableError:
-                if streamed or attempt == 2:
-                    raise
-                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode.name)
+        async with self.dispatch(mode):
+            async for event in self.workers.generate_stream(mode.name, request):
+                if isinstance(event, GenerationResult):
+                    self.observe(mode, event, time.perf_counter() - started)
+                yield event

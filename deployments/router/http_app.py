@@ -1,4 +1,4 @@
-"""The FastAPI app every HTTP route of the Router is declared on, with the one error path.
+"""The one error path of the Router's FastAPI app (`ingress.create_http_app` builds the app).
 
 - `RequestContextMiddleware` gives every request an id: the `X-Request-Id` it came with (Serve's proxy
   sets one on every request and echoes it in the response), else a new one, which it then adds to the
@@ -7,12 +7,8 @@
   exception handlers, anything else by the middleware (a 500 that says "internal error" and the request
   id; the traceback goes to the log). The shape is the front end's of the route that failed: a route's
   OpenAPI tag is its `FrontEnd`, so no URL text is matched.
-- Bodies are capped before they are parsed: the middleware hands the app a `receive` that raises
-  `RequestTooLargeError` (413) when the route reads a body whose declared `Content-Length` is over
-  `MAX_BODY_BYTES`, or whose streamed (chunked) bytes pass it; what was read stays at most the cap plus
-  the one chunk that crossed it. It is raised inside the route, so the 413 takes the route's front end's
-  shape. Serve's own proxy and replica plumbing still buffer what the client sends before the app reads
-  it; a cap in front of Serve (a reverse proxy's body limit) bounds that too.
+- Bodies are bounded in size and time before any route runs (`body_guard.BodyGuardMiddleware`, inside this
+  middleware so its refusals take the same path).
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from contextvars import ContextVar
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError as FastAPIValidationError
@@ -29,33 +25,19 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import serve_app
 from deployments import metrics
+from deployments.router.body_guard import BodyGuardMiddleware, RouteFacts, route_table
+from deployments.router.request_context import current_request_id, request_scope
+from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.http_errors import FrontEnd, render_error
-from serve_app.core.errors import DreamLabError, RequestTooLargeError
+from serve_app.config.app_args import HttpLimitsConfig
+from serve_app.core.errors import DreamLabError
 
 logger = logging.getLogger(__name__)
 
-# The largest request body the app reads: an init image at its limit (32 MiB, `request_resolution.
-# MAX_IMAGE_BYTES`) is 42.7 MiB of base64, plus room for the rest of the JSON.
-MAX_BODY_BYTES = 48 * 1024 * 1024
+MAX_BODY_BYTES = HttpLimitsConfig().max_body_bytes  # the default (`http.max_body_bytes`)
 
-_request_id: ContextVar[str] = ContextVar("dreamlab_request_id", default="-")
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-_request_mode: ContextVar[list[str] | None] = ContextVar("dreamlab_request_mode", default=None)
-
-
-def note_mode(name: str) -> None:
-    """Record the mode the request at hand runs on (its metrics are labelled with it)."""
-    holder = _request_mode.get()
-    if holder is not None:
-        holder[0] = name
-
-
-def current_request_id() -> str:
-    return _request_id.get()
 
 
 def front_end_of(scope: Scope) -> FrontEnd:
@@ -68,53 +50,17 @@ def front_end_of(scope: Scope) -> FrontEnd:
     return FrontEnd.NATIVE
 
 
-def _declared_length(headers: Headers) -> int | None:
-    try:
-        return int(headers["content-length"])
-    except (KeyError, ValueError):
-        return None
-
-
-def capped_receive(receive: Receive, headers: Headers, max_bytes: int) -> Receive:
-    """`receive` that raises RequestTooLargeError once the body is known to pass `max_bytes`: at the first
-    read when the declared Content-Length says so (nothing is read), else at the chunk that crosses it."""
-    declared = _declared_length(headers)
-    seen = 0
-
-    def too_large() -> RequestTooLargeError:
-        return RequestTooLargeError(f"the request body is larger than {max_bytes} bytes ({max_bytes / 2**20:g} MiB), "
-                                    "the most this server accepts", param="body")
-
-    async def receive_capped() -> Message:
-        nonlocal seen
-        if declared is not None and declared > max_bytes:
-            raise too_large()
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise too_large()
-        return message
-
-    return receive_capped
-
-
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        receive = capped_receive(receive, headers, self.max_body_bytes)
         incoming = headers.get("x-request-id")
         request_id = incoming if incoming and _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
-        token = _request_id.set(request_id)
-        mode: list[str] = [""]
-        mode_token = _request_mode.set(mode)
         started = False
         status = 500
 
@@ -126,19 +72,17 @@ class RequestContextMiddleware:
                     MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            if started:  # the response is under way (a stream): nothing left to tell the client
-                logger.exception("[%s] failed after the response started", request_id)
-                return
-            await render_error(exc, front_end_of(scope), request_id)(scope, receive, send_with_id)
-        finally:
-            route = scope.get("route")
-            metrics.request_answered(mode[0], getattr(route, "path", "unmatched"), status)
-            _request_mode.reset(mode_token)
-            _request_id.reset(token)
-
+        with request_scope(request_id) as mode:
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                if started:  # the response is under way (a stream): nothing left to tell the client
+                    logger.exception("[%s] failed after the response started", request_id)
+                    return
+                await render_error(exc, front_end_of(scope), request_id)(scope, receive, send_with_id)
+            finally:
+                route = scope.get("route")
+                metrics.request_answered(mode[0], getattr(route, "path", "unmatched"), status)
 
 async def _handled_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, HTTPException) and isinstance(exc.__cause__, DreamLabError):
@@ -146,17 +90,21 @@ async def _handled_error(request: Request, exc: Exception) -> JSONResponse:
     return render_error(exc, front_end_of(request.scope), current_request_id())
 
 
-def install_error_path(app: FastAPI, max_body_bytes: int = MAX_BODY_BYTES) -> None:
-    """Request ids, the body cap and the one error path on `app`."""
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=max_body_bytes)
+def install_error_path(app: FastAPI, limits: HttpLimitsConfig | None = None,
+                       policy: Callable[[], AccessPolicy] | None = None) -> None:
+    """Request ids, the body guard and the one error path on `app`; `policy` gives the access policy a body
+    needs a key of (default: open)."""
+    open_policy = AccessPolicy()
+    table: list[RouteFacts] = []
+
+    def routes() -> list[RouteFacts]:  # built at the first body: every route is declared by then
+        if not table:
+            table.extend(route_table(app.openapi()))
+        return table
+
+    app.add_middleware(BodyGuardMiddleware, limits=limits or HttpLimitsConfig(), routes=routes,
+                       policy=policy or (lambda: open_policy))
+    app.add_middleware(RequestContextMiddleware)  # added last: the outer one
     for exc_type in (DreamLabError, FastAPIValidationError, HTTPException):
         app.add_exception_handler(exc_type, _handled_error)
 
-
-http_app = FastAPI(
-    title="Dream Lab",
-    version=serve_app.__version__,
-    description="Stable Diffusion from many checkpoints at once: native API, OpenAI images API, "
-    "AUTOMATIC1111 sdapi. Errors are JSON in each API's own shape; every response carries `X-Request-Id`.",
-)
-install_error_path(http_app)

@@ -1,25 +1,74 @@
 """The Router: the application's HTTP ingress (FastAPI on Serve). It never touches torch.
 
-It joins the front ends (native + operations + tasks, OpenAI images API, AUTOMATIC1111 sdapi, the
-playground page), each a class of routes over `RouterCore`, and hands them to Serve with the FastAPI app
-they are declared on.
+`create_http_app(gateway)` builds the FastAPI app: the one error path (request ids, body cap, error
+shapes), the front ends (`frontends/`: native + operations, tasks, OpenAI images API, AUTOMATIC1111 sdapi,
+the playground page), each an `APIRouter` whose routes get `gateway` as a dependency.
+
+`RouterIngress` is the Serve deployment: constructed in the replica from typed configs passed by keyword,
+it builds the catalogs (checkpoint headers, the adapters under the model root) and the `Gateway`, and Serve
+serves the app that `__serve_build_asgi_app__` builds (`serve.ingress()` with no app defers it to then).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
 from ray import serve
 
-from deployments.router.frontends.a1111 import A1111Routes
-from deployments.router.frontends.native import NativeRoutes
-from deployments.router.frontends.openai import OpenAIRoutes
-from deployments.router.frontends.playground import PlaygroundRoutes
-from deployments.router.frontends.tasks import TaskRoutes
-from deployments.router.http_app import http_app
+import serve_app
+from deployments.registry.client import RegistryClient
+from deployments.router.frontends import a1111, native, openai, playground, tasks
+from deployments.router.gateway import Gateway
+from deployments.router.http_app import install_error_path
+from deployments.router.mode_client import ModeClient
+from serve_app.api.access_policy import AccessPolicy
+from serve_app.api.adapter_catalog import AdapterCatalog
+from serve_app.api.image_store import ImageStore
+from serve_app.api.mode_catalog import ModeCatalog
+from serve_app.config.app_args import AccessConfig, FairShareConfig, HttpLimitsConfig, TasksConfig
+from serve_app.config.modes_file import ModesFile
+
+DESCRIPTION = ("Stable Diffusion from many checkpoints at once: native API, OpenAI images API, AUTOMATIC1111 "
+               "sdapi. Errors are JSON in each API's own shape; every response carries `X-Request-Id`.")
 
 
-class Router(NativeRoutes, OpenAIRoutes, A1111Routes, TaskRoutes, PlaygroundRoutes):
-    """HTTP ingress: `Router(modes, model_root, mode_handles, registry, access, fair_share, task_store, tasks)`."""
+def create_http_app(gateway: Gateway, http: HttpLimitsConfig | None = None) -> FastAPI:
+    """The Router's FastAPI app over `gateway`; `http` bounds request bodies."""
+    app = FastAPI(title="Dream Lab", version=serve_app.__version__, description=DESCRIPTION)
+    app.state.gateway = gateway
+    app.state.image_store = ImageStore()  # OpenAI `response_format: url`
+    app.state.a1111_progress = {}  # the A1111 generations running here, for /sdapi/v1/progress
+    install_error_path(app, http, policy=lambda: gateway.access)
+    for front_end in (native, tasks, openai, a1111, playground):
+        app.include_router(front_end.router)
+    return app
 
 
-# Applied at import so every replica process (which re-imports this module) wires the routes to the class.
-RouterIngress = serve.ingress(http_app)(Router)
+def build_gateway(*, modes: ModesFile, model_root: Path, mode_handles: dict[str, Any], registry: Any = None,
+                  access: AccessConfig | None = None, fair_share: FairShareConfig | None = None,
+                  task_store: Any = None, tasks: TasksConfig | None = None) -> Gateway:
+    """The gateway of a router replica: reads the checkpoints' headers and scans the model root's adapters."""
+    return Gateway(catalog=ModeCatalog(modes, model_root), adapters=AdapterCatalog(model_root),
+                   workers=ModeClient(mode_handles), access=AccessPolicy.from_config(access or AccessConfig()),
+                   fair_share=fair_share, tasks=tasks,
+                   registry=RegistryClient(registry) if registry is not None else None, task_store=task_store)
+
+
+@serve.ingress()
+class RouterIngress:
+    """HTTP ingress. `mode_handles` maps a mode's name to its deployment's handle; `registry` and
+    `task_store` are those deployments' handles (None: none)."""
+
+    def __init__(self, *, modes: ModesFile, model_root: str, mode_handles: dict[str, Any], registry: Any = None,
+                 access: AccessConfig | None = None, fair_share: FairShareConfig | None = None,
+                 task_store: Any = None, tasks: TasksConfig | None = None,
+                 http: HttpLimitsConfig | None = None) -> None:
+        self.http = http
+        self.gateway = build_gateway(modes=modes, model_root=Path(model_root), mode_handles=mode_handles,
+                                     registry=registry, access=access, fair_share=fair_share,
+                                     task_store=task_store, tasks=tasks)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_http_app(self.gateway, self.http)

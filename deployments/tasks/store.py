@@ -25,7 +25,7 @@ from typing import Any
 
 from deployments.protocol import GenerationResult
 from deployments.router.fair_queue import FairQueue
-from deployments.router.gateway import worker_errors
+from deployments.router.mode_client import ModeClient
 from deployments.tasks.results import ResultStore
 from deployments.tasks.submission import TaskSubmission
 from deployments.tasks.task_db import TaskDatabase, TaskRow, database_url
@@ -65,9 +65,9 @@ def _app_name() -> str:
 
 
 class TaskStore:
-    def __init__(self, config: TasksConfig, mode_handles: dict[str, Any], state_dir: str) -> None:
+    def __init__(self, config: TasksConfig, mode_handles: dict[str, Any] | ModeClient, state_dir: str) -> None:
         self.config = config
-        self.handles = mode_handles
+        self.workers = mode_handles if isinstance(mode_handles, ModeClient) else ModeClient(mode_handles)
         app = _app_name()
         root = Path(state_dir)
         self.results = ResultStore(root / "results" / app)
@@ -104,7 +104,7 @@ class TaskStore:
                 status=500, type="job_error", message="the server restarted with a version that cannot resume "
                 "this task; submit it again"))
             return
-        if sub.mode not in self.handles:
+        if sub.mode not in self.workers.handles:
             await self._finish(row.id, TaskStatus.FAILED, error=TaskError(
                 status=503, type="unavailable_error", message=f"mode {sub.mode!r} is no longer served"))
             return
@@ -284,19 +284,14 @@ class TaskStore:
 
     async def _execute(self, sub: TaskSubmission) -> Any:
         started = time.perf_counter()
-        handle = self.handles[sub.mode]
-        with worker_errors(sub.mode):
-            if sub.request is None:  # a custom job: no progress to report
-                return await handle.run.remote(sub.kind, sub.payload or {}, sub.request_id)
-            set_id = sub.request.adapter_set_id()
-            if set_id:
-                handle = handle.options(multiplexed_model_id=set_id)
-            result: GenerationResult | None = None
-            async for event in handle.options(stream=True).generate_stream.remote(sub.request):
-                if isinstance(event, GenerationResult):
-                    result = event
-                else:
-                    await self._note_progress(sub.id, event.step, event.total)
+        if sub.request is None:  # a custom job: no progress to report
+            return await self.workers.run_job(sub.mode, sub.kind, sub.payload or {}, sub.request_id)
+        result: GenerationResult | None = None
+        async for event in self.workers.generate_stream(sub.mode, sub.request):
+            if isinstance(event, GenerationResult):
+                result = event
+            else:
+                await self._note_progress(sub.id, event.step, event.total)
         if result is None:
             raise RuntimeError("the generation stream ended without a result")
         response = generation_response(result, sub.mode, sub.family, sub.request.request_id,

@@ -158,13 +158,14 @@ class TaskDatabase:
 
     async def get(self, task_id: str) -> TaskRow | None:
         async with self._engine().connect() as conn:
-            found = (await conn.execute(select(tasks_table).where(tasks_table.c.id == task_id, tasks_table.c.app == self.app))).mappings().first()
+            query = select(tasks_table).where(tasks_table.c.id == task_id, tasks_table.c.app == self.app)
+            found = (await conn.execute(query)).mappings().first()
         return None if found is None else TaskRow.model_validate(dict(found))
 
     async def _rows(self, *where: Any) -> list[TaskRow]:
         async with self._engine().connect() as conn:
-            found = (await conn.execute(
-                select(tasks_table).where(tasks_table.c.app == self.app, *where).order_by(tasks_table.c.created_at))).mappings().all()
+            query = select(tasks_table).where(tasks_table.c.app == self.app, *where).order_by(tasks_table.c.created_at)
+            found = (await conn.execute(query)).mappings().all()
         return [TaskRow.model_validate(dict(r)) for r in found]
 
     async def unfinished(self) -> list[TaskRow]:

@@ -72,14 +72,20 @@ def presented_key(authorization: str | None) -> str | None:
 
 
 class AccessPolicy:
-    def __init__(self, client_keys: list[str] | None = None, admin_keys: list[str] | None = None) -> None:
+    def __init__(self, client_keys: list[str] | None = None, admin_keys: list[str] | None = None,
+                 trusted_proxies: Sequence[IPv4Network | IPv6Network] = ()) -> None:
         self._client = [_digest(k) for k in client_keys or []]
         self._admin = [_digest(k) for k in admin_keys or []]
+        self.trusted_proxies = list(trusted_proxies)
 
     @classmethod
     def from_config(cls, config: AccessConfig, environ: Mapping[str, str] = os.environ) -> AccessPolicy:
         return cls(_read_keys(config.api_keys_env, config.api_keys_file, environ, "api_keys"),
-                   _read_keys(config.admin_key_env, config.admin_key_file, environ, "admin_key"))
+                   _read_keys(config.admin_key_env, config.admin_key_file, environ, "admin_key"),
+                   config.trusted_proxies)
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        return client_address(peer, forwarded_for, self.trusted_proxies)
 
     @property
     def keys_required(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +34,23 @@ class ModeCatalog:
     """Mode selection: explicit name, alias, or the default; unknown names list the valid ones."""
 
     def __init__(self, modes: ModesFile, model_root: Path) -> None:
-        self.modes: dict[str, ServedMode] = {}
+        """Reads every mode's checkpoint header under `model_root`."""
+        infos = {}
         for m in modes.modes:
             path = resolve_checkpoint(m.checkpoint, model_root, allow_absolute=modes.allow_absolute_paths,
                                       source=f"mode {m.name}")
-            self.modes[m.name] = ServedMode(m, inspect_checkpoint(path))
+            infos[m.name] = inspect_checkpoint(path)
+        self._fill(modes, infos)
+
+    @classmethod
+    def of(cls, modes: ModesFile, infos: Mapping[str, CheckpointInfo]) -> ModeCatalog:
+        """A catalog of checkpoints already inspected (`infos`: mode name -> its checkpoint's facts)."""
+        catalog = cls.__new__(cls)
+        catalog._fill(modes, infos)
+        return catalog
+
+    def _fill(self, modes: ModesFile, infos: Mapping[str, CheckpointInfo]) -> None:
+        self.modes: dict[str, ServedMode] = {m.name: ServedMode(m, infos[m.name]) for m in modes.modes}
         self.aliases = {a: m.name for m in modes.modes for a in m.aliases}
         self.default = self.aliases.get(modes.default_mode or "", modes.default_mode) or modes.modes[0].name
 

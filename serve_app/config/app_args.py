@@ -124,6 +124,8 @@ class AppArgs(StrictModel):
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig, description="Sharing modes between "
                                         "clients.")
     tasks: TasksConfig = Field(default_factory=TasksConfig, description="Async tasks and their webhooks.")
+    http: HttpLimitsConfig = Field(default_factory=HttpLimitsConfig, description="Request bodies: size and time "
+                                   "limits applied before any route runs.")
 
 
 def parse_app_args(args: dict[str, Any] | None) -> AppArgs:

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.datastructures import Headers
 
-from deployments.router.body_guard import BodyGate, BodyGuardMiddleware, declares_body, guarded_receive
+from deployments.router.body_guard import BodyGate, BodyGuardMiddleware, declares_body, guarded_receive, route_table
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.config.app_args import HttpLimitsConfig
 from serve_app.core.errors import AuthenticationError, QueueFullError, RequestTimeoutError, RequestTooLargeError
@@ -128,7 +128,7 @@ async def _reading_app(scope, receive, send) -> None:
 
 def _guard(keys: list[str] | None = None, **limits) -> BodyGuardMiddleware:
     return BodyGuardMiddleware(_reading_app, HttpLimitsConfig(**{**LIMITS.model_dump(), **limits}),
-                               routes=lambda: _routes_app.routes, policy=lambda: AccessPolicy(keys))
+                               routes=lambda: route_table(_routes_app.openapi()), policy=lambda: AccessPolicy(keys))
 
 
 async def _no_send(message) -> None:

@@ -21,6 +21,7 @@ from serve_app.api.request_resolution import resolve_request
 from serve_app.api.schemas.a1111 import A1111Img2ImgRequest, A1111Txt2ImgRequest
 from serve_app.api.schemas.native import Img2ImgRequest, Txt2ImgRequest
 from serve_app.api.schemas.openai import OpenAIImageRequest
+from serve_app.config.app_args import HttpLimitsConfig
 from serve_app.model.families import Family
 from serve_app.model.generation.job import MAX_SEED
 from tests.unit.hostile_inputs import HUGE, MODE, SHORT_ERROR, SMALL_CAP, b64, png_claiming
@@ -30,7 +31,7 @@ from tests.unit.hostile_inputs import HUGE, MODE, SHORT_ERROR, SMALL_CAP, b64, p
 def _app(max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """Routes validating and resolving as the router's do, tagged with their front end."""
     app = FastAPI()
-    install_error_path(app, max_body_bytes=max_body_bytes)
+    install_error_path(app, HttpLimitsConfig(max_body_bytes=max_body_bytes))
     native, openai, a1111 = ([f.value] for f in (FrontEnd.NATIVE, FrontEnd.OPENAI, FrontEnd.A1111))
 
     @app.post("/v1/txt2img", tags=native)
@@ -142,10 +143,13 @@ def test_a_streamed_body_is_not_read_past_the_cap() -> None:
     assert pulled <= SMALL_CAP // len(chunk) + 1
 
 
-def test_bodies_under_the_cap_and_routes_without_one_are_untouched(capped: TestClient) -> None:
+def test_bodies_under_the_cap_pass_and_a_route_without_one_refuses_any(capped: TestClient) -> None:
     ok = capped.post("/v1/txt2img", json={"prompt": "a", "seed": 3, "num_images": 2})
     assert ok.status_code == 200 and ok.json() == {"seeds": [3, 4]}
-    assert capped.post("/v1/no-body", content=b"z" * (2 * SMALL_CAP)).status_code == 200
+    assert capped.post("/v1/no-body").status_code == 200
+    refused = capped.post("/v1/no-body", content=b"z")
+    assert refused.status_code == 413 and refused.json()["error"]["param"] == "body"
+    assert "takes no request body" in refused.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(("front_end", "body", "param"), [

@@ -13,15 +13,17 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
 
 from deployments.protocol import GenerationResult
 from deployments.router.access_control import CLIENT, require_admin
-from deployments.router.gateway import RouterCore, worker_errors
-from deployments.router.http_app import current_request_id, http_app
+from deployments.router.gateway import Gateway
+from deployments.router.gateway_dependency import GatewayDep
+from deployments.router.http_app import current_request_id
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.schemas.a1111 import (
@@ -52,7 +54,7 @@ from serve_app.core.errors import RequestValidationError, UnknownModeError
 from serve_app.model.generation.job import random_seed
 from serve_app.model.inspection.adapter_inspect import AdapterKind
 
-A1111 = [FrontEnd.A1111.value]
+A1111: list[str | Enum] = [FrontEnd.A1111.value]
 CHECKPOINT_PARAM = "override_settings.sd_model_checkpoint"
 GENERATION_ERRORS = error_responses(FrontEnd.A1111, 404, 422, 503, 507)
 ERRORS = error_responses(FrontEnd.A1111)
@@ -74,200 +76,225 @@ class LiveProgress:
     started: float
     eta_s: float | None = None
 
+ProgressBoard = dict[str, LiveProgress]  # request id -> its steps, for /sdapi/v1/progress
 
-class A1111Routes(RouterCore):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.live_progress: dict[str, LiveProgress] = {}  # request id -> its steps, for /sdapi/v1/progress
 
-    @staticmethod
-    def _a1111_title(mode: ServedMode) -> str:
-        """The mode name itself: clients (webuiapi's util_set_model) then match it exactly. A1111-style
-        titles with a hash suffix (`sd1 [0123456789]`) are accepted too."""
-        return mode.name
+async def progress_board(request: Request) -> ProgressBoard:
+    """This app's board of running A1111 generations (`ingress.create_http_app` sets one up)."""
+    board: ProgressBoard = request.app.state.a1111_progress
+    return board
 
-    def _a1111_mode(self, checkpoint: str | None, param: str = CHECKPOINT_PARAM) -> ServedMode:
-        """A mode from an A1111 checkpoint title, model name, file name, mode name or alias."""
-        if not checkpoint:
-            return self.catalog.modes[self.current_default]
-        name = without_hash(checkpoint)
-        by_file = {Path(m.config.checkpoint).name: m.name for m in self.catalog.modes.values()}
-        for candidate in (name, by_file.get(name), Path(name).name.removesuffix(".safetensors")):
-            if candidate:
-                try:
-                    return self.catalog.select(candidate, param=param)
-                except UnknownModeError:
-                    continue
-        titles = ", ".join(self._a1111_title(m) for m in self.catalog.modes.values())
-        raise UnknownModeError(f"checkpoint {checkpoint[:80]!r} not found; available: {titles}", param=param)
 
-    async def _run_with_progress(self, mode: ServedMode, body: A1111Txt2ImgRequest, seed: int) -> GenerationResult:
-        """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress."""
-        native = body.to_native(mode.name)
-        native.seed = seed
-        if native.refiner is not None:  # two stages on two modes: not streamed, no live progress
-            return (await self.generate(native, mode)).result
-        request = self.resolve(native, mode)
-        progress = self.live_progress.setdefault(request.request_id, LiveProgress(0, request.steps, time.time()))
-        try:
-            async for event in self.generate_stream(mode, request):
-                if isinstance(event, GenerationResult):
-                    return event
-                progress.step, progress.total, progress.eta_s = event.step, event.total, event.eta_s
-            raise RuntimeError("the generation stream ended without a result")
-        finally:
-            self.live_progress.pop(request.request_id, None)
+BoardDep = Annotated[ProgressBoard, Depends(progress_board)]
+router = APIRouter()
 
-    async def _a1111_generate(self, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
-        async with self.accepting():
-            mode = self._a1111_mode(body.checkpoint())
-            first_seed = body.seed if body.seed != -1 else random_seed(body.batch_size * body.n_iter)
-            images: list[str] = []
-            seeds: list[int] = []
-            for batch in range(body.n_iter):
-                result = await self._run_with_progress(mode, body, first_seed + batch * body.batch_size)
-                images += [base64.b64encode(img.data).decode() for img in result.images]
-                seeds += [img.seed for img in result.images]
-        info = {
-            "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": seeds[0],
-            "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
-            "height": result.height, "steps": result.steps, "sampler_name": body.sampler_name or result.scheduler,
-            "cfg_scale": body.cfg_scale, "batch_size": body.batch_size, "n_iter": body.n_iter,
-            "sd_model_name": mode.name, "sd_model_hash": checkpoint_sha256(mode)[:10], "job_id": current_request_id(),
-        }
-        return A1111GenerationResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 
-    @http_app.post("/sdapi/v1/txt2img", tags=A1111, dependencies=CLIENT, summary="A1111: text to image",
-                   response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
-    async def sdapi_txt2img(self, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
-        return await self._a1111_generate(body)
+def _a1111_title(mode: ServedMode) -> str:
+    """The mode name itself: clients (webuiapi's util_set_model) then match it exactly. A1111-style
+    titles with a hash suffix (`sd1 [0123456789]`) are accepted too."""
+    return mode.name
 
-    @http_app.post("/sdapi/v1/img2img", tags=A1111, dependencies=CLIENT, summary="A1111: image to image",
-                   response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
-    async def sdapi_img2img(self, body: A1111Img2ImgRequest) -> A1111GenerationResponse:
-        return await self._a1111_generate(body)
 
-    @http_app.get("/sdapi/v1/sd-models", tags=A1111, dependencies=CLIENT, summary="A1111: checkpoints (the modes)",
-                  response_model=list[A1111SdModel], responses=ERRORS)
-    async def sdapi_sd_models(self) -> list[A1111SdModel]:
-        return [A1111SdModel(title=self._a1111_title(m), model_name=m.name, hash=checkpoint_sha256(m)[:10],
-                             sha256=checkpoint_sha256(m), filename=m.info.path)
-                for m in self.catalog.modes.values()]
+def _a1111_mode(gw: Gateway, checkpoint: str | None, param: str = CHECKPOINT_PARAM) -> ServedMode:
+    """A mode from an A1111 checkpoint title, model name, file name, mode name or alias."""
+    if not checkpoint:
+        return gw.catalog.modes[gw.current_default]
+    name = without_hash(checkpoint)
+    by_file = {Path(m.config.checkpoint).name: m.name for m in gw.catalog.modes.values()}
+    for candidate in (name, by_file.get(name), Path(name).name.removesuffix(".safetensors")):
+        if candidate:
+            try:
+                return gw.catalog.select(candidate, param=param)
+            except UnknownModeError:
+                continue
+    titles = ", ".join(_a1111_title(m) for m in gw.catalog.modes.values())
+    raise UnknownModeError(f"checkpoint {checkpoint[:80]!r} not found; available: {titles}", param=param)
 
-    @http_app.get("/sdapi/v1/loras", tags=A1111, dependencies=CLIENT, summary="A1111: LoRAs (use <lora:name:w>)",
-                  response_model=list[A1111Lora], responses=ERRORS)
-    async def sdapi_loras(self) -> list[A1111Lora]:
-        return [A1111Lora(name=a.name, alias=a.name, path=a.path,
-                          metadata={"family": a.family.value if a.family else None, "format": a.format.value,
-                                    "rank": a.rank})
-                for a in self.adapters.of_kind(AdapterKind.LORA)]
 
-    @http_app.post("/sdapi/v1/refresh-loras", tags=A1111, dependencies=CLIENT,
-                   summary="A1111: rescan the LoRAs (answers the new list)", response_model=list[A1111Lora],
-                   responses=ERRORS)
-    async def sdapi_refresh_loras(self) -> list[A1111Lora]:
-        await asyncio.to_thread(self.adapters.refresh)
-        return await self.sdapi_loras()
+async def _run_with_progress(gw: Gateway, board: ProgressBoard, mode: ServedMode, body: A1111Txt2ImgRequest,
+                             seed: int) -> GenerationResult:
+    """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress."""
+    native = body.to_native(mode.name)
+    native.seed = seed
+    if native.refiner is not None:  # two stages on two modes: not streamed, no live progress
+        return (await gw.generate(native, mode)).result
+    request = gw.resolve(native, mode)
+    progress = board.setdefault(request.request_id, LiveProgress(0, request.steps, time.time()))
+    try:
+        async for event in gw.generate_stream(mode, request):
+            if isinstance(event, GenerationResult):
+                return event
+            progress.step, progress.total, progress.eta_s = event.step, event.total, event.eta_s
+        raise RuntimeError("the generation stream ended without a result")
+    finally:
+        board.pop(request.request_id, None)
 
-    @http_app.get("/sdapi/v1/embeddings", tags=A1111, dependencies=CLIENT,
-                  summary="A1111: textual-inversion embeddings (name one in a prompt to use it)",
-                  response_model=A1111Embeddings, responses=ERRORS)
-    async def sdapi_embeddings(self) -> A1111Embeddings:
-        await self.ensure_poller()
-        family = self.catalog.modes[self.current_default].family
-        listed: dict[bool, dict[str, A1111Embedding]] = {True: {}, False: {}}
-        for a in self.adapters.of_kind(AdapterKind.EMBEDDING):
-            listed[a.family is family][a.name] = A1111Embedding(
-                sd_checkpoint_name=a.family.value if a.family else None, shape=a.width or 0, vectors=a.vectors or 0)
-        return A1111Embeddings(loaded=listed[True], skipped=listed[False])
 
-    @http_app.get("/sdapi/v1/sd-vae", tags=A1111, dependencies=CLIENT,
-                  summary="A1111: VAEs (choose one with override_settings.sd_vae)", response_model=list[A1111Vae],
-                  responses=ERRORS)
-    async def sdapi_sd_vae(self) -> list[A1111Vae]:
-        return [A1111Vae(model_name=a.name, filename=a.path) for a in self.adapters.of_kind(AdapterKind.VAE)]
+async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
+    async with gw.accepting():
+        mode = _a1111_mode(gw, body.checkpoint())
+        first_seed = body.seed if body.seed != -1 else random_seed(body.batch_size * body.n_iter)
+        images: list[str] = []
+        seeds: list[int] = []
+        for batch in range(body.n_iter):
+            result = await _run_with_progress(gw, board, mode, body, first_seed + batch * body.batch_size)
+            images += [base64.b64encode(img.data).decode() for img in result.images]
+            seeds += [img.seed for img in result.images]
+    info = {
+        "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": seeds[0],
+        "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
+        "height": result.height, "steps": result.steps, "sampler_name": body.sampler_name or result.scheduler,
+        "cfg_scale": body.cfg_scale, "batch_size": body.batch_size, "n_iter": body.n_iter,
+        "sd_model_name": mode.name, "sd_model_hash": checkpoint_sha256(mode)[:10], "job_id": current_request_id(),
+    }
+    return A1111GenerationResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 
-    @http_app.get("/sdapi/v1/upscalers", tags=A1111, dependencies=CLIENT,
-                  summary="A1111: upscalers really offered (pixels: extras and hires fix)",
-                  response_model=list[A1111Upscaler], responses=ERRORS)
-    async def sdapi_upscalers(self) -> list[A1111Upscaler]:
-        return [A1111Upscaler(name=name) for name in PIXEL_UPSCALERS]
 
-    @http_app.get("/sdapi/v1/latent-upscale-modes", tags=A1111, dependencies=CLIENT,
-                  summary="A1111: latent upscalers of the hires fix", response_model=list[A1111LatentUpscaleMode],
-                  responses=ERRORS)
-    async def sdapi_latent_upscale_modes(self) -> list[A1111LatentUpscaleMode]:
-        return [A1111LatentUpscaleMode(name=name) for name in A1111_HR_UPSCALERS if name.startswith("Latent")]
+@router.post("/sdapi/v1/txt2img", tags=A1111, dependencies=CLIENT, summary="A1111: text to image",
+             response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
+async def sdapi_txt2img(gw: GatewayDep, board: BoardDep, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
+    return await _a1111_generate(gw, board, body)
 
-    @http_app.post("/sdapi/v1/extra-single-image", tags=A1111, dependencies=CLIENT,
-                   summary="A1111: upscale one image (Lanczos or nearest)", response_model=A1111ExtraResponse,
-                   responses=error_responses(FrontEnd.A1111, 413, 422, 503))
-    async def sdapi_extra_single_image(self, body: A1111ExtraSingleImage) -> A1111ExtraResponse:
-        limits = self.catalog.modes[self.current_default].config.limits
-        size = (body.upscaling_resize_w, body.upscaling_resize_h) if body.resize_mode == 1 else None
-        async with self.accepting():
-            data = await asyncio.to_thread(upscale_image, body.image, body.upscaler_1,
-                                           None if size else body.upscaling_resize, size, limits)
-        return A1111ExtraResponse(html_info="", image=png_b64(data))
 
-    @http_app.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
-                  summary="A1111: options", response_model=A1111Options,
-                  responses=ERRORS)
-    async def sdapi_get_options(self) -> A1111Options:
-        await self.ensure_poller()
-        mode = self.catalog.modes[self.current_default]
-        return A1111Options(sd_model_checkpoint=self._a1111_title(mode), sd_checkpoint_hash=checkpoint_sha256(mode),
-                            samples_format="png")
+@router.post("/sdapi/v1/img2img", tags=A1111, dependencies=CLIENT, summary="A1111: image to image",
+             response_model=A1111GenerationResponse, responses=GENERATION_ERRORS)
+async def sdapi_img2img(gw: GatewayDep, board: BoardDep, body: A1111Img2ImgRequest) -> A1111GenerationResponse:
+    return await _a1111_generate(gw, board, body)
 
-    @http_app.post("/sdapi/v1/options", tags=A1111, dependencies=CLIENT, response_model=None,
-                   summary="A1111: set options (`sd_model_checkpoint` switches the default mode)",
-                   responses={**error_responses(FrontEnd.A1111, 404, 503, 507),
-                              200: {"content": {"application/json": {"schema": {"type": "null"}}}}})
-    async def sdapi_set_options(self, request: Request, options: dict[str, Any]) -> None:
-        """Only `sd_model_checkpoint` is used: switching the application's default mode is an operator
-        action (the admin key, when keys are on), and only to a mode that can do txt2img."""
-        if "sd_model_checkpoint" not in options:
-            return None
-        await self.ensure_poller()
-        mode = self._a1111_mode(str(options["sd_model_checkpoint"]), param="sd_model_checkpoint")
-        if not mode.family.txt2img:
-            raise RequestValidationError(
-                f"`sd_model_checkpoint` {mode.name!r} is an {mode.family.value} checkpoint, which only does img2img: "
-                "it cannot be the default", param="sd_model_checkpoint")
-        if mode.name != self.current_default:  # switching to the current mode is a no-op
-            require_admin(request)
-            await self.set_default_mode(mode.name)
-            with worker_errors(mode.name):
-                await self.handles[mode.name].load.remote()
+
+@router.get("/sdapi/v1/sd-models", tags=A1111, dependencies=CLIENT, summary="A1111: checkpoints (the modes)",
+            response_model=list[A1111SdModel], responses=ERRORS)
+async def sdapi_sd_models(gw: GatewayDep) -> list[A1111SdModel]:
+    return [A1111SdModel(title=_a1111_title(m), model_name=m.name, hash=checkpoint_sha256(m)[:10],
+                         sha256=checkpoint_sha256(m), filename=m.info.path)
+            for m in gw.catalog.modes.values()]
+
+
+@router.get("/sdapi/v1/loras", tags=A1111, dependencies=CLIENT, summary="A1111: LoRAs (use <lora:name:w>)",
+            response_model=list[A1111Lora], responses=ERRORS)
+async def sdapi_loras(gw: GatewayDep) -> list[A1111Lora]:
+    return [A1111Lora(name=a.name, alias=a.name, path=a.path,
+                      metadata={"family": a.family.value if a.family else None, "format": a.format.value,
+                                "rank": a.rank})
+            for a in gw.adapters.of_kind(AdapterKind.LORA)]
+
+
+@router.post("/sdapi/v1/refresh-loras", tags=A1111, dependencies=CLIENT,
+             summary="A1111: rescan the LoRAs (answers the new list)", response_model=list[A1111Lora],
+             responses=ERRORS)
+async def sdapi_refresh_loras(gw: GatewayDep) -> list[A1111Lora]:
+    await asyncio.to_thread(gw.adapters.refresh)
+    return await sdapi_loras(gw)
+
+
+@router.get("/sdapi/v1/embeddings", tags=A1111, dependencies=CLIENT,
+            summary="A1111: textual-inversion embeddings (name one in a prompt to use it)",
+            response_model=A1111Embeddings, responses=ERRORS)
+async def sdapi_embeddings(gw: GatewayDep) -> A1111Embeddings:
+    await gw.ensure_poller()
+    family = gw.catalog.modes[gw.current_default].family
+    listed: dict[bool, dict[str, A1111Embedding]] = {True: {}, False: {}}
+    for a in gw.adapters.of_kind(AdapterKind.EMBEDDING):
+        listed[a.family is family][a.name] = A1111Embedding(
+            sd_checkpoint_name=a.family.value if a.family else None, shape=a.width or 0, vectors=a.vectors or 0)
+    return A1111Embeddings(loaded=listed[True], skipped=listed[False])
+
+
+@router.get("/sdapi/v1/sd-vae", tags=A1111, dependencies=CLIENT,
+            summary="A1111: VAEs (choose one with override_settings.sd_vae)", response_model=list[A1111Vae],
+            responses=ERRORS)
+async def sdapi_sd_vae(gw: GatewayDep) -> list[A1111Vae]:
+    return [A1111Vae(model_name=a.name, filename=a.path) for a in gw.adapters.of_kind(AdapterKind.VAE)]
+
+
+@router.get("/sdapi/v1/upscalers", tags=A1111, dependencies=CLIENT,
+            summary="A1111: upscalers really offered (pixels: extras and hires fix)",
+            response_model=list[A1111Upscaler], responses=ERRORS)
+async def sdapi_upscalers() -> list[A1111Upscaler]:
+    return [A1111Upscaler(name=name) for name in PIXEL_UPSCALERS]
+
+
+@router.get("/sdapi/v1/latent-upscale-modes", tags=A1111, dependencies=CLIENT,
+            summary="A1111: latent upscalers of the hires fix", response_model=list[A1111LatentUpscaleMode],
+            responses=ERRORS)
+async def sdapi_latent_upscale_modes() -> list[A1111LatentUpscaleMode]:
+    return [A1111LatentUpscaleMode(name=name) for name in A1111_HR_UPSCALERS if name.startswith("Latent")]
+
+
+@router.post("/sdapi/v1/extra-single-image", tags=A1111, dependencies=CLIENT,
+             summary="A1111: upscale one image (Lanczos or nearest)", response_model=A1111ExtraResponse,
+             responses=error_responses(FrontEnd.A1111, 413, 422, 503))
+async def sdapi_extra_single_image(gw: GatewayDep, body: A1111ExtraSingleImage) -> A1111ExtraResponse:
+    limits = gw.catalog.modes[gw.current_default].config.limits
+    size = (body.upscaling_resize_w, body.upscaling_resize_h) if body.resize_mode == 1 else None
+    async with gw.accepting():
+        data = await asyncio.to_thread(upscale_image, body.image, body.upscaler_1,
+                                       None if size else body.upscaling_resize, size, limits)
+    return A1111ExtraResponse(html_info="", image=png_b64(data))
+
+
+@router.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,
+            summary="A1111: options", response_model=A1111Options,
+            responses=ERRORS)
+async def sdapi_get_options(gw: GatewayDep) -> A1111Options:
+    await gw.ensure_poller()
+    mode = gw.catalog.modes[gw.current_default]
+    return A1111Options(sd_model_checkpoint=_a1111_title(mode), sd_checkpoint_hash=checkpoint_sha256(mode),
+                        samples_format="png")
+
+
+@router.post("/sdapi/v1/options", tags=A1111, dependencies=CLIENT, response_model=None,
+             summary="A1111: set options (`sd_model_checkpoint` switches the default mode)",
+             responses={**error_responses(FrontEnd.A1111, 404, 503, 507),
+                        200: {"content": {"application/json": {"schema": {"type": "null"}}}}})
+async def sdapi_set_options(gw: GatewayDep, request: Request, options: dict[str, Any]) -> None:
+    """Only `sd_model_checkpoint` is used: switching the application's default mode is an operator
+    action (the admin key, when keys are on), and only to a mode that can do txt2img."""
+    if "sd_model_checkpoint" not in options:
         return None
+    await gw.ensure_poller()
+    mode = _a1111_mode(gw, str(options["sd_model_checkpoint"]), param="sd_model_checkpoint")
+    if not mode.family.txt2img:
+        raise RequestValidationError(
+            f"`sd_model_checkpoint` {mode.name!r} is an {mode.family.value} checkpoint, which only does img2img: "
+            "it cannot be the default", param="sd_model_checkpoint")
+    if mode.name != gw.current_default:  # switching to the current mode is a no-op
+        require_admin(request)
+        await gw.set_default_mode(mode.name)
+        await gw.workers.load(mode.name)
+    return None
 
-    @http_app.get("/sdapi/v1/progress", tags=A1111, dependencies=CLIENT, summary="A1111: progress of the running job",
-                  response_model=A1111Progress, responses=ERRORS)
-    async def sdapi_progress(self) -> A1111Progress:
-        if not self.live_progress:
-            return A1111Progress(progress=0.0, eta_relative=0.0, state=A1111ProgressState(
-                skipped=False, interrupted=False, job="", job_count=0, job_timestamp="0", job_no=0, sampling_step=0,
-                sampling_steps=0))
-        job, p = max(self.live_progress.items(), key=lambda kv: kv[1].started)
-        return A1111Progress(
-            progress=round(p.step / max(1, p.total), 4), eta_relative=p.eta_s or 0.0,
-            state=A1111ProgressState(
-                skipped=False, interrupted=False, job=job, job_count=len(self.live_progress),
-                job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(p.started)), job_no=0,
-                sampling_step=p.step, sampling_steps=p.total))
 
-    @http_app.get("/sdapi/v1/samplers", tags=A1111, dependencies=CLIENT,
-                  summary="A1111: samplers", response_model=list[A1111Sampler],
-                  responses=ERRORS)
-    async def sdapi_samplers(self) -> list[A1111Sampler]:
-        return [A1111Sampler(name=name, aliases=A1111_SAMPLER_ALIASES[name], options={}) for name in A1111_SAMPLERS]
+@router.get("/sdapi/v1/progress", tags=A1111, dependencies=CLIENT, summary="A1111: progress of the running job",
+            response_model=A1111Progress, responses=ERRORS)
+async def sdapi_progress(board: BoardDep) -> A1111Progress:
+    if not board:
+        return A1111Progress(progress=0.0, eta_relative=0.0, state=A1111ProgressState(
+            skipped=False, interrupted=False, job="", job_count=0, job_timestamp="0", job_no=0, sampling_step=0,
+            sampling_steps=0))
+    job, p = max(board.items(), key=lambda kv: kv[1].started)
+    return A1111Progress(
+        progress=round(p.step / max(1, p.total), 4), eta_relative=p.eta_s or 0.0,
+        state=A1111ProgressState(
+            skipped=False, interrupted=False, job=job, job_count=len(board),
+            job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(p.started)), job_no=0,
+            sampling_step=p.step, sampling_steps=p.total))
 
-    @http_app.get("/sdapi/v1/schedulers", tags=A1111, dependencies=CLIENT, summary="A1111: schedule types",
-                  response_model=list[A1111Scheduler], responses=ERRORS)
-    async def sdapi_schedulers(self) -> list[A1111Scheduler]:
-        return [A1111Scheduler(name="automatic", label="Automatic", default_rho=-1.0, need_inner_model=False),
-                A1111Scheduler(name="karras", label="Karras", default_rho=7.0, need_inner_model=False)]
 
-    @http_app.get("/internal/ping", tags=A1111, summary="A1111: ping", response_model=dict[str, Any], responses=ERRORS)
-    async def internal_ping(self) -> dict[str, Any]:
-        return {}
+@router.get("/sdapi/v1/samplers", tags=A1111, dependencies=CLIENT,
+            summary="A1111: samplers", response_model=list[A1111Sampler],
+            responses=ERRORS)
+async def sdapi_samplers() -> list[A1111Sampler]:
+    return [A1111Sampler(name=name, aliases=A1111_SAMPLER_ALIASES[name], options={}) for name in A1111_SAMPLERS]
+
+
+@router.get("/sdapi/v1/schedulers", tags=A1111, dependencies=CLIENT, summary="A1111: schedule types",
+            response_model=list[A1111Scheduler], responses=ERRORS)
+async def sdapi_schedulers() -> list[A1111Scheduler]:
+    return [A1111Scheduler(name="automatic", label="Automatic", default_rho=-1.0, need_inner_model=False),
+            A1111Scheduler(name="karras", label="Karras", default_rho=7.0, need_inner_model=False)]
+
+
+@router.get("/internal/ping", tags=A1111, summary="A1111: ping", response_model=dict[str, Any], responses=ERRORS)
+async def internal_ping() -> dict[str, Any]:
+    return {}

@@ -6,15 +6,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from enum import Enum
+from typing import Any, cast
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from deployments.protocol import GenerationResult, LoadAnswer, ModelState, RegistryStats, Tier, UnloadAnswer
 from deployments.router.access_control import ADMIN, CLIENT
-from deployments.router.gateway import Generated, RouterCore, worker_errors
-from deployments.router.http_app import current_request_id, http_app
+from deployments.router.gateway import Gateway, Generated
+from deployments.router.gateway_dependency import GatewayDep
+from deployments.router.http_app import current_request_id
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
 from serve_app.api.request_resolution import parse_request
 from serve_app.api.schemas.native import (
@@ -34,8 +36,8 @@ from serve_app.api.schemas.native import (
 
 logger = logging.getLogger(__name__)
 
-NATIVE = [FrontEnd.NATIVE.value]
-OPS = [FrontEnd.OPS.value]
+NATIVE: list[str | Enum] = [FrontEnd.NATIVE.value]
+OPS: list[str | Enum] = [FrontEnd.OPS.value]
 GENERATION_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 503, 507)
 _PNG_ONE = {"content": IMAGE_CONTENT, "description": "With `Accept: image/png` and one image: the image bytes."}
 # `/v1/jobs/txt2img` and `/v1/jobs/img2img` take a generation request as payload (the native routes' bodies)
@@ -47,160 +49,170 @@ def _native_json(done: Generated) -> GenerationResponse:
     return generation_response(done.result, done.mode.name, done.mode.family.value, current_request_id(),
                                done.total_s)
 
+router = APIRouter()
 
-class NativeRoutes(RouterCore):
-    async def _native_generation(self, request: Request, body: Txt2ImgRequest) -> Response | GenerationResponse:
-        async with self.accepting():
-            done = await self.generate(body)
-        if "image/" in request.headers.get("accept", "") and len(done.result.images) == 1:
-            img = done.result.images[0]
-            return Response(img.data, media_type=f"image/{img.format}", headers={"X-Seed": str(img.seed)})
-        return _native_json(done)
 
-    @http_app.post("/v1/txt2img", tags=NATIVE, dependencies=CLIENT,
-                   summary="Text to image", response_model=GenerationResponse,
-                   response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
-    async def txt2img(self, request: Request, body: Txt2ImgRequest) -> Any:
-        """`Accept: image/png` with one image returns the PNG bytes instead of JSON."""
-        return await self._native_generation(request, body)
+async def _native_generation(gw: Gateway, request: Request, body: Txt2ImgRequest) -> Response | GenerationResponse:
+    async with gw.accepting():
+        done = await gw.generate(body)
+    if "image/" in request.headers.get("accept", "") and len(done.result.images) == 1:
+        img = done.result.images[0]
+        return Response(img.data, media_type=f"image/{img.format}", headers={"X-Seed": str(img.seed)})
+    return _native_json(done)
 
-    @http_app.post("/v1/img2img", tags=NATIVE, dependencies=CLIENT,
-                   summary="Image to image", response_model=GenerationResponse,
-                   response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
-    async def img2img(self, request: Request, body: Img2ImgRequest) -> Any:
-        return await self._native_generation(request, body)
 
-    @http_app.post("/v1/inpaint", tags=NATIVE, dependencies=CLIENT,
-                   summary="Inpainting and outpainting (image + mask)", response_model=GenerationResponse,
-                   response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
-    async def inpaint(self, request: Request, body: InpaintRequest) -> Any:
-        """Repaint `image` where `mask` is white; every mode can (an inpainting checkpoint does it best)."""
-        return await self._native_generation(request, body)
+@router.post("/v1/txt2img", tags=NATIVE, dependencies=CLIENT,
+             summary="Text to image", response_model=GenerationResponse,
+             response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
+async def txt2img(gw: GatewayDep, request: Request, body: Txt2ImgRequest) -> Any:
+    """`Accept: image/png` with one image returns the PNG bytes instead of JSON."""
+    return await _native_generation(gw, request, body)
 
-    @http_app.post("/v1/txt2img/stream", tags=NATIVE, dependencies=CLIENT,
-                   summary="Text to image with live progress (SSE)",
-                   response_class=StreamingResponse, responses={
-                       **GENERATION_ERRORS,
-                       200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description":
-                             "`progress` events ({step, total, elapsed_s, eta_s}), then `result` (the "
-                             "txt2img response) or `error` ({status, error})."}})
-    async def txt2img_stream(self, body: Txt2ImgRequest) -> StreamingResponse:
-        """Server-sent events: `progress` (step, total, elapsed_s, eta_s) per step, then `result` or `error`."""
-        await self.refuse_if_draining()
-        mode = self.select(body.mode)
-        request = self.resolve(body, mode)
-        request_id, started = current_request_id(), time.perf_counter()
 
-        async def events() -> AsyncIterator[str]:
-            self.inflight += 1  # counted here: a body never iterated (client gone first) is never counted
-            try:
-                async for event in self.generate_stream(mode, request):
-                    if isinstance(event, GenerationResult):
-                        done = Generated(mode, event, time.perf_counter() - started)
-                        data = _native_json(done).model_dump(mode="json", exclude_none=True)
-                        yield f"event: result\ndata: {json.dumps(data)}\n\n"
-                    else:
-                        yield f"event: progress\ndata: {json.dumps(event.__dict__)}\n\n"
-            except Exception as exc:  # errors after the 200 went out travel as an event
-                f = error_facts(exc, request_id)
-                error = {"type": f.type, "message": f.message, "param": f.param}
-                yield f"event: error\ndata: {json.dumps({'status': f.status, 'error': error})}\n\n"
-            finally:
-                self.release()
+@router.post("/v1/img2img", tags=NATIVE, dependencies=CLIENT,
+             summary="Image to image", response_model=GenerationResponse,
+             response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
+async def img2img(gw: GatewayDep, request: Request, body: Img2ImgRequest) -> Any:
+    return await _native_generation(gw, request, body)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @http_app.post("/v1/jobs/{job_type}", tags=NATIVE, dependencies=CLIENT,
-                   summary="Run a custom job type", response_model=JobResponse,
-                   responses=error_responses(FrontEnd.NATIVE, 404, 422, 500, 503, 507))
-    async def run_job(self, job_type: str, body: JobRequest) -> JobResponse:
-        """A custom job of the mode (its `jobs:`); `txt2img`/`img2img` take a generation request as payload."""
-        async with self.accepting():
-            mode = self.select(body.mode)
-            if job_type in GENERATION_JOBS:
-                generation = parse_request(GENERATION_JOBS[job_type], body.payload)
-                result: Any = _native_json(await self.generate(generation, mode)).model_dump(exclude_none=True)
-            else:
-                async with self.dispatch(mode):
-                    with worker_errors(mode.name):
-                        result = await self.handles[mode.name].run.remote(job_type, body.payload,
-                                                                          current_request_id())
-        return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
+@router.post("/v1/inpaint", tags=NATIVE, dependencies=CLIENT,
+             summary="Inpainting and outpainting (image + mask)", response_model=GenerationResponse,
+             response_model_exclude_none=True, responses={**GENERATION_ERRORS, 200: _PNG_ONE})
+async def inpaint(gw: GatewayDep, request: Request, body: InpaintRequest) -> Any:
+    """Repaint `image` where `mask` is white; every mode can (an inpainting checkpoint does it best)."""
+    return await _native_generation(gw, request, body)
 
-    async def _stats(self) -> RegistryStats:
-        if self.registry is None:
-            return RegistryStats(devices=[], draining=self.draining, replicas={})
-        return await self.registry.stats()
 
-    @http_app.get("/v1/modes", tags=NATIVE, dependencies=CLIENT,
-                  summary="Every mode with its state and VRAM", response_model=ModesResponse,
-                  responses=error_responses(FrontEnd.NATIVE))
-    async def list_modes(self) -> ModesResponse:
-        await self.ensure_poller()  # the default mode and the replica counts come with the registry's poll
-        stats = await self._stats()
-        models = [m for d in stats.devices for m in d.models]
-        in_ram = {m.mode for n in stats.nodes for m in n.models}
-        out = []
-        for name, mode in self.catalog.modes.items():
-            loaded = [m for m in models if m.mode == name]
-            states = {r.state for r in stats.replicas.values() if r.mode == name}
-            serving = [m for m in loaded if m.replica not in stats.replicas
-                       or stats.replicas[m.replica].state is not ModelState.FAILED]
-            state = (ModelState.READY if serving else ModelState.LOADING if ModelState.LOADING in states
-                     else ModelState.OFFLOADED if name in in_ram
-                     else ModelState.FAILED if ModelState.FAILED in states else ModelState.COLD)
-            tier = Tier.VRAM if serving else Tier.RAM if name in in_ram else Tier.DISK
-            out.append(ModeOut(
-                name=name, family=mode.family.value, checkpoint=mode.config.checkpoint, format=mode.info.format.value,
-                aliases=mode.config.aliases, default=name == self.current_default, state=state, tier=tier,
-                replicas=sum(r.mode == name for r in stats.replicas.values()), loaded_replicas=len(loaded),
-                measured_bytes=max((m.measured_bytes for m in loaded), default=None),
-                estimated_bytes=mode.estimate_bytes(), scheduler=mode.config.scheduler,
-                defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
-                jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
-                queued=self.queues[name].waiting()))
-        return ModesResponse(default_mode=self.current_default, modes=out)
+@router.post("/v1/txt2img/stream", tags=NATIVE, dependencies=CLIENT,
+             summary="Text to image with live progress (SSE)",
+             response_class=StreamingResponse, responses={
+                 **GENERATION_ERRORS,
+                 200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description":
+                       "`progress` events ({step, total, elapsed_s, eta_s}), then `result` (the "
+                       "txt2img response) or `error` ({status, error})."}})
+async def txt2img_stream(gw: GatewayDep, body: Txt2ImgRequest) -> StreamingResponse:
+    """Server-sent events: `progress` (step, total, elapsed_s, eta_s) per step, then `result` or `error`."""
+    await gw.refuse_if_draining()
+    mode = gw.select(body.mode)
+    request = gw.resolve(body, mode)
+    request_id, started = current_request_id(), time.perf_counter()
 
-    @http_app.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",
-                   response_model=LoadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503, 507))
-    async def load_mode(self, name: str) -> LoadAnswer:
-        mode = self.catalog.select(name, param="name")
-        with worker_errors(mode.name):
-            return await self.handles[mode.name].load.remote()
+    async def events() -> AsyncIterator[str]:
+        gw.inflight += 1  # counted here: a body never iterated (client gone first) is never counted
+        try:
+            async for event in gw.generate_stream(mode, request):
+                if isinstance(event, GenerationResult):
+                    done = Generated(mode, event, time.perf_counter() - started)
+                    data = _native_json(done).model_dump(mode="json", exclude_none=True)
+                    yield f"event: result\ndata: {json.dumps(data)}\n\n"
+                else:
+                    yield f"event: progress\ndata: {json.dumps(event.__dict__)}\n\n"
+        except Exception as exc:  # errors after the 200 went out travel as an event
+            f = error_facts(exc, request_id)
+            error = {"type": f.type, "message": f.message, "param": f.param}
+            yield f"event: error\ndata: {json.dumps({'status': f.status, 'error': error})}\n\n"
+        finally:
+            gw.release()
 
-    @http_app.post("/v1/modes/{name}/unload", tags=NATIVE, dependencies=ADMIN, summary="Unload a mode on one replica",
-                   response_model=UnloadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503))
-    async def unload_mode(self, name: str) -> UnloadAnswer:
-        mode = self.catalog.select(name, param="name")
-        with worker_errors(mode.name):
-            return await self.handles[mode.name].unload.remote()
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @http_app.get("/v1/adapters", tags=NATIVE, dependencies=CLIENT, summary="LoRAs, embeddings and VAEs",
-                  response_model=AdaptersResponse, responses=error_responses(FrontEnd.NATIVE))
-    async def list_adapters(self) -> AdaptersResponse:
-        return AdaptersResponse(adapters=self.adapters.adapters, problems=self.adapters.problems)
 
-    @http_app.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",
-                  response_model=RegistryStats, responses=error_responses(FrontEnd.NATIVE))
-    async def registry_stats(self) -> RegistryStats:
-        return await self._stats()
+@router.post("/v1/jobs/{job_type}", tags=NATIVE, dependencies=CLIENT,
+             summary="Run a custom job type", response_model=JobResponse,
+             responses=error_responses(FrontEnd.NATIVE, 404, 422, 500, 503, 507))
+async def run_job(gw: GatewayDep, job_type: str, body: JobRequest) -> JobResponse:
+    """A custom job of the mode (its `jobs:`); `txt2img`/`img2img` take a generation request as payload."""
+    async with gw.accepting():
+        mode = gw.select(body.mode)
+        if job_type in GENERATION_JOBS:
+            generation = cast(Txt2ImgRequest, parse_request(GENERATION_JOBS[job_type], body.payload))
+            result: Any = _native_json(await gw.generate(generation, mode)).model_dump(exclude_none=True)
+        else:
+            async with gw.dispatch(mode):
+                result = await gw.workers.run_job(mode.name, job_type, body.payload, current_request_id())
+    return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
 
-    @http_app.get("/healthz", tags=OPS, summary="Liveness", response_model=HealthResponse,
-                  response_model_exclude_none=True, responses=error_responses(FrontEnd.OPS))
-    async def healthz(self) -> HealthResponse:
-        return HealthResponse(status="ok")
 
-    @http_app.get("/readyz", tags=OPS, summary="Readiness: the default mode can serve", response_model=HealthResponse,
-                  response_model_exclude_none=True,
-                  responses={**error_responses(FrontEnd.OPS), 503: {"model": HealthResponse}})
-    async def readyz(self) -> Any:
-        await self.ensure_poller()
-        if self.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        default = self.catalog.modes[self.current_default]
-        if default.config.load_on_start:
-            state = next(m.state for m in (await self.list_modes()).modes if m.name == default.name)
-            if state is not ModelState.READY:
-                return JSONResponse({"status": "not_ready", "default_mode": default.name, "state": state.value},
-                                    status_code=503)
-        return HealthResponse(status="ready", default_mode=default.name)
+async def _stats(gw: Gateway) -> RegistryStats:
+    if gw.registry is None:
+        return RegistryStats(devices=[], draining=gw.draining, replicas={})
+    return await gw.registry.stats()
+
+
+@router.get("/v1/modes", tags=NATIVE, dependencies=CLIENT,
+            summary="Every mode with its state and VRAM", response_model=ModesResponse,
+            responses=error_responses(FrontEnd.NATIVE))
+async def list_modes(gw: GatewayDep) -> ModesResponse:
+    await gw.ensure_poller()  # the default mode and the replica counts come with the registry's poll
+    stats = await _stats(gw)
+    models = [m for d in stats.devices for m in d.models]
+    in_ram = {m.mode for n in stats.nodes for m in n.models}
+    out = []
+    for name, mode in gw.catalog.modes.items():
+        loaded = [m for m in models if m.mode == name]
+        states = {r.state for r in stats.replicas.values() if r.mode == name}
+        serving = [m for m in loaded if m.replica not in stats.replicas
+                   or stats.replicas[m.replica].state is not ModelState.FAILED]
+        state = (ModelState.READY if serving else ModelState.LOADING if ModelState.LOADING in states
+                 else ModelState.OFFLOADED if name in in_ram
+                 else ModelState.FAILED if ModelState.FAILED in states else ModelState.COLD)
+        tier = Tier.VRAM if serving else Tier.RAM if name in in_ram else Tier.DISK
+        out.append(ModeOut(
+            name=name, family=mode.family.value, checkpoint=mode.config.checkpoint, format=mode.info.format.value,
+            aliases=mode.config.aliases, default=name == gw.current_default, state=state, tier=tier,
+            replicas=sum(r.mode == name for r in stats.replicas.values()), loaded_replicas=len(loaded),
+            measured_bytes=max((m.measured_bytes for m in loaded), default=None),
+            estimated_bytes=mode.estimate_bytes(), scheduler=mode.config.scheduler,
+            defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
+            jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
+            queued=gw.queues[name].waiting()))
+    return ModesResponse(default_mode=gw.current_default, modes=out)
+
+
+@router.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",
+             response_model=LoadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503, 507))
+async def load_mode(gw: GatewayDep, name: str) -> LoadAnswer:
+    mode = gw.catalog.select(name, param="name")
+    return await gw.workers.load(mode.name)
+
+
+@router.post("/v1/modes/{name}/unload", tags=NATIVE, dependencies=ADMIN, summary="Unload a mode on one replica",
+             response_model=UnloadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503))
+async def unload_mode(gw: GatewayDep, name: str) -> UnloadAnswer:
+    mode = gw.catalog.select(name, param="name")
+    return await gw.workers.unload(mode.name)
+
+
+@router.get("/v1/adapters", tags=NATIVE, dependencies=CLIENT, summary="LoRAs, embeddings and VAEs",
+            response_model=AdaptersResponse, responses=error_responses(FrontEnd.NATIVE))
+async def list_adapters(gw: GatewayDep) -> AdaptersResponse:
+    return AdaptersResponse(adapters=gw.adapters.adapters, problems=gw.adapters.problems)
+
+
+@router.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",
+            response_model=RegistryStats, responses=error_responses(FrontEnd.NATIVE))
+async def registry_stats(gw: GatewayDep) -> RegistryStats:
+    return await _stats(gw)
+
+
+@router.get("/healthz", tags=OPS, summary="Liveness", response_model=HealthResponse,
+            response_model_exclude_none=True, responses=error_responses(FrontEnd.OPS))
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", tags=OPS, summary="Readiness: the default mode can serve", response_model=HealthResponse,
+            response_model_exclude_none=True,
+            responses={**error_responses(FrontEnd.OPS), 503: {"model": HealthResponse}})
+async def readyz(gw: GatewayDep) -> Any:
+    await gw.ensure_poller()
+    if gw.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    default = gw.catalog.modes[gw.current_default]
+    if default.config.load_on_start:
+        state = next(m.state for m in (await list_modes(gw)).modes if m.name == default.name)
+        if state is not ModelState.READY:
+            return JSONResponse({"status": "not_ready", "default_mode": default.name, "state": state.value},
+                                status_code=503)
+    return HealthResponse(status="ready", default_mode=default.name)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import base64
 import time
+from enum import Enum
 from typing import Annotated
 
-from fastapi import Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from deployments.router.access_control import CLIENT
-from deployments.router.gateway import RouterCore
-from deployments.router.http_app import http_app
+from deployments.router.gateway import Gateway
+from deployments.router.gateway_dependency import GatewayDep
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.image_store import ImageStore
 from serve_app.api.request_resolution import MAX_IMAGE_BYTES
@@ -30,7 +31,7 @@ from serve_app.api.schemas.openai import (
 )
 from serve_app.core.errors import ImageNotFoundError, RequestTooLargeError
 
-OPENAI = [FrontEnd.OPENAI.value]
+OPENAI: list[str | Enum] = [FrontEnd.OPENAI.value]
 
 
 async def _upload_b64(upload: UploadFile, field: str) -> str:
@@ -40,63 +41,76 @@ async def _upload_b64(upload: UploadFile, field: str) -> str:
         raise RequestTooLargeError(f"`{field}` is larger than {MAX_IMAGE_BYTES} bytes", param=field)
     return base64.b64encode(data).decode()
 
+async def image_store(request: Request) -> ImageStore:
+    """This app's store of images served by URL (`ingress.create_http_app` sets one up)."""
+    store: ImageStore = request.app.state.image_store
+    return store
 
-class OpenAIRoutes(RouterCore):
-    image_store = ImageStore()
 
-    @http_app.post("/v1/images/generations", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: create images",
-                   response_model=OpenAIImagesResponse, response_model_exclude_none=True,
-                   responses=error_responses(FrontEnd.OPENAI, 404, 422, 503, 507))
-    async def openai_generations(self, request: Request, body: OpenAIImageRequest) -> OpenAIImagesResponse:
-        return await self._openai_images(request, body.to_native(), body.model, body.prompt, body.response_format)
+ImageStoreDep = Annotated[ImageStore, Depends(image_store)]
+router = APIRouter()
 
-    async def _openai_images(self, request: Request, native: Txt2ImgRequest, model: str | None, prompt: str,
-                             response_format: str) -> OpenAIImagesResponse:
-        async with self.accepting():
-            mode = self.select(model, param="model")  # an unknown model names `model`, OpenAI's field
-            done = await self.generate(native, mode)
-        data = []
-        for img in done.result.images:
-            if response_format == "url":
-                key = self.image_store.put(img.data, f"image/{img.format}")
-                data.append(OpenAIImage(url=str(request.url_for("openai_image_file", key=key)), revised_prompt=prompt))
-            else:
-                data.append(OpenAIImage(b64_json=base64.b64encode(img.data).decode(), revised_prompt=prompt))
-        return OpenAIImagesResponse(created=int(time.time()), data=data, model=mode.name,
-                                    seeds=[img.seed for img in done.result.images])
 
-    @http_app.post("/v1/images/edits", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: edit an image",
-                   response_model=OpenAIImagesResponse, response_model_exclude_none=True,
-                   responses=error_responses(FrontEnd.OPENAI, 404, 413, 422, 503, 507))
-    async def openai_edits(self, request: Request, form: Annotated[OpenAIEdit, Form()]) -> OpenAIImagesResponse:
-        """Inpainting the OpenAI way (multipart, like `client.images.edit`), on any mode."""
-        image_b64 = await _upload_b64(form.image, "image")
-        mask_b64 = await _upload_b64(form.mask, "mask") if form.mask is not None else None
-        return await self._openai_images(request, form.to_native(image_b64, mask_b64), form.model, form.prompt,
-                                         form.response_format)
+@router.post("/v1/images/generations", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: create images",
+             response_model=OpenAIImagesResponse, response_model_exclude_none=True,
+             responses=error_responses(FrontEnd.OPENAI, 404, 422, 503, 507))
+async def openai_generations(gw: GatewayDep, images: ImageStoreDep, request: Request,
+                             body: OpenAIImageRequest) -> OpenAIImagesResponse:
+    return await _openai_images(gw, images, request, body.to_native(), body.model, body.prompt, body.response_format)
 
-    @http_app.get("/v1/images/files/{key}", tags=OPENAI, summary="An image made with response_format=url",
-                  response_class=Response,
-                  responses={200: {"content": IMAGE_CONTENT}, **error_responses(FrontEnd.OPENAI, 404)})
-    async def openai_image_file(self, key: str) -> Response:
-        item = self.image_store.get(key)
-        if item is None:
-            raise ImageNotFoundError(f"image {key[:40]!r} not found or expired", param="key")
-        return Response(item[0], media_type=item[1])
 
-    @http_app.get("/v1/models", tags=OPENAI, dependencies=CLIENT,
-                  summary="OpenAI: list models (the modes)", response_model=OpenAIModelList,
-                  responses=error_responses(FrontEnd.OPENAI))
-    async def openai_models(self) -> OpenAIModelList:
-        created = int(self.started_at)
-        return OpenAIModelList(data=[
-            OpenAIModel(id=name, created=created, owned_by="dreamlab", family=mode.family.value,
-                        aliases=mode.config.aliases)
-            for name, mode in self.catalog.modes.items()])
+async def _openai_images(gw: Gateway, images: ImageStore, request: Request, native: Txt2ImgRequest,
+                         model: str | None, prompt: str, response_format: str) -> OpenAIImagesResponse:
+    async with gw.accepting():
+        mode = gw.select(model, param="model")  # an unknown model names `model`, OpenAI's field
+        done = await gw.generate(native, mode)
+    data = []
+    for img in done.result.images:
+        if response_format == "url":
+            key = images.put(img.data, f"image/{img.format}")
+            data.append(OpenAIImage(url=str(request.url_for("openai_image_file", key=key)), revised_prompt=prompt))
+        else:
+            data.append(OpenAIImage(b64_json=base64.b64encode(img.data).decode(), revised_prompt=prompt))
+    return OpenAIImagesResponse(created=int(time.time()), data=data, model=mode.name,
+                                seeds=[img.seed for img in done.result.images])
 
-    @http_app.get("/v1/models/{model}", tags=OPENAI, dependencies=CLIENT,
-                  summary="OpenAI: one model", response_model=OpenAIModel,
-                  response_model_exclude_none=True, responses=error_responses(FrontEnd.OPENAI, 404))
-    async def openai_model(self, model: str) -> OpenAIModel:
-        mode = self.select(model, param="model")
-        return OpenAIModel(id=mode.name, created=int(self.started_at), owned_by="dreamlab")
+
+@router.post("/v1/images/edits", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: edit an image",
+             response_model=OpenAIImagesResponse, response_model_exclude_none=True,
+             responses=error_responses(FrontEnd.OPENAI, 404, 413, 422, 503, 507))
+async def openai_edits(gw: GatewayDep, images: ImageStoreDep, request: Request,
+                       form: Annotated[OpenAIEdit, Form()]) -> OpenAIImagesResponse:
+    """Inpainting the OpenAI way (multipart, like `client.images.edit`), on any mode."""
+    image_b64 = await _upload_b64(form.image, "image")
+    mask_b64 = await _upload_b64(form.mask, "mask") if form.mask is not None else None
+    return await _openai_images(gw, images, request, form.to_native(image_b64, mask_b64), form.model, form.prompt,
+                                     form.response_format)
+
+
+@router.get("/v1/images/files/{key}", tags=OPENAI, summary="An image made with response_format=url",
+            response_class=Response,
+            responses={200: {"content": IMAGE_CONTENT}, **error_responses(FrontEnd.OPENAI, 404)})
+async def openai_image_file(images: ImageStoreDep, key: str) -> Response:
+    item = images.get(key)
+    if item is None:
+        raise ImageNotFoundError(f"image {key[:40]!r} not found or expired", param="key")
+    return Response(item[0], media_type=item[1])
+
+
+@router.get("/v1/models", tags=OPENAI, dependencies=CLIENT,
+            summary="OpenAI: list models (the modes)", response_model=OpenAIModelList,
+            responses=error_responses(FrontEnd.OPENAI))
+async def openai_models(gw: GatewayDep) -> OpenAIModelList:
+    created = int(gw.started_at)
+    return OpenAIModelList(data=[
+        OpenAIModel(id=name, created=created, owned_by="dreamlab", family=mode.family.value,
+                    aliases=mode.config.aliases)
+        for name, mode in gw.catalog.modes.items()])
+
+
+@router.get("/v1/models/{model}", tags=OPENAI, dependencies=CLIENT,
+            summary="OpenAI: one model", response_model=OpenAIModel,
+            response_model_exclude_none=True, responses=error_responses(FrontEnd.OPENAI, 404))
+async def openai_model(gw: GatewayDep, model: str) -> OpenAIModel:
+    mode = gw.select(model, param="model")
+    return OpenAIModel(id=mode.name, created=int(gw.started_at), owned_by="dreamlab")

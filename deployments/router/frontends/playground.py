@@ -13,12 +13,9 @@ import logging
 from functools import cache
 from importlib import resources
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
-
-from deployments.router.gateway import RouterCore
-from deployments.router.http_app import http_app
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +50,24 @@ def page_html(root_path: str) -> str:
     base = html.escape(root_path.rstrip("/") + "/", quote=True)
     return static_bytes("index.html").decode("utf-8").replace(BASE_MARKER, base)
 
+router = APIRouter()
 
-class PlaygroundRoutes(RouterCore):
-    @http_app.get("/", include_in_schema=False, response_class=HTMLResponse)
-    async def playground_page(self, request: Request) -> HTMLResponse:
-        """The playground page (public: its API calls carry the key the user gives it)."""
-        return HTMLResponse(page_html(request.scope.get("root_path", "")), headers=_PAGE_HEADERS)
 
-    @http_app.get("/static/{name}", include_in_schema=False)
-    async def playground_static(self, name: str) -> Response:
-        """One of the page's files, by its name on the allow-list; anything else is a 404."""
-        media_type = STATIC_FILES.get(name)
-        if media_type is None:
-            raise HTTPException(status_code=404, detail=f"no static file {name[:64]!r}")
-        try:
-            data = static_bytes(name)
-        except OSError:
-            logger.error("static file %s is on the allow-list but not in the package", name)
-            raise HTTPException(status_code=404, detail=f"no static file {name!r}") from None
-        return Response(data, media_type=media_type, headers=_HEADERS)
+@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+async def playground_page(request: Request) -> HTMLResponse:
+    """The playground page (public: its API calls carry the key the user gives it)."""
+    return HTMLResponse(page_html(request.scope.get("root_path", "")), headers=_PAGE_HEADERS)
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def playground_static(name: str) -> Response:
+    """One of the page's files, by its name on the allow-list; anything else is a 404."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"no static file {name[:64]!r}")
+    try:
+        data = static_bytes(name)
+    except OSError:
+        logger.error("static file %s is on the allow-list but not in the package", name)
+        raise HTTPException(status_code=404, detail=f"no static file {name!r}") from None
+    return Response(data, media_type=media_type, headers=_HEADERS)

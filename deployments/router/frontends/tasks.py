@@ -1,18 +1,22 @@
 """Routes of the async task API (`/v1/tasks`): validated here like the direct routes (same resolution,
-limits and access control), run and kept by the TaskStore deployment (see `task_store`)."""
+limits and access control), run and kept by the TaskStore deployment (see `deployments.tasks.store`)."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any, cast
 
-from deployments.router.access_control import CLIENT, current_caller
+from fastapi import APIRouter
+
+from deployments.router.access_control import CLIENT
 from deployments.router.frontends.native import GENERATION_JOBS, NATIVE
-from deployments.router.gateway import RouterCore
-from deployments.router.http_app import http_app
+from deployments.router.gateway import Gateway
+from deployments.router.gateway_dependency import GatewayDep
+from deployments.router.request_context import current_caller
 from deployments.tasks.submission import TaskSubmission
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.request_resolution import parse_request
-from serve_app.api.schemas.native import JobRequest
+from serve_app.api.schemas.native import JobRequest, Txt2ImgRequest
 from serve_app.api.schemas.tasks import TaskOut, TaskRequest
 from serve_app.api.webhooks import check_webhook
 from serve_app.core.errors import ModeUnavailableError, UnknownJobTypeError, UnknownTaskError
@@ -20,54 +24,60 @@ from serve_app.core.strict_model import quote
 
 TASK_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 429, 503, 504)
 
+router = APIRouter()
 
-class TaskRoutes(RouterCore):
-    def _store(self):
-        if self.task_store is None:
-            raise ModeUnavailableError("tasks are not available on this server", retry_after_s=60)
-        return self.task_store
 
-    @http_app.post("/v1/tasks", tags=NATIVE, dependencies=CLIENT, status_code=202, response_model=TaskOut,
-                   response_model_exclude_none=True, summary="Submit a task (answered at once; poll or get a webhook)",
-                   responses=TASK_ERRORS)
-    async def submit_task(self, body: TaskRequest) -> TaskOut:
-        """A generation (`txt2img`, `img2img`, `inpaint`: `request` is that route's body) or a custom job
-        (`request` is `{mode?, payload}`), checked now as the direct route would check it."""
-        store = self._store()
-        async with self.accepting():
-            request, payload = None, None
-            if body.kind in GENERATION_JOBS:
-                native = parse_request(GENERATION_JOBS[body.kind], body.request)
-                mode = self.select(native.mode)
-                request = self.resolve(native, mode)
-            else:
-                job = parse_request(JobRequest, body.request)
-                mode = self.select(job.mode)
-                if body.kind not in mode.config.jobs:
-                    raise UnknownJobTypeError(
-                        f"`kind` {quote(body.kind)} is neither txt2img, img2img, inpaint nor a job type of mode "
-                        f"{mode.name!r} ({', '.join(mode.config.jobs) or 'it has none'})", param="kind")
-                payload = job.payload
-            webhook = check_webhook(body.webhook, self.tasks_config) if body.webhook else None
-            return await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
-                id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value,
-                owner=current_caller().id, request=request, payload=payload, webhook=webhook))
+def _store(gw: Gateway) -> Any:
+    """The TaskStore's handle."""
+    if gw.task_store is None:
+        raise ModeUnavailableError("tasks are not available on this server", retry_after_s=60)
+    return gw.task_store
 
-    @http_app.get("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
-                  response_model_exclude_none=True, summary="A task's status, progress and result",
-                  responses=TASK_ERRORS)
-    async def get_task(self, task_id: str) -> TaskOut:
-        return self._known(task_id, await self._store().get.remote(task_id[:64], current_caller().id))
 
-    @http_app.delete("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
-                     response_model_exclude_none=True, summary="Cancel a task (a running one stops at its next step)",
-                     responses=TASK_ERRORS)
-    async def cancel_task(self, task_id: str) -> TaskOut:
-        return self._known(task_id, await self._store().cancel.remote(task_id[:64], current_caller().id))
+def _known(task_id: str, task: TaskOut | None) -> TaskOut:
+    if task is None:
+        raise UnknownTaskError(f"task {quote(task_id)} not found (unknown, expired, or not yours)",
+                               param="task_id")
+    return task
 
-    @staticmethod
-    def _known(task_id: str, task: TaskOut | None) -> TaskOut:
-        if task is None:
-            raise UnknownTaskError(f"task {quote(task_id)} not found (unknown, expired, or not yours)",
-                                   param="task_id")
-        return task
+
+@router.post("/v1/tasks", tags=NATIVE, dependencies=CLIENT, status_code=202, response_model=TaskOut,
+             response_model_exclude_none=True, summary="Submit a task (answered at once; poll or get a webhook)",
+             responses=TASK_ERRORS)
+async def submit_task(gw: GatewayDep, body: TaskRequest) -> TaskOut:
+    """A generation (`txt2img`, `img2img`, `inpaint`: `request` is that route's body) or a custom job
+    (`request` is `{mode?, payload}`), checked now as the direct route would check it."""
+    store = _store(gw)
+    async with gw.accepting():
+        request, payload = None, None
+        if body.kind in GENERATION_JOBS:
+            native = cast(Txt2ImgRequest, parse_request(GENERATION_JOBS[body.kind], body.request))
+            mode = gw.select(native.mode)
+            request = gw.resolve(native, mode)
+        else:
+            job = cast(JobRequest, parse_request(JobRequest, body.request))
+            mode = gw.select(job.mode)
+            if body.kind not in mode.config.jobs:
+                raise UnknownJobTypeError(
+                    f"`kind` {quote(body.kind)} is neither txt2img, img2img, inpaint nor a job type of mode "
+                    f"{mode.name!r} ({', '.join(mode.config.jobs) or 'it has none'})", param="kind")
+            payload = job.payload
+        webhook = check_webhook(body.webhook, gw.tasks_config) if body.webhook else None
+        out: TaskOut = await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
+            id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value,
+            owner=current_caller().id, request=request, payload=payload, webhook=webhook))
+        return out
+
+
+@router.get("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
+            response_model_exclude_none=True, summary="A task's status, progress and result",
+            responses=TASK_ERRORS)
+async def get_task(gw: GatewayDep, task_id: str) -> TaskOut:
+    return _known(task_id, await _store(gw).get.remote(task_id[:64], current_caller().id))
+
+
+@router.delete("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
+               response_model_exclude_none=True, summary="Cancel a task (a running one stops at its next step)",
+               responses=TASK_ERRORS)
+async def cancel_task(gw: GatewayDep, task_id: str) -> TaskOut:
+    return _known(task_id, await _store(gw).cancel.remote(task_id[:64], current_caller().id))

@@ -1,0 +1,97 @@
+"""`ModeClient`: the one place that calls the mode workers (their Serve handles), for the router and the
+task store alike.
+
+Each call is typed (`GenerationRequest` in, `GenerationResult` / `ProgressEvent` / `LoadAnswer` out), sent
+under the request's adapter-set id as Serve's `multiplexed_model_id` (so Serve prefers a replica that holds
+those adapters), and Ray's own failures come out as Dream Lab errors (`worker_errors`: no actor ids, pids
+or IPs). A generation whose replica goes away is sent once more (Serve picks another replica): generation
+has no side effects, so running it twice is safe; a stream is retried only while nothing was streamed.
+
+It imports neither FastAPI nor the router's app: the task store uses it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from deployments.protocol import GenerationRequest, GenerationResult, LoadAnswer, ProgressEvent, UnloadAnswer
+from serve_app.core.errors import ModeUnavailableError, QueueFullError
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def worker_errors(mode: str, request_id: str = "-") -> Iterator[None]:
+    """Ray's own failures of a call to a mode replica, as Dream Lab errors (no actor ids, pids or IPs)."""
+    try:
+        yield
+    except BackPressureError:
+        raise QueueFullError(f"mode {mode!r} has a full queue; retry later", retry_after_s=1) from None
+    except (RayActorError, ActorUnavailableError):
+        logger.warning("[%s] the replica of mode %s went away", request_id, mode, exc_info=True)
+        raise ModeUnavailableError(f"the replica of mode {mode!r} running this request went away; retry",
+                                   retry_after_s=1) from None
+
+
+class ModeClient:
+    """Typed calls to the mode workers; `handles` maps a mode's name to its deployment's handle."""
+
+    def __init__(self, handles: Mapping[str, Any]) -> None:
+        self.handles = dict(handles)
+
+    def _handle(self, mode: str, request: GenerationRequest | None = None) -> Any:
+        handle = self.handles[mode]
+        set_id = request.adapter_set_id() if request is not None else None
+        return handle.options(multiplexed_model_id=set_id) if set_id else handle
+
+    async def generate_once(self, mode: str, request: GenerationRequest) -> GenerationResult:
+        with worker_errors(mode, request.request_id):
+            result: GenerationResult = await self._handle(mode, request).generate.remote(request)
+            return result
+
+    async def generate(self, mode: str, request: GenerationRequest) -> GenerationResult:
+        """Run `request` on a replica of `mode`; a replica that went away costs one retry."""
+        try:
+            return await self.generate_once(mode, request)
+        except ModeUnavailableError:
+            logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode)
+            return await self.generate_once(mode, request)
+
+    async def generate_stream(self, mode: str,
+                              request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+        """The worker's progress events, then its result. Retried once like `generate` while nothing was
+        streamed yet; after that a dead replica is a 503."""
+        for attempt in (1, 2):
+            streamed = False
+            try:
+                with worker_errors(mode, request.request_id):
+                    stream = self._handle(mode, request).options(stream=True).generate_stream.remote(request)
+                    async for event in stream:
+                        streamed = True
+                        yield event
+                return
+            except ModeUnavailableError:
+                if streamed or attempt == 2:
+                    raise
+                logger.warning("[%s] retrying on another replica of mode %s", request.request_id, mode)
+
+    async def run_job(self, mode: str, job_type: str, payload: dict[str, Any], request_id: str) -> Any:
+        """A custom job of `mode` (its `jobs:`); not retried (a job may have side effects)."""
+        with worker_errors(mode, request_id):
+            return await self._handle(mode).run.remote(job_type, payload, request_id)
+
+    async def load(self, mode: str) -> LoadAnswer:
+        with worker_errors(mode):
+            answer: LoadAnswer = await self._handle(mode).load.remote()
+            return answer
+
+    async def unload(self, mode: str) -> UnloadAnswer:
+        with worker_errors(mode):
+            answer: UnloadAnswer = await self._handle(mode).unload.remote()
+            return answer
