@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import time
 
 import httpx
@@ -20,6 +21,7 @@ from PIL import Image
 
 from deployments.router.http_app import MAX_BODY_BYTES
 from serve_app.model.generation.job import MAX_SEED
+from tests.serve.conftest import PORT
 
 pytestmark = pytest.mark.serve
 
@@ -171,3 +173,67 @@ def test_a_hostile_batch_leaves_every_replica_in_place(client, bomb):
     assert states["sd1"] == states["sd2"] == "ready", states
     ok = client.post("/v1/txt2img", json={"prompt": "a calm sea", "width": 64, "height": 64, "seed": 1, "steps": 2})
     assert ok.status_code == 200, ok.text
+
+
+def _open_body(path: str, headers: str) -> socket.socket:
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", PORT), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\r\n".encode())
+    return sock
+
+
+def _status_of(sock: socket.socket) -> int:
+    head = sock.recv(4096).split(b"\r\n", 1)[0]  # b"HTTP/1.1 413 ..."
+    return int(head.split()[1])
+
+
+def test_slow_bodies_hold_no_one_else_up(client):
+    """Clients trickling bodies byte by byte: one client gets its share of bodies arriving, the rest 503 at
+    once; health checks and generations of other requests are answered meanwhile."""
+    slow = [_open_body("/v1/txt2img", "Content-Length: 100000\r\n") for _ in range(40)]
+    try:
+        for sock in slow:
+            sock.sendall(b"{")
+        time.sleep(1.0)
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        healthz_s = time.perf_counter() - started
+        assert healthz_s < 1.0, healthz_s
+        answered = []
+        for sock in slow:
+            sock.settimeout(0.3)
+            try:
+                answered.append(_status_of(sock))
+            except TimeoutError:
+                pass  # still arriving: one of the client's 8 bodies
+        assert len(answered) >= 40 - 8 and set(answered) == {503}, answered  # the demo's per-client bound
+    finally:
+        for sock in slow:
+            sock.close()
+    small = {"prompt": "after", "steps": 2, "width": 64, "height": 64}
+    assert client.post("/v1/txt2img", json=small).status_code == 200
+
+
+def test_an_endless_body_to_a_route_that_takes_none_is_refused_unread(client):
+    sock = _open_body("/v1/modes/sd1/load", "Transfer-Encoding: chunked\r\n")
+    chunk = b"%x\r\n%s\r\n" % (65536, b"z" * 65536)
+    sent = 0
+    try:
+        sock.settimeout(0.05)
+        while sent < 256 * 2**20:  # at most 256 MiB: the answer comes long before
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+            try:
+                if sock.recv(64, socket.MSG_PEEK):
+                    break
+            except TimeoutError:
+                continue
+        sock.settimeout(30)
+        assert _status_of(sock) == 413
+        assert sent < 64 * 2**20, sent
+    finally:
+        sock.close()
