@@ -91,9 +91,12 @@ class AccessPolicy:
         return found
 
     def caller(self, authorization: str | None, address: str | None, *, admin: bool = False) -> Caller:
-        """Who calls; raises 401 (no or unknown key where one is needed) or 403 (a client key for an
-        operator action). With no key configured at all, everything is open."""
-        key = presented_key(authorization)
+        """Who calls, by the `Authorization` header (see `caller_by_key`)."""
+        return self.caller_by_key(presented_key(authorization), address, admin=admin)
+
+    def caller_by_key(self, key: str | None, address: str | None, *, admin: bool = False) -> Caller:
+        """Who calls with `key` (None: no key); raises 401 (no or unknown key where one is needed) or 403 (a
+        client key for an operator action). With no key configured at all, everything is open."""
         digest = _digest(key) if key is not None else None
         is_admin = digest is not None and self._matches(digest, self._admin)
         is_client = is_admin or (digest is not None and self._matches(digest, self._client))
@@ -105,6 +108,6 @@ class AccessPolicy:
         if self.keys_required and not is_client:
             raise AuthenticationError("a valid API key is required (Authorization: Bearer <key>)"
                                       if digest is None else "the API key is not valid")
-        if is_client:
+        if is_client and digest is not None:
             return Caller(f"key:{digest.hex()[:12]}", is_admin)
         return Caller(f"addr:{address or 'unknown'}", is_admin)
