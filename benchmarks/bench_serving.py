@@ -2,7 +2,10 @@
 
 Prints, on tiny demo models:
   1. serving overhead at concurrency 1: client latency minus the replica's own pipeline + encode time
-     (p50/p99), and the in-process pipeline call for reference (target: overhead p50 <= 15 ms);
+     (p50/p99), and the in-process pipeline call for reference (target: overhead p50 <= 15 ms); and the
+     same overhead of a minimal two-deployment Serve app (a FastAPI ingress calling a worker deployment
+     that runs the same pipeline), measured side by side in the same run, with Dream Lab's ratio to it
+     (target <= 1.1x);
   2. throughput at concurrency 8 with 1 replica and with 2 replicas;
   3. cold start of a scaled-to-zero mode (first request vs a warm one);
   4. mode switch by eviction on one simulated GPU whose budget fits one of two modes: the evicted mode
@@ -62,25 +65,72 @@ def in_process_runner(root: Path):
     return lambda: runner.generate(params)
 
 
-def overhead(url: str, call_in_process, n: int) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Paired, interleaved: each HTTP request and an in-process call of the same request run back to
-    back, so both see the same background load (Ray's processes share the 2 cores)."""
-    http, inproc, over_inproc, over_replica = [], [], [], []
-    with httpx.Client(base_url=url, timeout=300) as client:
+def deploy_bare(root: Path) -> str:
+    """The baseline: a minimal two-deployment Serve app. A FastAPI ingress (no validation beyond pydantic,
+    no queue, no access check, no metrics) hands the request to a worker deployment that runs the same
+    tiny pipeline as Dream Lab's mode worker (in a thread, like it) and answers the PNG base64 and its
+    job time."""
+    import base64
+
+    from fastapi import FastAPI
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8)
+    class BareWorker:
+        def __init__(self, root: str) -> None:
+            self.call = in_process_runner(Path(root))
+
+        async def generate(self, body: dict) -> tuple[str, float]:
+            started = time.perf_counter()
+            result = await asyncio.to_thread(self.call)
+            return base64.b64encode(result.images[0].data).decode(), time.perf_counter() - started
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+    @serve.ingress(app)
+    class BareIngress:
+        def __init__(self, worker) -> None:
+            self.worker = worker
+
+        @app.post("/v1/txt2img")
+        async def txt2img(self, body: dict) -> dict:
+            image, job_s = await self.worker.generate.remote(body)
+            return {"images": [{"image": image}], "timings": {"job_s": job_s}}
+
+    serve.run(BareIngress.bind(BareWorker.bind(str(root))), name="bare", route_prefix="/bare")
+    return f"http://127.0.0.1:{PORT}/bare"
+
+
+def overhead(url: str, call_in_process, n: int, bare_url: str | None = None) -> dict[str, list[float]]:
+    """Paired, interleaved: each HTTP request, the bare app's request and an in-process call of the same
+    request run back to back, so all see the same background load (Ray's processes share the 2 cores)."""
+    out: dict[str, list[float]] = {"http": [], "inproc": [], "over_inproc": [], "over_replica": [], "bare_http": [],
+                                   "bare_over_replica": []}
+    with httpx.Client(base_url=url, timeout=300) as client, httpx.Client(base_url=bare_url or url,
+                                                                          timeout=300) as bare:
         for i in range(n + 3):
             started = time.perf_counter()
             r = client.post("/v1/txt2img", json=REQ)
             elapsed = time.perf_counter() - started
             r.raise_for_status()
+            if bare_url is not None:
+                started = time.perf_counter()
+                b = bare.post("/v1/txt2img", json=REQ)
+                bare_elapsed = time.perf_counter() - started
+                b.raise_for_status()
             started = time.perf_counter()
             call_in_process()
             local = time.perf_counter() - started
             if i >= 3:
-                http.append(elapsed)
-                inproc.append(local)
-                over_inproc.append(elapsed - local)
-                over_replica.append(elapsed - r.json()["timings"]["job_s"])
-    return http, inproc, over_inproc, over_replica
+                out["http"].append(elapsed)
+                out["inproc"].append(local)
+                out["over_inproc"].append(elapsed - local)
+                out["over_replica"].append(elapsed - r.json()["timings"]["job_s"])
+                if bare_url is not None:
+                    out["bare_http"].append(bare_elapsed)
+                    out["bare_over_replica"].append(bare_elapsed - b.json()["timings"]["job_s"])
+    return out
 
 
 def throughput(url: str, n: int, concurrency: int = 8) -> float:
@@ -121,13 +171,19 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
         url = deploy("one", {"modes": [mode("sd1", "tiny-sd1", deployment={"num_replicas": 1})]}, root, tmp)
-        http, inproc, over, over_replica = overhead(url, in_process_runner(root), n)
+        bare_url = deploy_bare(root)
+        o = overhead(url, in_process_runner(root), n, bare_url)
+        serve.delete("bare")
         ms = lambda v: f"{pct(v, .5) * 1000:7.1f} / {pct(v, .99) * 1000:.1f} ms"  # noqa: E731
-        print(f"in-process pipeline call p50/p99  {ms(inproc)}")
-        print(f"HTTP latency p50/p99              {ms(http)}")
-        print(f"overhead over in-process p50/p99  {ms(over)}   (target p50 <= 15 ms: "
-              f"{pct(over, .5) * 1000 / 15:.2f}x of target)")
-        print(f"overhead outside the replica's job p50/p99 {ms(over_replica)}")
+        print(f"in-process pipeline call p50/p99  {ms(o['inproc'])}")
+        print(f"HTTP latency p50/p99              {ms(o['http'])}")
+        print(f"overhead over in-process p50/p99  {ms(o['over_inproc'])}   (target p50 <= 15 ms: "
+              f"{pct(o['over_inproc'], .5) * 1000 / 15:.2f}x of target)")
+        print(f"overhead outside the replica's job p50/p99 {ms(o['over_replica'])}")
+        print(f"bare two-deployment Serve app: HTTP latency p50/p99 {ms(o['bare_http'])}, overhead outside its "
+              f"job p50/p99 {ms(o['bare_over_replica'])}")
+        ratio = pct(o["over_replica"], .5) / pct(o["bare_over_replica"], .5)
+        print(f"Dream Lab overhead / bare Serve app overhead (p50): {ratio:.2f}x   (target <= 1.1x)")
         if args.overhead_only:
             return
 

@@ -99,9 +99,12 @@ class AccessPolicy:
         return found
 
     def caller(self, authorization: str | None, address: str | None, *, admin: bool = False) -> Caller:
-        """Who calls; raises 401 (no or unknown key where one is needed) or 403 (a client key for an
-        operator action). With no key configured at all, everything is open."""
-        key = presented_key(authorization)
+        """Who calls, by the `Authorization` header (see `caller_by_key`)."""
+        return self.caller_by_key(presented_key(authorization), address, admin=admin)
+
+    def caller_by_key(self, key: str | None, address: str | None, *, admin: bool = False) -> Caller:
+        """Who calls with `key` (None: no key); raises 401 (no or unknown key where one is needed) or 403 (a
+        client key for an operator action). With no key configured at all, everything is open."""
         digest = _digest(key) if key is not None else None
         is_admin = digest is not None and self._matches(digest, self._admin)
         is_client = is_admin or (digest is not None and self._matches(digest, self._client))

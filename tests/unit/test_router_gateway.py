@@ -23,8 +23,8 @@ from serve_app.model.families import Family
 from serve_app.model.generation.job import GeneratedImage
 from serve_app.model.inspection.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
-                       "AAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+                       "RU5ErkJggg==")
 
 
 def _info(family: Family) -> CheckpointInfo:
@@ -136,3 +136,26 @@ def test_keys_are_checked_by_the_gateway_policy() -> None:
     open_gateway, _ = make_gateway()
     with TestClient(create_http_app(open_gateway)) as client:
         assert client.get("/v1/models").status_code == 200
+
+
+def test_the_openapi_document_declares_the_key_schemes() -> None:
+    gateway, _ = make_gateway()
+    with TestClient(create_http_app(gateway)) as client:
+        spec = client.get("/openapi.json").json()
+        docs = client.get("/docs").text
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["apiKey"] == {"type": "http", "scheme": "bearer", "description": schemes["apiKey"]["description"]}
+    assert schemes["apiKeyAsPassword"]["type"] == "http" and schemes["apiKeyAsPassword"]["scheme"] == "basic"
+    txt2img = spec["paths"]["/v1/txt2img"]["post"]
+    assert {"apiKey": []} in txt2img["security"] and {"apiKeyAsPassword": []} in txt2img["security"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]  # public routes ask for no key
+    assert "swagger-ui" in docs
+
+
+def test_a_malformed_basic_header_gets_the_policy_answer() -> None:
+    gateway, _ = make_gateway(access=AccessPolicy(client_keys=["client-key"]))
+    with TestClient(create_http_app(gateway)) as client:
+        for header in ("Basic !!!not-base64", "Basic " + base64.b64encode(b"no-colon").decode(), "Bearer "):
+            refused = client.get("/v1/models", headers={"Authorization": header})
+            assert refused.status_code == 401, header
+            assert refused.json()["error"]["message"] == "a valid API key is required (Authorization: Bearer <key>)"
