@@ -32,7 +32,7 @@ from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.core.errors import RequestTooLargeError, RequestValidationError
-from serve_app.core.strict_model import StrictModel, describe_error, quote
+from serve_app.core.strict_model import quote
 from serve_app.model.families import Family
 from serve_app.model.generation.inpainting import InpaintingFill, fill_masked
 from serve_app.model.generation.job import (
@@ -272,13 +272,3 @@ def _mask(req: InpaintRequest, name: Callable[[str], str], lim: ModeLimits, size
                                      param=name("mask"))
     return mask
 
-
-def parse_request(model: type[StrictModel], payload: object) -> StrictModel:
-    """Validate a raw payload (a job's JSON) into `model`, naming the first bad field and its value."""
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        field, message = describe_error(dict(exc.errors()[0]))
-        raise RequestValidationError(message, param=field or "body") from exc

@@ -6,14 +6,12 @@ from __future__ import annotations
 import uuid
 
 from deployments.router.access_control import CLIENT, current_caller
-from deployments.router.frontends.native import GENERATION_JOBS, NATIVE
+from deployments.router.frontends.native import NATIVE
 from deployments.router.gateway import RouterCore
 from deployments.router.http_app import http_app
 from deployments.tasks.store import TaskSubmission
 from serve_app.api.http_errors import FrontEnd, error_responses
-from serve_app.api.request_resolution import parse_request
-from serve_app.api.schemas.native import JobRequest
-from serve_app.api.schemas.tasks import TaskOut, TaskRequest
+from serve_app.api.schemas.tasks import JobTask, TaskOut, TaskRequest
 from serve_app.api.webhooks import check_webhook
 from serve_app.core.errors import ModeUnavailableError, UnknownJobTypeError, UnknownTaskError
 from serve_app.core.strict_model import quote
@@ -34,23 +32,22 @@ class TaskRoutes(RouterCore):
         """A generation (`txt2img`, `img2img`, `inpaint`: `request` is that route's body) or a custom job
         (`request` is `{mode?, payload}`), checked now as the direct route would check it."""
         store = self._store()
+        task = body.root
         async with self.accepting():
             request, payload = None, None
-            if body.kind in GENERATION_JOBS:
-                native = parse_request(GENERATION_JOBS[body.kind], body.request)
-                mode = self.select(native.mode)
-                request = self.resolve(native, mode)
-            else:
-                job = parse_request(JobRequest, body.request)
-                mode = self.select(job.mode)
-                if body.kind not in mode.config.jobs:
+            if isinstance(task, JobTask):
+                mode = self.select(task.request.mode)
+                if task.kind not in mode.config.jobs:
                     raise UnknownJobTypeError(
-                        f"`kind` {quote(body.kind)} is neither txt2img, img2img, inpaint nor a job type of mode "
+                        f"`kind` {quote(task.kind)} is neither txt2img, img2img, inpaint nor a job type of mode "
                         f"{mode.name!r} ({', '.join(mode.config.jobs) or 'it has none'})", param="kind")
-                payload = job.payload
-            webhook = check_webhook(body.webhook, self.tasks_config) if body.webhook else None
+                payload = task.request.payload
+            else:
+                mode = self.select(task.request.mode)
+                request = self.resolve(task.request, mode)
+            webhook = check_webhook(task.webhook, self.tasks_config) if task.webhook else None
             return await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
-                id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value,
+                id=uuid.uuid4().hex, kind=task.kind, mode=mode.name, family=mode.family.value,
                 owner=current_caller().id, request=request, payload=payload, webhook=webhook))
 
     @http_app.get("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
