@@ -5,6 +5,11 @@ the init image decoded and sized), raising `RequestValidationError` that names t
 in the style of diffusers' `check_inputs`. The router calls it once, before queueing (bad input never
 takes a queue slot); the mode worker runs what it returns.
 
+Every rule the checkpoint's facts decide is checked here too, not after the queue and the Ray hop: the job
+kind against the family (the refiner does no txt2img), hires only on txt2img and never on an inpainting
+checkpoint (it has no second pass), and a base -> refiner split (`resolve_refiner_base`) only from an sdxl
+base to an sdxl-refiner, neither an inpainting checkpoint, as a plain txt2img.
+
 Bounds, cheapest first: the prompts' length (`max_prompt_chars`) and their text (no lone surrogates, which
 no tokenizer can encode); then the init image, which `decode_image` bounds before it decodes any pixel:
 its base64 length (`MAX_IMAGE_BYTES`), then, from the header alone, its format (PNG/JPEG/WebP) and its size,
