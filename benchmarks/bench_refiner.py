@@ -9,7 +9,6 @@ routing overhead; the target is <= 10% of the refiner stage.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import statistics
@@ -37,6 +36,7 @@ def in_process(root: Path, runs: int) -> tuple[float, float]:
     from serve_app.api.request_resolution import resolve_request
     from serve_app.api.schemas.native import Txt2ImgRequest
     from serve_app.config.modes_file import ModeConfig
+    from serve_app.model.generation.job import Txt2Img
     from serve_app.model.generation.runner import ModelRunner
 
     base, refiner = (ModelRunner(ModeConfig(name=n, checkpoint=n), root / n, device=torch.device("cpu"))
@@ -44,15 +44,14 @@ def in_process(root: Path, runs: int) -> tuple[float, float]:
     base.load()
     refiner.load()
     request = resolve_request(Txt2ImgRequest(**REQ), base.mode, base.family)
-    request.denoising_end = SWITCH
+    request.job = Txt2Img(denoising_end=SWITCH)
     base_s, refine_s = [], []
     for _ in range(runs):
         started = time.perf_counter()
         first = base.generate(request)
         base_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        refiner.generate(dataclasses.replace(request, kind="img2img", init_latents=first.latents,
-                                             denoising_end=None, denoising_start=SWITCH))
+        refiner.generate(request.refiner_finish(first.latents))
         refine_s.append(time.perf_counter() - started)
     return statistics.median(base_s), statistics.median(refine_s)
 

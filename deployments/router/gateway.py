@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
@@ -28,11 +27,10 @@ from deployments.router.request_context import current_caller, current_request_i
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
-from serve_app.api.request_resolution import resolve_request
+from serve_app.api.request_resolution import resolve_refiner_base, resolve_request
 from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.app_args import FairShareConfig, TasksConfig
 from serve_app.core.errors import RequestValidationError, ShuttingDownError
-from serve_app.model.families import Family
 from serve_app.model.generation.job import GenerationTimings
 
 logger = logging.getLogger(__name__)
@@ -180,32 +178,20 @@ class Gateway:
         if body.refiner is not None:  # only `generate` runs the two stages
             raise RequestValidationError("`refiner` runs on the direct generation routes only (not streamed, not as "
                                          "a task)", param="refiner")
-        return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters)
+        return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters,
+                               inpainting=mode.info.inpainting)
 
     def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
         """The base's request of a base -> refiner generation (it stops at `switch_at` and answers latents)."""
-        stage = body.refiner
-        assert stage is not None, "only a request with a refiner has refiner stages"
-        refiner = self.select(stage.mode, param="refiner.mode")
-        if mode.family is not Family.SDXL or refiner.family is not Family.SDXL_REFINER:
-            raise RequestValidationError(
-                f"`refiner.mode` {refiner.name!r} is {refiner.family.value}, mode {mode.name!r} is "
-                f"{mode.family.value}: a refiner pass needs an sdxl mode and an sdxl-refiner mode",
-                param="refiner.mode")
-        base = resolve_request(body.model_copy(update={"refiner": None}), mode.config, mode.family,
-                               current_request_id(), self.adapters)
-        if base.kind != "txt2img" or base.hires is not None:
-            raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
-        base.denoising_end = stage.switch_at
-        return base, refiner
+        assert body.refiner is not None
+        refiner = self.select(body.refiner.mode, param="refiner.mode")
+        return resolve_refiner_base(body, mode, refiner, current_request_id(), self.adapters), refiner
 
     async def _generate_refined(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationResult:
         """Base -> refiner across two mode deployments: the latents travel between them, not images."""
         base, refiner = self._refiner_stages(body, mode)
         first = await self._generate_once(mode, base)
-        finish = dataclasses.replace(base, kind="img2img", init_latents=first.latents, denoising_end=None,
-                                     denoising_start=base.denoising_end, loras=[], embeddings=[], vae=None)
-        second = await self._generate_once(refiner, finish)
+        second = await self._generate_once(refiner, base.refiner_finish(first.latents))
         a, b = first.timings, second.timings
         second.timings = GenerationTimings(
             inference_s=round(a.inference_s + b.inference_s, 4), encode_s=b.encode_s, job_s=round(a.job_s + b.job_s, 4),

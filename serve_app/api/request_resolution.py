@@ -5,6 +5,11 @@ the init image decoded and sized), raising `RequestValidationError` that names t
 in the style of diffusers' `check_inputs`. The router calls it once, before queueing (bad input never
 takes a queue slot); the mode worker runs what it returns.
 
+Every rule the checkpoint's facts decide is checked here too, not after the queue and the Ray hop: the job
+kind against the family (the refiner does no txt2img), hires only on txt2img and never on an inpainting
+checkpoint (it has no second pass), and a base -> refiner split (`resolve_refiner_base`) only from an sdxl
+base to an sdxl-refiner, neither an inpainting checkpoint, as a plain txt2img.
+
 Bounds, cheapest first: the prompts' length (`max_prompt_chars`) and their text (no lone surrogates, which
 no tokenizer can encode); then the init image, which `decode_image` bounds before it decodes any pixel:
 its base64 length (`MAX_IMAGE_BYTES`), then, from the header alone, its format (PNG/JPEG/WebP) and its size,
@@ -28,13 +33,23 @@ from collections.abc import Callable, Mapping
 from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
+from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.core.errors import RequestTooLargeError, RequestValidationError
-from serve_app.core.strict_model import StrictModel, describe_error, quote
+from serve_app.core.strict_model import quote
 from serve_app.model.families import Family
 from serve_app.model.generation.inpainting import InpaintingFill, fill_masked
-from serve_app.model.generation.job import MAX_SEED, GenerationRequest, HiresPass, random_seed
+from serve_app.model.generation.job import (
+    MAX_SEED,
+    GenerationRequest,
+    HiresPass,
+    Img2Img,
+    Inpaint,
+    Job,
+    Txt2Img,
+    random_seed,
+)
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # an encoded init image, before base64
 INIT_IMAGE_SCALE = 2  # an init image may be this many times the mode's max_width / max_height
@@ -110,22 +125,29 @@ def _check_size(field: str, value: int, limit: int, from_image: bool = False) ->
 
 
 def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, request_id: str = "-",
-                    adapters: AdapterCatalog = NO_ADAPTERS) -> GenerationRequest:
-    """Fill defaults from `mode` and check every value against its limits (adapters against `adapters`)."""
+                    adapters: AdapterCatalog = NO_ADAPTERS, *, inpainting: bool = False) -> GenerationRequest:
+    """Fill defaults from `mode` and check every value against its limits (adapters against `adapters`), and
+    the job against the checkpoint's facts (`family`; `inpainting`: a 9-channel UNet, which has no second
+    pass). The kind of job follows the body's type: `InpaintRequest`, `Img2ImgRequest`, else txt2img."""
     d, lim = mode.defaults, mode.limits
     is_img2img = isinstance(req, Img2ImgRequest)
+    is_inpaint = isinstance(req, InpaintRequest)
     names: Mapping[str, str] = getattr(req, "client_field_names", {})
 
     def name(field: str) -> str:  # the client's own name of a native field
         return names.get(field, field)
 
-    family.check_job("img2img" if is_img2img else "txt2img", mode.name)  # inpainting: every family
-    if is_img2img and req.hires is not None:
-        raise _invalid(name("hires"), "set", "applies to txt2img only")
+    family.check_job("inpaint" if is_inpaint else "img2img" if is_img2img else "txt2img", mode.name)
+    if req.hires is not None:
+        if is_img2img:
+            raise _invalid(name("hires"), "set", "applies to txt2img only")
+        if inpainting:
+            raise RequestValidationError(f"`{name('hires')}`: mode {mode.name!r} is an inpainting checkpoint, which "
+                                         "has no second pass; use an ordinary one", param=name("hires"))
     _check_text(name("prompt"), req.prompt, lim.max_prompt_chars)
     if req.negative_prompt is not None:
         _check_text(name("negative_prompt"), req.negative_prompt, lim.max_prompt_chars)
-    init_image = decode_image(req.image, name("image"), lim) if is_img2img else None
+    init_image = decode_image(req.image, name("image"), lim) if isinstance(req, Img2ImgRequest) else None
     if init_image is not None:
         default_w, default_h = max(8, init_image.width // 8 * 8), max(8, init_image.height // 8 * 8)
     else:
@@ -152,23 +174,14 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     negative_prompt = d.negative_prompt if req.negative_prompt is None else req.negative_prompt
     embeddings = adapters.resolve_embeddings(family, req.prompt, negative_prompt)
     vae = adapters.resolve_vae(req.vae, mode, name("vae")) if req.vae is not None else None
-    strength = None
-    mask = None
-    if is_img2img:
-        strength = d.strength if req.strength is None else req.strength
-        if not 0.0 < strength <= 1.0:
-            raise _invalid(name("strength"), strength, "must be in (0, 1]")
-        if init_image.size != (width, height):
-            init_image = init_image.resize((width, height), Image.LANCZOS)
-        if isinstance(req, InpaintRequest):
-            mask = _mask(req, name, lim, (width, height))
-            fill = InpaintingFill[req.masked_content.upper()] if req.masked_content != "original" else None
-            if fill is not None:
-                init_image = fill_masked(init_image, mask, fill, seed)
-    hires = _hires(req.hires, width, height, steps, lim, name) if req.hires is not None else None
-    inpaint = mask is not None
+    job: Job
+    if isinstance(req, Img2ImgRequest):
+        assert init_image is not None
+        job = _image_job(req, init_image, (width, height), d.strength, seed, lim, name)
+    else:
+        job = Txt2Img(hires=_hires(req.hires, width, height, steps, lim, name) if req.hires is not None else None)
     return GenerationRequest(
-        kind="inpaint" if inpaint else "img2img" if is_img2img else "txt2img",
+        job=job,
         prompt=req.prompt,
         negative_prompt=negative_prompt,
         width=width,
@@ -178,17 +191,49 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         seeds=[seed + i for i in range(num_images)],
         scheduler=req.scheduler or mode.scheduler,
         output_format=req.output_format,
-        init_image=init_image,
-        strength=strength,
         request_id=request_id,
         loras=loras,
         embeddings=embeddings,
         vae=vae,
-        mask=mask,
-        mask_blur=req.mask_blur if inpaint else 0,
-        inpaint_padding=req.inpaint_full_res_padding if inpaint and req.inpaint_full_res else None,
-        hires=hires,
     )
+
+
+def _image_job(req: Img2ImgRequest, init_image: Image.Image, size: tuple[int, int], default_strength: float,
+               seed: int, lim: ModeLimits, name: Callable[[str], str]) -> Img2Img | Inpaint:
+    """An img2img or inpaint job: the init image at the output size, the strength checked, the mask made."""
+    strength = default_strength if req.strength is None else req.strength
+    if not 0.0 < strength <= 1.0:
+        raise _invalid(name("strength"), strength, "must be in (0, 1]")
+    if init_image.size != size:
+        init_image = init_image.resize(size, Image.Resampling.LANCZOS)
+    if not isinstance(req, InpaintRequest):
+        return Img2Img(init_image=init_image, strength=strength)
+    mask = _mask(req, name, lim, size)
+    if req.masked_content != "original":
+        init_image = fill_masked(init_image, mask, InpaintingFill[req.masked_content.upper()], seed)
+    return Inpaint(init_image=init_image, mask=mask, strength=strength, mask_blur=req.mask_blur,
+                   padding=req.inpaint_full_res_padding if req.inpaint_full_res else None)
+
+
+def resolve_refiner_base(req: Txt2ImgRequest, base: ServedMode, refiner: ServedMode, request_id: str = "-",
+                         adapters: AdapterCatalog = NO_ADAPTERS) -> GenerationRequest:
+    """The base's request of an SDXL base -> refiner generation (`req.refiner`: it stops at `switch_at` and
+    answers latents, which `GenerationRequest.refiner_finish` hands to `refiner`), every rule checked here:
+    an sdxl base and an sdxl-refiner refiner, neither an inpainting checkpoint, a plain txt2img."""
+    assert req.refiner is not None
+    if (base.family is not Family.SDXL or refiner.family is not Family.SDXL_REFINER
+            or base.info.inpainting or refiner.info.inpainting):
+        what = {m.name: m.family.value + (" (inpainting)" if m.info.inpainting else "") for m in (base, refiner)}
+        raise RequestValidationError(
+            f"`refiner.mode` {refiner.name!r} is {what[refiner.name]}, mode {base.name!r} is {what[base.name]}: "
+            "a refiner pass needs an sdxl mode and an sdxl-refiner mode (neither an inpainting checkpoint)",
+            param="refiner.mode")
+    if isinstance(req, Img2ImgRequest) or req.hires is not None:
+        raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
+    request = resolve_request(req.model_copy(update={"refiner": None}), base.config, base.family, request_id,
+                              adapters, inpainting=base.info.inpainting)
+    request.job = Txt2Img(denoising_end=req.refiner.switch_at)
+    return request
 
 
 def _hires(h: HiresFix, width: int, height: int, steps: int, lim: ModeLimits,
@@ -197,10 +242,13 @@ def _hires(h: HiresFix, width: int, height: int, steps: int, lim: ModeLimits,
     if h.width is None and h.height is None:
         field = name("hires.scale")
         target = (round(width * h.scale / 8) * 8, round(height * h.scale / 8) * 8)
+    elif h.width is not None:
+        field = name("hires.width")
+        target = (h.width, h.height or round(h.width * height / width / 8) * 8)
     else:
-        field = name("hires.width") if h.width is not None else name("hires.height")
-        target = (h.width or round(h.height * width / height / 8) * 8,
-                  h.height or round(h.width * height / width / 8) * 8)
+        assert h.height is not None
+        field = name("hires.height")
+        target = (round(h.height * width / height / 8) * 8, h.height)
     if any(v % 8 or v < 8 for v in target):
         raise _invalid(field, h.width or h.height, "must make a positive multiple of 8")
     if target[0] > lim.max_width or target[1] > lim.max_height:
@@ -221,7 +269,7 @@ def _mask(req: InpaintRequest, name: Callable[[str], str], lim: ModeLimits, size
     if req.mask_invert:
         mask = ImageOps.invert(mask)
     if mask.size != size:
-        mask = mask.resize(size, Image.NEAREST)
+        mask = mask.resize(size, Image.Resampling.NEAREST)
     if mask.getextrema()[1] == 0:
         where = "no transparent pixel" if req.mask_alpha else "all black"
         raise RequestValidationError(f"`{name('mask')}` is empty ({where}): nothing to repaint; "
@@ -229,13 +277,3 @@ def _mask(req: InpaintRequest, name: Callable[[str], str], lim: ModeLimits, size
                                      param=name("mask"))
     return mask
 
-
-def parse_request(model: type[StrictModel], payload: object) -> StrictModel:
-    """Validate a raw payload (a job's JSON) into `model`, naming the first bad field and its value."""
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        field, message = describe_error(exc.errors()[0])
-        raise RequestValidationError(message, param=field or "body") from exc

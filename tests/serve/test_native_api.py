@@ -85,6 +85,19 @@ def test_custom_job_round_trips_and_its_errors_are_json(client):
     assert unknown.status_code == 404 and "describe" in unknown.json()["error"]["message"]
 
 
+def test_a_generation_as_a_job_takes_its_route_body_typed(client):
+    r = client.post("/v1/jobs/txt2img", json={"mode": "sd15", "payload": {"prompt": "x", "steps": 2, "seed": 1}})
+    assert r.status_code == 200, r.text
+    assert r.json()["job_type"] == "txt2img" and r.json()["result"]["images"][0]["seed"] == 1
+    bad = client.post("/v1/jobs/img2img", json={"payload": {"prompt": "x"}})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "image"
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["Txt2ImgJobRequest"]["properties"]["payload"]["$ref"].endswith("/Txt2ImgRequest")
+    assert {s["$ref"].rsplit("/", 1)[1] for s in schemas["TaskRequest"]["oneOf"]} == {
+        "Txt2ImgTask", "Img2ImgTask", "InpaintTask", "JobTask"}
+    assert schemas["ModeOut"]["properties"]["limits"]["$ref"].endswith("/ModeLimits")
+
+
 @pytest.mark.parametrize(("body", "status", "param"), [
     ({"prompt": "x", "mode": "nope"}, 404, "mode"),
     ({"prompt": "x", "width": 65}, 422, "width"),

@@ -20,7 +20,7 @@ from serve_app.api.schemas.native import Img2ImgRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig
 from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
-from serve_app.model.generation.job import GenerationRequest
+from serve_app.model.generation.job import GenerationRequest, Txt2Img
 from serve_app.model.generation.runner import GenerationCancelledError, ModelRunner, ModelState
 from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, txt2img
 
@@ -181,7 +181,7 @@ def test_txt2img_on_the_refiner_is_refused(runner_for) -> None:
         resolve_request(Txt2ImgRequest(prompt="a cat"), runner.mode, runner.family)
     assert err.value.param == "mode" and "img2img" in err.value.message and runner.mode.name in err.value.message
     # a hand-built txt2img params object reaching the runner is refused the same way, not an AttributeError
-    params = GenerationRequest(kind="txt2img", prompt="a cat", negative_prompt="", width=64, height=64, steps=2,
+    params = GenerationRequest(job=Txt2Img(), prompt="a cat", negative_prompt="", width=64, height=64, steps=2,
                               guidance_scale=5.0, seeds=[1], scheduler="euler", output_format="png")
     with pytest.raises(RequestValidationError) as err:
         runner.generate(params)

@@ -18,7 +18,7 @@ from serve_app.api.schemas.native import Img2ImgRequest, Txt2ImgRequest
 from serve_app.core.errors import RequestTooLargeError, RequestValidationError
 from serve_app.core.strict_model import describe_error, quote
 from serve_app.model.families import Family
-from serve_app.model.generation.job import MAX_SEED
+from serve_app.model.generation.job import MAX_SEED, Img2Img
 from tests.unit.hostile_inputs import HUGE, MODE, b64, image, png, png_claiming
 
 
@@ -56,7 +56,7 @@ def test_an_image_within_the_scaled_limits_is_resized_to_the_request() -> None:
     side = INIT_IMAGE_SCALE * 256
     params = resolve_request(Img2ImgRequest(prompt="a", image=b64(png(side, side)), width=64, height=64), MODE,
                              Family.SD1)
-    assert params.init_image.size == (64, 64)
+    assert isinstance(params.job, Img2Img) and params.job.init_image.size == (64, 64)
 
 
 def test_image_size_defaults_from_the_image_say_where_the_value_came_from() -> None:

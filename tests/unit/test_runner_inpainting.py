@@ -14,10 +14,11 @@ import torch
 from PIL import Image, ImageFilter
 
 from serve_app.api.request_resolution import resolve_request
-from serve_app.api.schemas.native import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.core.errors import RequestValidationError
 from serve_app.model.demo.architectures import DEMO_INPAINTING
 from serve_app.model.families import Family
+from serve_app.model.generation.job import Inpaint, Txt2Img
 from serve_app.model.generation.runner import ModelRunner
 from tests.unit.runner_helpers import mode_for
 
@@ -89,9 +90,11 @@ def test_an_inpainting_checkpoint_also_serves_txt2img_and_img2img(demo_models_di
     runner.unload()
 
 
-def _resolve(**fields):
+def _resolve(**fields) -> Inpaint:
     body = InpaintRequest(prompt="x", image=_b64(_picture()), **fields)
-    return resolve_request(body, mode_for(Path("tiny-sd1")), Family.SD1)
+    job = resolve_request(body, mode_for(Path("tiny-sd1")), Family.SD1).job
+    assert isinstance(job, Inpaint)
+    return job
 
 
 def test_masks_are_checked_resized_inverted_and_read_from_alpha() -> None:
@@ -113,3 +116,18 @@ def test_masks_are_checked_resized_inverted_and_read_from_alpha() -> None:
     assert alpha.mask.getpixel((2, 2)) == 255 and alpha.mask.getpixel((30, 30)) == 0
     with pytest.raises(RequestValidationError, match="no transparent pixel"):
         _resolve(mask=_b64(Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))), mask_alpha=True)
+
+
+def test_an_inpainting_checkpoint_refuses_hires_before_the_queue_and_in_the_runner(demo_models_dir: Path) -> None:
+    runner = _runner(demo_models_dir, DEMO_INPAINTING)
+    body = Txt2ImgRequest(prompt="x", seed=1, width=SIZE, height=SIZE, hires=HiresFix(scale=2))
+    with pytest.raises(RequestValidationError, match="inpainting checkpoint, which has no second pass") as err:
+        resolve_request(body, runner.mode, runner.family, inpainting=runner.info.inpainting)
+    assert err.value.param == "hires"
+    # a hand-built request that skipped resolution is refused the same way by the runner's input builder
+    request = resolve_request(body, runner.mode, runner.family)
+    assert isinstance(request.job, Txt2Img) and request.job.hires is not None
+    with pytest.raises(RequestValidationError, match="no second pass") as err:
+        runner.generate(request)
+    assert err.value.param == "hires"
+    runner.unload()

@@ -21,7 +21,7 @@ from deployments.protocol import DeviceStats, ModelState, Tier
 from deployments.registry.vram_registry import VramRegistry
 from deployments.worker.mode_worker import ModeWorker
 from serve_app.config.modes_file import ModeConfig
-from serve_app.model.generation.job import GenerationRequest, GenerationResult, GenerationTimings
+from serve_app.model.generation.job import GenerationRequest, GenerationResult, GenerationTimings, Txt2Img
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 
 GiB = 1024**3
@@ -190,7 +190,7 @@ def make_registry(budget_bytes: int = GiB) -> VramRegistry:
 
 
 def make_request(request_id: str = "req-1") -> GenerationRequest:
-    return GenerationRequest(kind="txt2img", prompt="a lab", negative_prompt="", width=64, height=64, steps=2,
+    return GenerationRequest(job=Txt2Img(), prompt="a lab", negative_prompt="", width=64, height=64, steps=2,
                              guidance_scale=7.0, seeds=[1], scheduler="euler", output_format="png",
                              request_id=request_id)
 

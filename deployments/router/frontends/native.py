@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -18,18 +18,20 @@ from deployments.router.gateway import Gateway, Generated
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import current_request_id
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
-from serve_app.api.request_resolution import parse_request
 from serve_app.api.schemas.native import (
     IMAGE_CONTENT,
     AdaptersResponse,
     GenerationResponse,
     HealthResponse,
+    Img2ImgJobRequest,
     Img2ImgRequest,
+    InpaintJobRequest,
     InpaintRequest,
     JobRequest,
     JobResponse,
     ModeOut,
     ModesResponse,
+    Txt2ImgJobRequest,
     Txt2ImgRequest,
     generation_response,
 )
@@ -40,9 +42,6 @@ NATIVE: list[str | Enum] = [FrontEnd.NATIVE.value]
 OPS: list[str | Enum] = [FrontEnd.OPS.value]
 GENERATION_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 503, 507)
 _PNG_ONE = {"content": IMAGE_CONTENT, "description": "With `Accept: image/png` and one image: the image bytes."}
-# `/v1/jobs/txt2img` and `/v1/jobs/img2img` take a generation request as payload (the native routes' bodies)
-GENERATION_JOBS: dict[str, type[Txt2ImgRequest]] = {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
-                                                   "inpaint": InpaintRequest}
 
 
 def _native_json(done: Generated) -> GenerationResponse:
@@ -118,19 +117,44 @@ async def txt2img_stream(gw: GatewayDep, body: Txt2ImgRequest) -> StreamingRespo
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+async def _generation_job(gw: Gateway, job_type: str, mode_name: str | None, body: Txt2ImgRequest) -> JobResponse:
+    async with gw.accepting():
+        mode = gw.select(mode_name)
+        result = _native_json(await gw.generate(body, mode)).model_dump(exclude_none=True)
+    return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
+
+
+@router.post("/v1/jobs/txt2img", tags=NATIVE, dependencies=CLIENT, summary="Text to image, as a job",
+             response_model=JobResponse, responses=GENERATION_ERRORS)
+async def txt2img_job(gw: GatewayDep, body: Txt2ImgJobRequest) -> JobResponse:
+    """`payload` is the body of `/v1/txt2img`; `result` is its response."""
+    return await _generation_job(gw, "txt2img", body.mode, body.payload)
+
+
+@router.post("/v1/jobs/img2img", tags=NATIVE, dependencies=CLIENT, summary="Image to image, as a job",
+             response_model=JobResponse, responses=GENERATION_ERRORS)
+async def img2img_job(gw: GatewayDep, body: Img2ImgJobRequest) -> JobResponse:
+    """`payload` is the body of `/v1/img2img`; `result` is its response."""
+    return await _generation_job(gw, "img2img", body.mode, body.payload)
+
+
+@router.post("/v1/jobs/inpaint", tags=NATIVE, dependencies=CLIENT, summary="Inpainting, as a job",
+             response_model=JobResponse, responses=GENERATION_ERRORS)
+async def inpaint_job(gw: GatewayDep, body: InpaintJobRequest) -> JobResponse:
+    """`payload` is the body of `/v1/inpaint`; `result` is its response."""
+    return await _generation_job(gw, "inpaint", body.mode, body.payload)
+
+
 @router.post("/v1/jobs/{job_type}", tags=NATIVE, dependencies=CLIENT,
              summary="Run a custom job type", response_model=JobResponse,
              responses=error_responses(FrontEnd.NATIVE, 404, 422, 500, 503, 507))
 async def run_job(gw: GatewayDep, job_type: str, body: JobRequest) -> JobResponse:
-    """A custom job of the mode (its `jobs:`); `txt2img`/`img2img` take a generation request as payload."""
+    """A custom job of the mode (its `jobs:`); `/v1/jobs/txt2img`, `img2img` and `inpaint` (their own routes)
+    take a generation request as payload."""
     async with gw.accepting():
         mode = gw.select(body.mode)
-        if job_type in GENERATION_JOBS:
-            generation = cast(Txt2ImgRequest, parse_request(GENERATION_JOBS[job_type], body.payload))
-            result: Any = _native_json(await gw.generate(generation, mode)).model_dump(exclude_none=True)
-        else:
-            async with gw.dispatch(mode):
-                result = await gw.workers.run_job(mode.name, job_type, body.payload, current_request_id())
+        async with gw.dispatch(mode):
+            result = await gw.workers.run_job(mode.name, job_type, body.payload, current_request_id())
     return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
 
 

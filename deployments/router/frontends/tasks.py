@@ -4,20 +4,18 @@ limits and access control), run and kept by the TaskStore deployment (see `deplo
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
+from typing import Any
 
 from fastapi import APIRouter
 
 from deployments.router.access_control import CLIENT
-from deployments.router.frontends.native import GENERATION_JOBS, NATIVE
+from deployments.router.frontends.native import NATIVE
 from deployments.router.gateway import Gateway
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.request_context import current_caller
 from deployments.tasks.submission import TaskSubmission
 from serve_app.api.http_errors import FrontEnd, error_responses
-from serve_app.api.request_resolution import parse_request
-from serve_app.api.schemas.native import JobRequest, Txt2ImgRequest
-from serve_app.api.schemas.tasks import TaskOut, TaskRequest
+from serve_app.api.schemas.tasks import JobTask, TaskOut, TaskRequest
 from serve_app.api.webhooks import check_webhook
 from serve_app.core.errors import ModeUnavailableError, UnknownJobTypeError, UnknownTaskError
 from serve_app.core.strict_model import quote
@@ -48,23 +46,22 @@ async def submit_task(gw: GatewayDep, body: TaskRequest) -> TaskOut:
     """A generation (`txt2img`, `img2img`, `inpaint`: `request` is that route's body) or a custom job
     (`request` is `{mode?, payload}`), checked now as the direct route would check it."""
     store = _store(gw)
+    task = body.root
     async with gw.accepting():
         request, payload = None, None
-        if body.kind in GENERATION_JOBS:
-            native = cast(Txt2ImgRequest, parse_request(GENERATION_JOBS[body.kind], body.request))
-            mode = gw.select(native.mode)
-            request = gw.resolve(native, mode)
-        else:
-            job = cast(JobRequest, parse_request(JobRequest, body.request))
-            mode = gw.select(job.mode)
-            if body.kind not in mode.config.jobs:
+        if isinstance(task, JobTask):
+            mode = gw.select(task.request.mode)
+            if task.kind not in mode.config.jobs:
                 raise UnknownJobTypeError(
-                    f"`kind` {quote(body.kind)} is neither txt2img, img2img, inpaint nor a job type of mode "
+                    f"`kind` {quote(task.kind)} is neither txt2img, img2img, inpaint nor a job type of mode "
                     f"{mode.name!r} ({', '.join(mode.config.jobs) or 'it has none'})", param="kind")
-            payload = job.payload
-        webhook = check_webhook(body.webhook, gw.tasks_config) if body.webhook else None
+            payload = task.request.payload
+        else:
+            mode = gw.select(task.request.mode)
+            request = gw.resolve(task.request, mode)
+        webhook = check_webhook(task.webhook, gw.tasks_config) if task.webhook else None
         out: TaskOut = await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
-            id=uuid.uuid4().hex, kind=body.kind, mode=mode.name, family=mode.family.value,
+            id=uuid.uuid4().hex, kind=task.kind, mode=mode.name, family=mode.family.value,
             owner=current_caller().id, request=request, payload=payload, webhook=webhook))
         return out
 

@@ -164,7 +164,7 @@ class A1111Txt2ImgRequest(BaseModel):
         try:
             return HiresFix(**fields)
         except ValidationError as exc:  # named as the client sent it
-            field, message = describe_error(exc.errors()[0])
+            field, message = describe_error(dict(exc.errors()[0]))
             a1111 = A1111_FIELD_NAMES.get(f"hires.{field}", "denoising_strength")
             raise RequestValidationError(message.replace(f"`{field}`", f"`{a1111}`", 1), param=a1111) from exc
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, model_validator
 
-from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST
+from serve_app.api.schemas.error_paths import inner, relocated
+from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST, ModeDefaults, ModeLimits
 from serve_app.core.strict_model import StrictModel
 from serve_app.model.generation.job import MAX_SEED, GenerationResult, OutputFormat, Upscaler
 from serve_app.model.generation.schedulers import SchedulerName
@@ -101,6 +102,37 @@ class JobRequest(StrictModel):
     payload: dict[str, Any] = Field(default_factory=dict, description="Passed to the job function as is.")
 
 
+class _GenerationJobRequest(StrictModel):
+    """A generation as a job (`/v1/jobs/txt2img`, ...): `payload` is that route's body; an error in it names
+    the field as that route would (`steps`, not `payload.steps`)."""
+
+    mode: str | None = Field(None, max_length=128,
+                             description="Mode name or alias; the default mode when left out.")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_as_the_route_names_them(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise relocated(exc, _PAYLOAD) from None
+
+
+_PAYLOAD = inner("payload")
+
+
+class Txt2ImgJobRequest(_GenerationJobRequest):
+    payload: Txt2ImgRequest = Field(description="The body of `POST /v1/txt2img`.")
+
+
+class Img2ImgJobRequest(_GenerationJobRequest):
+    payload: Img2ImgRequest = Field(description="The body of `POST /v1/img2img`.")
+
+
+class InpaintJobRequest(_GenerationJobRequest):
+    payload: InpaintRequest = Field(description="The body of `POST /v1/inpaint`.")
+
+
 # -- responses ---------------------------------------------------------------------------------------
 # OpenAPI `content` of a route that answers image bytes.
 IMAGE_CONTENT: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
@@ -170,9 +202,10 @@ class ModeOut(BaseModel):
     measured_bytes: int | None = Field(description="What a load really took (largest replica), once loaded.")
     estimated_bytes: int = Field(description="Estimate before a load (weights + working memory).")
     scheduler: str
-    defaults: dict[str, Any]
-    limits: dict[str, Any]
-    jobs: list[str] = Field(description="What the mode runs: txt2img, img2img and its custom job types.")
+    defaults: ModeDefaults = Field(description="What a request gets for the fields it leaves out.")
+    limits: ModeLimits = Field(description="The bounds a request must stay within.")
+    jobs: list[str] = Field(description="What the mode runs: txt2img (not on a refiner), img2img, inpaint and its "
+                            "custom job types.")
     queued: int = Field(0, description="Requests waiting in this router replica's queue of the mode.")
 
 

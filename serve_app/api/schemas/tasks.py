@@ -4,10 +4,21 @@ later (or delivered to a webhook), for clients that cannot hold a connection thr
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    RootModel,
+    Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
 
+from serve_app.api.schemas.error_paths import inner, relocated
+from serve_app.api.schemas.native import Img2ImgRequest, InpaintRequest, JobRequest, Txt2ImgRequest
 from serve_app.core.strict_model import StrictModel
 
 
@@ -23,13 +34,71 @@ class TaskStatus(str, Enum):
         return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-class TaskRequest(StrictModel):
-    """`POST /v1/tasks`."""
+GENERATION_KINDS = ("txt2img", "img2img", "inpaint")
+_WEBHOOK = Field(None, max_length=2048, description="Called once the task is done (POST, signed); its host must be "
+                 "on the server's allow-list.")
 
-    kind: str = Field(max_length=128, description="`txt2img`, `img2img`, `inpaint`, or a custom job type of the mode.")
-    request: dict[str, Any] = Field(description="The native body of that route (a job: `{mode?, payload}`).")
-    webhook: str | None = Field(None, max_length=2048, description="Called once the task is done (POST, signed); "
-                                "its host must be on the server's allow-list.")
+
+class Txt2ImgTask(StrictModel):
+    """A txt2img task: `request` is the body of `POST /v1/txt2img`."""
+
+    kind: Literal["txt2img"]
+    request: Txt2ImgRequest
+    webhook: str | None = _WEBHOOK
+
+
+class Img2ImgTask(StrictModel):
+    """An img2img task: `request` is the body of `POST /v1/img2img`."""
+
+    kind: Literal["img2img"]
+    request: Img2ImgRequest
+    webhook: str | None = _WEBHOOK
+
+
+class InpaintTask(StrictModel):
+    """An inpainting task: `request` is the body of `POST /v1/inpaint`."""
+
+    kind: Literal["inpaint"]
+    request: InpaintRequest
+    webhook: str | None = _WEBHOOK
+
+
+class JobTask(StrictModel):
+    """A custom job task: `kind` names a job type of the mode, `request` is the body of `POST /v1/jobs/{kind}`."""
+
+    kind: str = Field(max_length=128, description="A custom job type of the mode (see `jobs` in `GET /v1/modes`).")
+    request: JobRequest
+    webhook: str | None = _WEBHOOK
+
+
+def _task_tag(value: Any) -> str:
+    """Which body a task is: its `kind` when that is a generation, else a custom job."""
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in GENERATION_KINDS else "job"
+
+
+Task = Annotated[
+    Annotated[Txt2ImgTask, Tag("txt2img")] | Annotated[Img2ImgTask, Tag("img2img")]
+    | Annotated[InpaintTask, Tag("inpaint")] | Annotated[JobTask, Tag("job")],
+    Discriminator(_task_tag),
+]
+
+
+class TaskRequest(RootModel[Task]):
+    """`POST /v1/tasks`: a generation (`txt2img`, `img2img`, `inpaint`) or a custom job, told apart by `kind`.
+
+    An error names the field as the direct route would (`steps`, not `txt2img.request.steps`)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _errors_as_the_route_names_them(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> TaskRequest:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise relocated(exc, _MOVE) from None
+
+
+_MOVE = inner("request", tags=(*GENERATION_KINDS, "job"))
 
 
 class TaskProgress(BaseModel):

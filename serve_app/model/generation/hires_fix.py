@@ -25,7 +25,7 @@ def upscale(first: Any, hires: HiresPass) -> Any:
         mode = "nearest" if hires.upscaler == "latent_nearest" else "bilinear"
         size = (hires.height // VAE_SCALE, hires.width // VAE_SCALE)
         return torch.nn.functional.interpolate(first, size=size, mode=mode)
-    resample = Image.NEAREST if hires.upscaler == "nearest" else Image.LANCZOS
+    resample = Image.Resampling.NEAREST if hires.upscaler == "nearest" else Image.Resampling.LANCZOS
     return [img.resize((hires.width, hires.height), resample) for img in first]
 
 

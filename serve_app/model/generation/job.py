@@ -1,7 +1,9 @@
 """What a generation is called with and what it returns.
 
 `GenerationRequest` is fully resolved (every default filled in, every value checked, the init image
-decoded): the router builds it once and it crosses to the mode worker as is. The result is torch-free
+decoded): the router builds it once and it crosses to the mode worker as is. It holds the parameters every
+generation has and one `Job` (`Txt2Img`, `Img2Img`, `Inpaint`, `RefinerFinish`) with what only that kind
+has; the runner matches on the job. The result is torch-free
 on purpose: the router unpickles it and must not import torch.
 """
 
@@ -9,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-JobKind = Literal["txt2img", "img2img", "inpaint"]
+JobKind = Literal["txt2img", "img2img", "inpaint", "refine"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 Upscaler = Literal["latent", "latent_nearest", "lanczos", "nearest"]
 LATENT_UPSCALERS = ("latent", "latent_nearest")
@@ -59,11 +61,59 @@ class HiresPass:
     strength: float
 
 
+@dataclass(frozen=True)
+class Txt2Img:
+    """Text to image, with an optional hires fix; or the SDXL base's half of a base -> refiner split
+    ("ensemble of expert denoisers"): it stops at `denoising_end` and answers its latents, not images."""
+
+    hires: HiresPass | None = None
+    denoising_end: float | None = None
+    kind: ClassVar[JobKind] = "txt2img"
+
+    def __post_init__(self) -> None:
+        if self.hires is not None and self.denoising_end is not None:
+            raise ValueError("a txt2img job has a hires pass or stops at `denoising_end`, not both")
+
+
+@dataclass(frozen=True)
+class Img2Img:
+    """The init image (already the output size) re-noised by `strength` and denoised."""
+
+    init_image: Image.Image
+    strength: float
+    kind: ClassVar[JobKind] = "img2img"
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    """The init image repainted where `mask` is white (grayscale, already the output size)."""
+
+    init_image: Image.Image
+    mask: Image.Image
+    strength: float
+    mask_blur: int = 0  # pixels of Gaussian blur on the mask's edge
+    padding: int | None = None  # inpaint only the masked area plus this margin, at full resolution
+    kind: ClassVar[JobKind] = "inpaint"
+
+
+@dataclass(frozen=True)
+class RefinerFinish:
+    """The SDXL refiner's half of a base -> refiner split: it denoises the base's latents from
+    `denoising_start` on."""
+
+    latents: np.ndarray
+    denoising_start: float
+    kind: ClassVar[JobKind] = "refine"
+
+
+Job = Txt2Img | Img2Img | Inpaint | RefinerFinish
+
+
 @dataclass
 class GenerationRequest:
-    """A resolved, validated generation: what the pipeline is called with."""
+    """A resolved, validated generation: the parameters every job has, and the job."""
 
-    kind: JobKind
+    job: Job
     prompt: str
     negative_prompt: str
     width: int
@@ -73,26 +123,29 @@ class GenerationRequest:
     seeds: list[int]
     scheduler: str
     output_format: OutputFormat
-    init_image: Image.Image | None = None
-    strength: float | None = None
-    mask: Image.Image | None = None  # inpaint: grayscale, white = repaint, already the output size
-    mask_blur: int = 0  # pixels of Gaussian blur on the mask's edge
-    inpaint_padding: int | None = None  # inpaint only the masked area plus this margin, at full resolution
-    hires: HiresPass | None = None  # txt2img only
-    # the SDXL base -> refiner split ("ensemble of expert denoisers"): the base stops at `denoising_end` and
-    # answers its latents; the refiner starts from them at `denoising_start`
-    denoising_end: float | None = None
-    denoising_start: float | None = None
-    init_latents: np.ndarray | None = None
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        """(width, height) of the images it makes: the hires size when it has a hires pass."""
-        return (self.hires.width, self.hires.height) if self.hires else (self.width, self.height)
     request_id: str = "-"
     loras: list[LoraUse] = field(default_factory=list)
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use
     vae: AdapterFile | None = None  # None: the checkpoint's own
+
+    @property
+    def kind(self) -> JobKind:
+        return self.job.kind
+
+    @property
+    def hires(self) -> HiresPass | None:
+        return self.job.hires if isinstance(self.job, Txt2Img) else None
+
+    @property
+    def answers_latents(self) -> bool:
+        """The base of a base -> refiner split: it answers latents instead of images."""
+        return isinstance(self.job, Txt2Img) and self.job.denoising_end is not None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the images it makes: the hires size when it has a hires pass."""
+        hires = self.hires
+        return (hires.width, hires.height) if hires else (self.width, self.height)
 
     def adapter_set_id(self) -> str:
         """Names the adapter files a replica must hold for this request (its LoRAs and VAE, not their
@@ -101,6 +154,13 @@ class GenerationRequest:
         if self.vae is not None:
             files.append(f"vae={self.vae.path}:{self.vae.file_bytes}")
         return "adapters-" + hashlib.sha1("|".join(files).encode()).hexdigest()[:16] if files else ""
+
+    def refiner_finish(self, latents: np.ndarray | None) -> GenerationRequest:
+        """The refiner's request that finishes this base request's `latents` (same prompts, seeds and steps;
+        the refiner runs without the base's adapters)."""
+        if not isinstance(self.job, Txt2Img) or self.job.denoising_end is None or latents is None:
+            raise ValueError("only a txt2img job that stops at `denoising_end` hands latents to a refiner")
+        return replace(self, job=RefinerFinish(latents, self.job.denoising_end), loras=[], embeddings=[], vae=None)
 
 
 @dataclass

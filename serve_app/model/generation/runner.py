@@ -6,7 +6,8 @@ read from disk and a pipeline construction; `unload` drops it from either tier (
 
 Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
 scheduler and the request's adapters (LoRAs: `lora_set`, embeddings: `embedding_set`, a VAE: `vae_set`)
-are applied under the same lock. `self_check` tells a request that failed from a pipeline that broke (the
+are applied under the same lock. What each job kind calls is built in `job_inputs`; `self_check` (its own
+module) tells a request that failed from a pipeline that broke (the
 mode worker runs it after an unexpected error); it and custom jobs run without LoRAs and with the
 checkpoint's own VAE.
 """
@@ -18,19 +19,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
 from PIL import Image
 
-from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError, RequestValidationError
+from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
 from serve_app.model.adapters.embedding_set import EmbeddingSet
 from serve_app.model.adapters.lora_set import LoraSet
 from serve_app.model.adapters.vae_set import VaeSet
 from serve_app.model.families import Family
 from serve_app.model.generation.hires_fix import second_pass, second_pass_steps
-from serve_app.model.generation.inpainting import NEUTRAL, blurred, composite
+from serve_app.model.generation.inpainting import composite
 from serve_app.model.generation.job import (
     LATENT_UPSCALERS,
     AdapterFile,
@@ -40,7 +42,9 @@ from serve_app.model.generation.job import (
     GenerationTimings,
     LoraUse,
 )
+from serve_app.model.generation.job_inputs import job_inputs
 from serve_app.model.generation.schedulers import make_scheduler
+from serve_app.model.generation.self_check import self_check as run_self_check
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.loading.pipeline_loader import (
     LoadedPipelines,
@@ -58,18 +62,19 @@ ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
 
-SELF_CHECK_SIZE = 64  # pixels: the smallest size every family's UNet takes (latents 8x8)
-SELF_CHECK_SCHEDULER = "euler"  # a plain one: the check is about the pipeline, not the request's scheduler
-
-
 class RunnerSettings(Protocol):
     """What the runner needs of a mode (a modes-file `ModeConfig` is one; the model layer does not import it)."""
 
-    name: str
-    family: Family | None
-    dtype: str
-    prediction_type: str | None
-    lora_cache_bytes: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def family(self) -> Family | None: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def prediction_type(self) -> str | None: ...
+    @property
+    def lora_cache_bytes(self) -> int: ...
 
 
 def encode_image(image, fmt: str) -> bytes:
@@ -215,14 +220,19 @@ class ModelRunner:
         """Adapter files read from disk so far."""
         return self.loras.loads + self.embeddings.loads + self.vaes.loads
 
-    def _adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
-               vae: AdapterFile | None) -> int:
-        """Make `pipes` run with exactly these adapters; how many files that read from disk."""
+    def adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
+              vae: AdapterFile | None) -> int:
+        """Make `pipes` run with exactly these adapters (call under `exclusive`); how many files that read."""
         before = self.adapter_loads()
         self.loras.apply(pipes.base, loras)  # the modules are shared: both pipelines see them
         self.embeddings.apply(pipes.base, embeddings)
         self.vaes.apply(pipes, vae)
         return self.adapter_loads() - before
+
+    def exclusive(self) -> AbstractContextManager[bool]:
+        """Held while a generation, a custom job or the self-check runs: alone on the device, and no offload
+        or unload takes the pipelines away meanwhile."""
+        return self._lock
 
     def pipelines(self) -> LoadedPipelines:
         """The loaded pipelines, for custom jobs; raises when the mode is not on its device."""
@@ -235,96 +245,36 @@ class ModelRunner:
         """Run `fn` (a custom job) the way a generation runs: alone on the pipeline, which no offload or unload
         can take away meanwhile; raises when the mode is not on its device."""
         with self._lock:
-            self._adapt(self.pipelines(), [], [], None)  # the checkpoint's own weights, not the last request's
+            self.adapt(self.pipelines(), [], [], None)  # the checkpoint's own weights, not the last request's
             result = fn()
             self.last_used = time.time()
             return result
 
-    def _scheduler(self, name: str) -> Any:
+    def scheduler(self, name: str) -> Any:
+        """The named scheduler, configured for this checkpoint (call under `exclusive`: instances are reused)."""
         if name not in self._schedulers:  # building one costs 2-8 ms: build each once
             self._schedulers[name] = make_scheduler(name, self._scheduler_config)
         return self._schedulers[name]
 
     def self_check(self, request_id: str = "-") -> bool:
-        """A minimal real generation (1 step, 64x64, one image, fixed seed, no guidance); False, with the reason
-        logged (under `request_id`, the request whose failure asked for it), when it raises or its pixels are not
-        finite, or when nothing is loaded."""
-        with self._lock:
-            if self._pipes is None or not self.loaded:
-                logger.error("[%s] mode %s self-check failed: not loaded (state %s)", request_id, self.mode.name,
-                             self.state.value)
-                return False
-            pipes = self._pipes
-            self._adapt(pipes, [], [], None)  # the checkpoint's own weights
-            call: dict[str, Any] = dict(prompt="self-check", num_inference_steps=1, guidance_scale=1.0,
-                                        generator=torch.Generator("cpu").manual_seed(0), output_type="pt")
-            check = GenerationRequest(  # the refiner: img2img only; strength 1 keeps the one step
-                kind="txt2img" if self.family.txt2img else "img2img", prompt="", negative_prompt="",
-                width=SELF_CHECK_SIZE, height=SELF_CHECK_SIZE, steps=1, guidance_scale=1.0, seeds=[0],
-                scheduler=SELF_CHECK_SCHEDULER, output_format="png", strength=1.0,
-                init_image=None if self.family.txt2img else Image.new("RGB", (SELF_CHECK_SIZE,) * 2, NEUTRAL))
-            pipe, inputs, _ = self._inputs(pipes, check)
-            call.update(inputs)
-            started = time.perf_counter()
-            try:
-                pipe.scheduler = self._scheduler(SELF_CHECK_SCHEDULER)
-                with torch.inference_mode():
-                    images = pipe(**call).images
-                finite = bool(torch.isfinite(images).all())
-            except Exception as exc:
-                logger.error("[%s] mode %s self-check failed: %s: %s", request_id, self.mode.name,
-                             type(exc).__name__, exc)
-                return False
-        if not finite:
-            logger.error("[%s] mode %s self-check failed: the pipeline gave non-finite pixels (NaN or inf)",
-                         request_id, self.mode.name)
-            return False
-        logger.info("[%s] mode %s self-check passed in %.2fs", request_id, self.mode.name,
-                    time.perf_counter() - started)
-        return True
-
-    @staticmethod
-    def _inputs(pipes: LoadedPipelines, params: GenerationRequest) -> tuple[Any, dict[str, Any], tuple | None]:
-        """(the pipeline, its inputs for `params`, what to composite the result onto: (image, mask) or None).
-
-        An inpainting checkpoint runs every job on its inpainting pipeline: txt2img as a full mask over a
-        neutral image (strength 1), img2img as a full mask over the init image."""
-        size = dict(width=params.width, height=params.height)
-        if params.kind == "inpaint":
-            mask = blurred(params.mask, params.mask_blur)
-            inputs = dict(image=params.init_image, mask_image=mask, strength=params.strength, **size)
-            if params.inpaint_padding is not None:
-                inputs["padding_mask_crop"] = params.inpaint_padding
-            return pipes.inpaint, inputs, (params.init_image, mask)
-        if pipes.inpainting_only:
-            full = Image.new("L", (params.width, params.height), 255)
-            image = params.init_image or Image.new("RGB", (params.width, params.height), NEUTRAL)
-            return pipes.inpaint, dict(image=image, mask_image=full, strength=params.strength or 1.0, **size), None
-        if params.kind == "txt2img":
-            if params.denoising_end is not None:
-                size.update(denoising_end=params.denoising_end, output_type="latent")
-            return pipes.txt2img, size, None
-        if params.init_latents is not None:  # a refiner finishing a base's latents
-            latents = torch.from_numpy(params.init_latents).to(pipes.device, pipes.dtype)
-            return pipes.img2img, dict(image=latents, denoising_start=params.denoising_start), None
-        return pipes.img2img, dict(image=params.init_image, strength=params.strength), None
+        """A minimal real generation; False when the pipeline is broken (see `self_check`)."""
+        return run_self_check(self, request_id)
 
     def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
                  cancelled: CancelFn | None = None) -> GenerationResult:
         """Run one resolved request; same params and seeds give the same image bytes."""
         self.family.check_job(params.kind, self.mode.name)
+        hires = params.hires
         with self._lock:
             pipes = self.pipelines()
-            if params.hires is not None and pipes.img2img is None:
-                raise RequestValidationError(f"`hires`: mode {self.mode.name!r} is an inpainting checkpoint, which "
-                                             "has no second pass; use an ordinary one", param="hires")
-            pipe, inputs, overlay = self._inputs(pipes, params)
-            adapter_loads = self._adapt(pipes, params.loras, params.embeddings, params.vae)
-            pipe.scheduler = self._scheduler(params.scheduler)
+            built = job_inputs(pipes, params, self.mode.name)
+            pipe, inputs = built.pipe, built.inputs
+            adapter_loads = self.adapt(pipes, params.loras, params.embeddings, params.vae)
+            pipe.scheduler = self.scheduler(params.scheduler)
             n = len(params.seeds)
 
             done_before = [0]  # steps of the hires fix's first pass, once it is done
-            hires_steps = second_pass_steps(params.hires) if params.hires else 0
+            hires_steps = second_pass_steps(hires) if hires else 0
 
             def on_step_end(p, step: int, timestep, kwargs: dict) -> dict:
                 if progress is not None:
@@ -345,27 +295,28 @@ class ModelRunner:
             if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
                 inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
             call.update(inputs)
-            if params.hires is not None:
-                call["output_type"] = "latent" if params.hires.upscaler in LATENT_UPSCALERS else "pil"
+            if hires is not None:
+                call["output_type"] = "latent" if hires.upscaler in LATENT_UPSCALERS else "pil"
             started = time.perf_counter()
             try:
                 with torch.inference_mode():
                     images = pipe(**call).images
-                    if params.hires is not None:
+                    if hires is not None:
+                        assert pipes.img2img is not None  # (`job_inputs` refused hires on an inpainting checkpoint)
                         done_before[0] = params.steps
                         pipes.img2img.scheduler = pipe.scheduler
-                        images = second_pass(pipes.img2img, images, params.hires, call)
+                        images = second_pass(pipes.img2img, images, hires, call)
             except Exception:
                 self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
                 raise
-            if overlay is not None:  # unmasked pixels come back exactly as sent
-                images = [composite(img, *overlay) for img in images]
+            if built.overlay is not None:  # unmasked pixels come back exactly as sent
+                images = [composite(img, *built.overlay) for img in images]
             inference_s = time.perf_counter() - started
             if cancelled is not None and cancelled():
                 raise GenerationCancelledError("generation cancelled: the client went away")
             self.last_used = time.time()
         started = time.perf_counter()
-        latents = images.float().cpu().numpy() if params.denoising_end is not None else None  # (torch-free)
+        latents = images.float().cpu().numpy() if params.answers_latents else None  # (torch-free)
         encoded = [] if latents is not None else [
             GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
             for img, seed in zip(images, params.seeds)]
