@@ -72,6 +72,7 @@ def _lora(path: Path, tensors: dict[str, TensorHeader]) -> dict:
     if lycoris is not None:
         raise AdapterFileError(f"{path}: a LyCORIS (LoHa/LoKr/OFT) adapter ({lycoris!r}); only LoRA files "
                                "(kohya or diffusers/PEFT layout) are served", param="lora")
+    down_suffixes: tuple[str, ...]
     if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         fmt, down_suffixes, unet, to_k = AdapterFormat.KOHYA, (".lora_down.weight",), "lora_unet_", "attn2_to_k"
         encoders = {p for p in ("lora_te_", "lora_te1_", "lora_te2_") if any(k.startswith(p) for k in keys)}
