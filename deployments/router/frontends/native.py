@@ -159,7 +159,7 @@ class NativeRoutes(RouterCore):
                 defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
                 jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
                 queued=self.queues[name].waiting()))
-        return ModesResponse(default_mode=self.current_default, modes=out)
+        return ModesResponse(default_mode=self.current_default, modes=out, problems=self.catalog.problems)
 
     @http_app.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",
                    response_model=LoadAnswer, responses=error_responses(FrontEnd.NATIVE, 404, 503, 507))
