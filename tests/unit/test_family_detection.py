@@ -224,3 +224,9 @@ def test_diffusers_folder_with_an_unknown_transformer(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedCheckpointError) as err:
         inspect_checkpoint(folder)
     assert "PixArtTransformer2DModel" in err.value.message and "FluxTransformer2DModel" in err.value.message
+
+
+def test_inpainting_single_file_is_recognised_and_refused_with_the_way_out(tmp_path: Path) -> None:
+    info = inspect_checkpoint(write_header_file(tmp_path / "sd15-inpainting.safetensors", sd1_all_in_one(9)))
+    assert info.variant == "sd1-inpaint" and info.serving_refusal is not None
+    assert "diffusers folder" in info.serving_refusal

@@ -22,6 +22,9 @@ def serving_refusal(info: CheckpointInfo) -> str | None:
         need = "its own text encoders and VAE" if not lacks else f"separate files for its {lacks}"
         return (f"{info.variant or info.family.value} ({info.family.value}) is recognised but not served yet: "
                 f"Dream Lab does not drive diffusers' {pipeline} yet (it would also need {need})")
+    if info.inpainting and info.format.value == "single-file":
+        return (f"{info.variant}: inpainting single files (UNet in_channels 9) are not served yet; save it as a "
+                "diffusers folder (diffusers' from_single_file + save_pretrained)")
     if info.missing_components:
         return (f"{info.variant} checkpoint holds only {', '.join(info.components)}; it lacks its {lacks}: "
                 "modes with separate component files are not supported yet")
