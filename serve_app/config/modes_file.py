@@ -102,6 +102,9 @@ class ModeConfig(StrictModel):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Override of the checkpoint's prediction type (SD 2.x 512 base models: epsilon; "
         "the shipped SD2 single-file config assumes the 768 v-prediction model).")
+    zero_terminal_snr: bool | None = Field(
+        None, description="Override of the checkpoint's `ztsnr` marker: true samples with rescaled zero-terminal-SNR "
+        "betas and trailing timesteps (v-prediction models trained that way), false without the rescaled betas.")
     defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     lora_cache_bytes: int = Field(512 * 1024**2, ge=0, description="LoRA weights a replica keeps loaded for the "

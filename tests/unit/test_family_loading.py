@@ -65,3 +65,30 @@ def test_flux_file_is_refused_at_load_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedCheckpointError) as err:
         load_pipelines(info, info.family, torch.float32, CPU)
     assert "flux-dev" in err.value.message and "FluxPipeline" in err.value.message
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "ddim", "dpmpp_2m", "unipc", "euler_a"])
+def test_mode_zero_terminal_snr_override_reaches_every_scheduler_that_takes_it(demo_models_dir: Path,
+                                                                                scheduler: str) -> None:
+    from serve_app.model.generation.runner import ModelRunner
+    from tests.unit.runner_helpers import mode_for, txt2img
+
+    mode = mode_for(demo_models_dir / "tiny-sd1.safetensors", prediction_type="v_prediction",
+                    zero_terminal_snr=True)
+    runner = ModelRunner(mode, demo_models_dir / "tiny-sd1.safetensors", device=CPU)
+    runner.load()
+    built = runner._scheduler(scheduler)
+    assert built.config.prediction_type == "v_prediction" and built.config.rescale_betas_zero_snr
+    assert built.config.timestep_spacing == "trailing"
+    assert len(txt2img(runner, scheduler=scheduler, steps=2).images) == 1  # it samples with that schedule
+
+
+def test_mode_schedule_overrides() -> None:
+    from types import SimpleNamespace
+
+    from serve_app.model.loading.noise_schedule import mode_schedule_overrides
+
+    assert mode_schedule_overrides(SimpleNamespace(prediction_type=None, zero_terminal_snr=None)) == {}
+    assert mode_schedule_overrides(SimpleNamespace(prediction_type=None, zero_terminal_snr=False)) == {
+        "rescale_betas_zero_snr": False}
+    assert mode_schedule_overrides(SimpleNamespace(prediction_type="epsilon")) == {"prediction_type": "epsilon"}

@@ -25,6 +25,18 @@ def noise_schedule_overrides(prediction_type: str | None, zero_terminal_snr: boo
     return overrides
 
 
+def mode_schedule_overrides(mode: object) -> dict[str, Any]:
+    """A mode's `prediction_type` / `zero_terminal_snr` overrides of the file's markers, as scheduler config
+    entries (a mode without them, or with None: {}); `zero_terminal_snr: false` drops the rescaled betas."""
+    overrides = noise_schedule_overrides(getattr(mode, "prediction_type", None), False)
+    ztsnr = getattr(mode, "zero_terminal_snr", None)
+    if ztsnr is True:
+        overrides.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    elif ztsnr is False:
+        overrides.update(rescale_betas_zero_snr=False)
+    return overrides
+
+
 def apply_noise_schedule(pipe: Any, overrides: dict[str, Any]) -> None:
     """Rebuild `pipe`'s scheduler with `overrides` (pipelines derived from it afterwards share the new one)."""
     if not overrides:
