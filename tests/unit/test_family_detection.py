@@ -230,3 +230,32 @@ def test_inpainting_single_file_is_recognised_and_refused_with_the_way_out(tmp_p
     info = inspect_checkpoint(write_header_file(tmp_path / "sd15-inpainting.safetensors", sd1_all_in_one(9)))
     assert info.variant == "sd1-inpaint" and info.serving_refusal is not None
     assert "diffusers folder" in info.serving_refusal
+
+
+@pytest.mark.parametrize(("marker", "name"), [("single_stream_modulation.lin.weight", "FLUX.2"),
+                                              ("distilled_guidance_layer.in_proj.weight", "Chroma")])
+def test_flux_relatives_are_not_taken_for_flux1(marker: str, name: str) -> None:
+    verdict = detect_family(headers(prefixed(COMFY, flux_bfl(in_features=128) | {marker: [3072, 64]})))
+    assert verdict.family is None and verdict.reason is not None and name in verdict.reason
+
+
+def test_real_diffusers_transformers_are_detected_from_their_own_keys() -> None:
+    """Tiny real-architecture diffusers transformers (random weights): their state-dict keys and shapes."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    def header_of(model) -> dict:
+        return headers({k: list(v.shape) for k, v in model.state_dict().items()})
+
+    flux = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
+                                  attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                  pooled_projection_dim=16, guidance_embeds=False, axes_dims_rope=(2, 2, 4))
+    verdict = detect_family(header_of(flux))
+    assert (verdict.family, verdict.variant, verdict.layout, verdict.depth) == (Family.FLUX, "flux-schnell",
+                                                                                "diffusers", 3)
+    sd35 = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
+                                 num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                 pooled_projection_dim=16, out_channels=16, pos_embed_max_size=32,
+                                 dual_attention_layers=(0,), qk_norm="rms_norm")
+    verdict = detect_family(header_of(sd35))
+    assert (verdict.family, verdict.layout, verdict.depth, verdict.context_dim) == (Family.SD3, "diffusers", 2, 32)
+    assert verdict.variant == "sd3-depth2-dual-attention"

@@ -36,6 +36,12 @@ COMPONENT_PREFIXES: dict[str, tuple[str, ...]] = {
     "t5xxl": ("text_encoders.t5xxl.",),
 }
 V_PRED_MARKER, ZTSNR_MARKER = "v_pred", "ztsnr"
+# Relatives of FLUX.1 whose files also hold double/single blocks: told apart by a key FLUX.1 lacks.
+FLUX_RELATIVES = {
+    "single_stream_modulation.lin.weight": "FLUX.2",
+    "early_stream_modulations.image.lin.weight": "FLUX.3",
+    "distilled_guidance_layer.in_proj.weight": "Chroma (a FLUX.1-schnell derivative without CLIP)",
+}
 PredictionType = Literal["epsilon", "v_prediction"]
 
 
@@ -197,6 +203,10 @@ def detect_family(tensors: Mapping[str, TensorHeader], metadata: Mapping[str, st
     if (prefix := _find_prefix(tensors, "joint_blocks.0.x_block.attn.qkv.weight")) is not None \
             and prefix + "x_embedder.proj.weight" in tensors:
         return _sd3(tensors, metadata, prefix, "original")
+    for marker, relative in FLUX_RELATIVES.items():
+        if _find_prefix(tensors, marker) is not None:
+            return _unsupported(f"a {relative} transformer (its `{marker}`): a different architecture from "
+                                "FLUX.1, not served", layout="original")
     if (prefix := _find_prefix(tensors, "double_blocks.0.img_attn.qkv.weight")) is not None \
             and prefix + "img_in.weight" in tensors:
         return _flux(tensors, prefix, "original")
