@@ -198,7 +198,7 @@ def test_pix2pix_file_is_unsupported(tmp_path: Path) -> None:
                       "num_attention_heads": 24, "attention_head_dim": 128}, Family.FLUX, "flux-schnell"),
     ("FluxFillPipeline", {"_class_name": "FluxTransformer2DModel", "guidance_embeds": True, "in_channels": 384,
                           "num_attention_heads": 24, "attention_head_dim": 128}, Family.FLUX, "flux-fill"),
-    ("StableDiffusion3Pipeline", {"_class_name": "SD3Transformer2DModel", "num_layers": 38,
+    ("StableDiffusion3Pipeline", {"_class_name": "SD3Transformer2DModel", "num_layers": 38, "qk_norm": "rms_norm",
                                   "num_attention_heads": 38, "attention_head_dim": 64}, Family.SD3, "sd3.5-large"),
 ])
 def test_diffusers_transformer_folders(tmp_path: Path, pipeline: str, transformer: dict, family: Family,

@@ -125,7 +125,7 @@ def _unet(tensors: Mapping[str, TensorHeader], metadata: Mapping[str, str], pref
                          components=present, missing_components=missing)
 
 
-def _sd3_variant(depth: int, dual_attention: bool, qk_norm: bool) -> str:
+def sd3_variant(depth: int, dual_attention: bool, qk_norm: bool) -> str:
     if depth == 38 and qk_norm:
         return "sd3.5-large"
     if depth == 24 and dual_attention:
@@ -150,7 +150,7 @@ def _sd3(tensors: Mapping[str, TensorHeader], metadata: Mapping[str, str], prefi
                       for k in tensors)
     prediction, ztsnr = _markers(tensors, metadata)
     present, missing = _components(tensors, Family.SD3, "transformer")
-    return FamilyVerdict(family=Family.SD3, variant=_sd3_variant(depth, dual, qk_norm), layout=layout,
+    return FamilyVerdict(family=Family.SD3, variant=sd3_variant(depth, dual, qk_norm), layout=layout,
                          prefix=prefix, in_channels=patch.shape[1], context_dim=context.shape[1] if context else 0,
                          hidden_size=patch.shape[0], depth=depth, prediction_type=prediction, zero_terminal_snr=ztsnr,
                          components=present, missing_components=missing)

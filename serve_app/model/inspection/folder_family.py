@@ -12,7 +12,7 @@ from pydantic import Field
 from serve_app.core.errors import NotACheckpointError, UnsupportedCheckpointError
 from serve_app.core.strict_model import StrictModel
 from serve_app.model.families import INPAINTING_IN_CHANNELS, Family
-from serve_app.model.inspection.family_detection import PredictionType
+from serve_app.model.inspection.family_detection import PredictionType, sd3_variant
 
 # diffusers component folder -> the component name `family_detection` uses, per family
 _COMPONENT_NAMES: dict[Family, dict[str, str]] = {
@@ -85,9 +85,8 @@ def folder_family(path: Path, model_index: dict, read_json: Callable[[Path], dic
         variant = "flux-fill" if fill else "flux-dev" if cfg.get("guidance_embeds") else "flux-schnell"
     else:
         fill = False
-        dual, depth = bool(cfg.get("dual_attention_layers")), int(cfg.get("num_layers", 0))
-        variant = ("sd3.5-large" if depth == 38 else "sd3.5-medium" if dual else "sd3-medium" if depth == 24
-                   else f"sd3-depth{depth}")
+        variant = sd3_variant(int(cfg.get("num_layers", 0)), bool(cfg.get("dual_attention_layers")),
+                              bool(cfg.get("qk_norm")))
     return FolderFamily(family=family, variant=variant, context_dim=int(cfg.get("joint_attention_dim", 4096)),
                         in_channels=in_channels, hidden_size=width, inpainting=fill,
                         component_names=_COMPONENT_NAMES[family])

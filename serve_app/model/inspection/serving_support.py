@@ -19,9 +19,9 @@ def serving_refusal(info: CheckpointInfo) -> str | None:
     lacks = ", ".join(_INPUTS.get(c, c) for c in info.missing_components)
     if info.family not in SERVED_FAMILIES:
         pipeline = PIPELINE_CLASS_NAMES[info.family][0]
-        need = "its own text encoders and VAE" if not lacks else f"separate files for its {lacks}"
+        need = f" (this file would also need separate files for its {lacks})" if lacks else ""
         return (f"{info.variant or info.family.value} ({info.family.value}) is recognised but not served yet: "
-                f"Dream Lab does not drive diffusers' {pipeline} yet (it would also need {need})")
+                f"Dream Lab does not drive diffusers' {pipeline} yet{need}")
     if info.inpainting and info.format.value == "single-file":
         return (f"{info.variant}: inpainting single files (UNet in_channels 9) are not served yet; save it as a "
                 "diffusers folder (diffusers' from_single_file + save_pretrained)")
