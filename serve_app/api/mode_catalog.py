@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.config.modes_file import ModeConfig, ModesFile, resolve_checkpoint
-from serve_app.core.errors import UnknownModeError
+from serve_app.core.errors import UnknownModeError, UnsupportedCheckpointError
 from serve_app.model.families import Family
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 
@@ -39,7 +39,11 @@ class ModeCatalog:
         for m in modes.modes:
             path = resolve_checkpoint(m.checkpoint, model_root, allow_absolute=modes.allow_absolute_paths,
                                       source=f"mode {m.name}")
-            infos[m.name] = inspect_checkpoint(path)
+            info = inspect_checkpoint(path)
+            if info.serving_refusal is not None:  # a mode the operator named that cannot be served
+                raise UnsupportedCheckpointError(f"mode {m.name}: {info.path}: {info.serving_refusal}",
+                                                 param="checkpoint")
+            infos[m.name] = info
         self._fill(modes, infos)
 
     @classmethod
@@ -51,6 +55,7 @@ class ModeCatalog:
 
     def _fill(self, modes: ModesFile, infos: Mapping[str, CheckpointInfo]) -> None:
         self.modes: dict[str, ServedMode] = {m.name: ServedMode(m, infos[m.name]) for m in modes.modes}
+        self.problems = list(modes.problems)  # files discovery found and does not serve
         self.aliases = {a: m.name for m in modes.modes for a in m.aliases}
         self.default = self.aliases.get(modes.default_mode or "", modes.default_mode) or modes.modes[0].name
 

@@ -46,7 +46,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for key in ("path", "format", "family", "cross_attention_dim", "inpainting", "dtype", "param_count",
+        for key in ("path", "format", "family", "variant", "layout", "cross_attention_dim", "inpainting", "dtype",
+                    "prediction_type", "components", "missing_components", "serving_refusal", "param_count",
                     "param_bytes", "file_bytes"):
             print(f"{key:22} {report[key]}")
         print(f"{'estimated_vram_bytes':22} {est.total_bytes} ({est.total_bytes / 2**30:.2f} GiB at {est.dtype}, "

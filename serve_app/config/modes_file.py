@@ -33,6 +33,7 @@ from serve_app.core.strict_model import FieldError, StrictModel, config_error_te
 from serve_app.model.families import Family
 from serve_app.model.generation.schedulers import SchedulerName
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
+from serve_app.model.inspection.checkpoint_problems import CheckpointProblem, survey_checkpoint
 from serve_app.model.inspection.vram_estimate import DTypeName, VramEstimate, estimate_vram
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,9 @@ class ModeConfig(StrictModel):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Override of the checkpoint's prediction type (SD 2.x 512 base models: epsilon; "
         "the shipped SD2 single-file config assumes the 768 v-prediction model).")
+    zero_terminal_snr: bool | None = Field(
+        None, description="Override of the checkpoint's `ztsnr` marker: true samples with rescaled zero-terminal-SNR "
+        "betas and trailing timesteps (v-prediction models trained that way), false without the rescaled betas.")
     defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     lora_cache_bytes: int = Field(512 * 1024**2, ge=0, description="LoRA weights a replica keeps loaded for the "
@@ -172,6 +176,9 @@ class ModesFile(StrictModel):
     allow_absolute_paths: bool = Field(False, description="Allow checkpoints outside MODEL_ROOT by absolute path.")
     discover: bool = Field(False, description="Also serve every checkpoint found under MODEL_ROOT.")
     modes: list[ModeConfig] = Field(default_factory=list, description="The served modes.")
+    problems: list[CheckpointProblem] = Field(
+        default_factory=list, description="Filled by discovery, not written by hand: files under MODEL_ROOT that "
+        "are not served, each with the reason.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModesFile:
@@ -239,25 +246,42 @@ def mode_name_for(path: Path) -> str:
     return name[:64]
 
 
-def discover_modes(model_root: Path) -> list[ModeConfig]:
-    """Every checkpoint directly under MODEL_ROOT (folders with model_index.json, .safetensors files)."""
+# Pickle checkpoints are never loaded, but discovery lists them (with how to convert them) rather than skip them.
+_LISTED_PICKLES = (".ckpt", ".pt", ".pth")
+
+
+def discover_checkpoints(model_root: Path) -> tuple[list[ModeConfig], list[CheckpointProblem]]:
+    """A mode for every servable checkpoint directly under MODEL_ROOT (folders with model_index.json,
+    .safetensors files), and a problem for every other candidate: one bad file never stops discovery."""
     root = model_root.expanduser()
     if not root.is_dir():
-        return []
+        return [], []
     modes: list[ModeConfig] = []
+    problems: list[CheckpointProblem] = []
     taken: set[str] = set()
     for entry in sorted(root.iterdir()):
-        if is_checkpoint_candidate(entry):
-            # `x/` and `x.safetensors` side by side: the second keeps its suffix so both stay servable
-            name = mode_name_for(entry)
-            if name in taken:
-                name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry.name).strip("-._")[:64]
-            base, n = name, 2
-            while name in taken:
-                name, n = f"{base[:60]}-{n}", n + 1
-            taken.add(name)
-            modes.append(ModeConfig(name=name, checkpoint=entry.name))
-    return modes
+        if not is_checkpoint_candidate(entry) and entry.suffix.lower() not in _LISTED_PICKLES:
+            continue
+        surveyed = survey_checkpoint(entry, root)
+        if isinstance(surveyed, CheckpointProblem):
+            logger.warning("discovery: %s is not served: %s", surveyed.path, surveyed.message)
+            problems.append(surveyed)
+            continue
+        # `x/` and `x.safetensors` side by side: the second keeps its suffix so both stay servable
+        name = mode_name_for(entry)
+        if name in taken:
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry.name).strip("-._")[:64]
+        base, n = name, 2
+        while name in taken:
+            name, n = f"{base[:60]}-{n}", n + 1
+        taken.add(name)
+        modes.append(ModeConfig(name=name, checkpoint=entry.name))
+    return modes, problems
+
+
+def discover_modes(model_root: Path) -> list[ModeConfig]:
+    """The modes `discover_checkpoints` finds (its problems are logged)."""
+    return discover_checkpoints(model_root)[0]
 
 
 def modes_from_environment(modes_file: str | Path | None = None,
@@ -274,9 +298,12 @@ def modes_from_environment(modes_file: str | Path | None = None,
         modes = ModesFile(discover=True)
     if modes.discover:
         taken = {n for m in modes.modes for n in (m.name, *m.aliases)}
-        extra = [m for m in discover_modes(root) if m.name not in taken]
-        modes = modes.model_copy(update={"modes": [*modes.modes, *extra], "discover": False})
+        found, problems = discover_checkpoints(root)
+        extra = [m for m in found if m.name not in taken]
+        modes = modes.model_copy(update={"modes": [*modes.modes, *extra], "discover": False,
+                                         "problems": [*modes.problems, *problems]})
     if not modes.modes:
-        raise ConfigError(f"no modes: the modes file names none and MODEL_ROOT ({root.resolve()}) holds no checkpoint",
-                          param="modes")
+        unserved = "".join(f"; not served: {p.message}" for p in modes.problems)
+        raise ConfigError(f"no modes: the modes file names none and MODEL_ROOT ({root.resolve()}) holds no "
+                          f"checkpoint it can serve{unserved}", param="modes")
     return modes, root

@@ -191,7 +191,7 @@ async def list_modes(gw: GatewayDep) -> ModesResponse:
             defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
             jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
             queued=gw.queues[name].waiting()))
-    return ModesResponse(default_mode=gw.current_default, modes=out)
+    return ModesResponse(default_mode=gw.current_default, modes=out, problems=gw.catalog.problems)
 
 
 @router.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",

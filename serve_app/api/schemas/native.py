@@ -13,6 +13,7 @@ from serve_app.core.strict_model import StrictModel
 from serve_app.model.generation.job import MAX_SEED, GenerationResult, OutputFormat, Upscaler
 from serve_app.model.generation.schedulers import SchedulerName
 from serve_app.model.inspection.adapter_inspect import AdapterInfo, AdapterProblem
+from serve_app.model.inspection.checkpoint_problems import CheckpointProblem
 from serve_app.model.model_state import ModelState, Tier
 
 
@@ -218,6 +219,9 @@ class AdaptersResponse(BaseModel):
 class ModesResponse(BaseModel):
     default_mode: str
     modes: list[ModeOut]
+    problems: list[CheckpointProblem] = Field(
+        default_factory=list, description="Checkpoints discovery found under MODEL_ROOT and does not serve, each "
+        "with the reason (an unsupported family, missing component files, a pickle or corrupt file).")
 
 
 class HealthResponse(BaseModel):

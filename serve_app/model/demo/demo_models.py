@@ -12,11 +12,11 @@ from pathlib import Path
 
 from serve_app.model.demo.architectures import DEMO_INPAINTING, build_demo_pipeline, demo_name
 from serve_app.model.demo.demo_adapters import write_demo_adapters
-from serve_app.model.families import Family
+from serve_app.model.families import UNET_FAMILIES, Family
 
 logger = logging.getLogger(__name__)
 
-def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tuple(Family)) -> list[Path]:
+def write_demo_models(directory: str | Path, families: tuple[Family, ...] = UNET_FAMILIES) -> list[Path]:
     """Write every family's demo checkpoint as a diffusers folder and as a single file, and the demo adapters
     (`demo_adapters`); return the paths.
 
@@ -51,6 +51,6 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = tupl
 def demo_models_present(directory: str | Path) -> bool:
     out = Path(directory)
     return (out / DEMO_INPAINTING).is_dir() and all(
-        (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in Family
+        (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in UNET_FAMILIES
     )
 

@@ -46,6 +46,7 @@ from serve_app.model.generation.job_inputs import job_inputs
 from serve_app.model.generation.schedulers import make_scheduler
 from serve_app.model.generation.self_check import self_check as run_self_check
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.loading.noise_schedule import mode_schedule_overrides
 from serve_app.model.loading.pipeline_loader import (
     LoadedPipelines,
     free_device_memory,
@@ -144,8 +145,7 @@ class ModelRunner:
             self.loaded_from = Tier.DISK
             self._scheduler_config = dict(self._pipes.base.scheduler.config)
             self._schedulers = {}
-            if self.mode.prediction_type is not None:
-                self._scheduler_config["prediction_type"] = self.mode.prediction_type
+            self._scheduler_config.update(mode_schedule_overrides(self.mode))
             self.tier = Tier.VRAM
             self.state = ModelState.READY
             self.last_used = time.time()

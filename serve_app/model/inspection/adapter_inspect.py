@@ -27,6 +27,7 @@ from serve_app.core.strict_model import StrictModel
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family, supported_dims_text
 from serve_app.model.inspection.checkpoint_inspect import PICKLE_SUFFIXES, dominant_dtype, pickle_refusal
 from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.transformer_lora import transformer_lora_family
 
 
 class AdapterKind(str, Enum):
@@ -72,6 +73,11 @@ def _lora(path: Path, tensors: dict[str, TensorHeader]) -> dict:
     if lycoris is not None:
         raise AdapterFileError(f"{path}: a LyCORIS (LoHa/LoKr/OFT) adapter ({lycoris!r}); only LoRA files "
                                "(kohya or diffusers/PEFT layout) are served", param="lora")
+    if (transformer := transformer_lora_family(keys)) is not None:
+        made_for, layout = transformer
+        raise AdapterFileError(f"{path}: a {made_for.value} LoRA ({layout} layout): {made_for.value} checkpoints are "
+                               "recognised but not served yet, so neither are their LoRAs", param="lora")
+    down_suffixes: tuple[str, ...]
     if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         fmt, down_suffixes, unet, to_k = AdapterFormat.KOHYA, (".lora_down.weight",), "lora_unet_", "attn2_to_k"
         encoders = {p for p in ("lora_te_", "lora_te1_", "lora_te2_") if any(k.startswith(p) for k in keys)}

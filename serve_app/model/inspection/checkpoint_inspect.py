@@ -22,8 +22,16 @@ from serve_app.core.errors import (
     UnsupportedCheckpointError,
 )
 from serve_app.core.strict_model import StrictModel
-from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, INPAINTING_IN_CHANNELS, Family, supported_dims_text
+from serve_app.model.families import (
+    FAMILY_BY_CROSS_ATTENTION_DIM,
+    REQUIRED_COMPONENTS,
+    Family,
+    supported_dims_text,
+)
+from serve_app.model.inspection.family_detection import FamilyVerdict, PredictionType, detect_family
+from serve_app.model.inspection.folder_family import FolderFamily, folder_family
 from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.serving_support import serving_refusal
 from serve_app.model.inspection.single_file_layout import UNET_PREFIX, VAE_PREFIX
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
@@ -55,6 +63,15 @@ class CheckpointInfo(StrictModel):
     unet_base_channels: int = Field(description="Channels of the UNet's first level (drives working memory).")
     vae_decoder_channels: int = Field(description="Channels of the VAE decoder at full resolution.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Single-file `__metadata__` strings.")
+    variant: str = Field("", description="Finer family name: sd2-v, sdxl-inpaint, sd3.5-large, flux-dev, ...")
+    layout: str = Field("original", description="Denoiser key layout: `original` (A1111/ComfyUI/BFL) or `diffusers`.")
+    prediction_type: PredictionType | None = Field(
+        None, description="From the file's markers (`v_pred`, `modelspec.prediction_type`); None: family default.")
+    zero_terminal_snr: bool = Field(False, description="The file carries the `ztsnr` marker.")
+    components: list[str] = Field(default_factory=list, description="Components the checkpoint contains.")
+    missing_components: list[str] = Field(default_factory=list, description="Components its family needs that it "
+                                          "lacks.")
+    serving_refusal: str | None = Field(None, description="Why Dream Lab cannot serve it (None: servable).")
 
 
 def pickle_refusal(path: Path, param: str = "checkpoint") -> PickleCheckpointError:
@@ -91,31 +108,45 @@ def _family_for(path: Path, dim: int) -> Family:
     return family
 
 
+def _unsupported(path: Path, verdict: FamilyVerdict) -> NotACheckpointError | UnsupportedCheckpointError:
+    if verdict.layout == "unknown":
+        return NotACheckpointError(
+            f"{path}: not a Stable Diffusion checkpoint: {verdict.reason} (looked for them with and without the "
+            f"'{UNET_PREFIX}' prefix; a LoRA, VAE or embedding file cannot be served as a mode)", param="checkpoint")
+    return UnsupportedCheckpointError(f"{path}: unsupported checkpoint: {verdict.reason}", param="checkpoint")
+
+
 def _inspect_single_file(path: Path) -> CheckpointInfo:
     tensors, metadata = read_safetensors_header(path)
-    to_k = [(k, t) for k, t in tensors.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")]
-    conv_in = tensors.get(UNET_PREFIX + "input_blocks.0.0.weight")
-    if not to_k or conv_in is None:
-        raise NotACheckpointError(
-            f"{path}: not a Stable Diffusion checkpoint: no UNet tensors under '{UNET_PREFIX}' with cross-attention "
-            "(a LoRA, VAE or embedding file cannot be served as a mode)", param="checkpoint")
-    dim = to_k[0][1].shape[1]
-    vae_out = tensors.get(VAE_PREFIX + "decoder.conv_out.weight")
-    return CheckpointInfo(
+    verdict = detect_family(tensors, metadata)
+    if verdict.family is None:
+        raise _unsupported(path, verdict)
+    denoiser = [t for k, t in tensors.items() if k.startswith(verdict.prefix) and not k.startswith(
+        ("first_stage_model.", "vae.", "cond_stage_model.", "conditioner.", "text_encoders."))]
+    vae_out = tensors.get(VAE_PREFIX + "decoder.conv_out.weight") or tensors.get("vae.decoder.conv_out.weight")
+    info = CheckpointInfo(
         path=str(path),
         format=CheckpointFormat.SINGLE_FILE,
-        family=_family_for(path, dim),
-        cross_attention_dim=dim,
-        inpainting=conv_in.shape[1] == INPAINTING_IN_CHANNELS,
-        unet_in_channels=conv_in.shape[1],
-        dtype=dominant_dtype([t for k, t in tensors.items() if k.startswith(UNET_PREFIX)]),
+        family=verdict.family,
+        cross_attention_dim=verdict.context_dim,
+        inpainting=verdict.inpainting,
+        unet_in_channels=verdict.in_channels,
+        dtype=dominant_dtype(denoiser),
         param_count=sum(_numel(t) for t in tensors.values()),
         param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in tensors.values()),
         file_bytes=path.stat().st_size,
-        unet_base_channels=conv_in.shape[0],
+        unet_base_channels=verdict.hidden_size,
         vae_decoder_channels=vae_out.shape[1] if vae_out is not None else 128,
         metadata=metadata,
+        **_verdict_fields(verdict),
     )
+    return info.model_copy(update={"serving_refusal": serving_refusal(info)})
+
+
+def _verdict_fields(verdict: FamilyVerdict) -> dict:
+    return {"variant": verdict.variant, "layout": verdict.layout, "prediction_type": verdict.prediction_type,
+            "zero_terminal_snr": verdict.zero_terminal_snr, "components": verdict.components,
+            "missing_components": verdict.missing_components}
 
 
 def _weight_files(component_dir: Path) -> list[Path]:
@@ -136,50 +167,51 @@ def _read_json(path: Path) -> dict:
 
 
 def _inspect_folder(path: Path) -> CheckpointInfo:
-    if not (path / "model_index.json").is_file() or not (path / "unet" / "config.json").is_file():
+    if not (path / "model_index.json").is_file():
         raise NotACheckpointError(
-            f"{path}: not a checkpoint: a diffusers folder needs model_index.json and unet/config.json",
-            param="checkpoint")
-    _read_json(path / "model_index.json")
-    unet_cfg = _read_json(path / "unet" / "config.json")
-    dim = unet_cfg.get("cross_attention_dim")
-    if isinstance(dim, list):
-        dim = dim[0]
-    if not isinstance(dim, int):
-        raise NotACheckpointError(f"{path / 'unet' / 'config.json'}: no integer cross_attention_dim",
-                                  param="checkpoint")
-    family = _family_for(path, dim)
+            f"{path}: not a checkpoint: a diffusers folder needs model_index.json and unet/config.json "
+            "(or transformer/config.json)", param="checkpoint")
+    found: FolderFamily = folder_family(path, _read_json(path / "model_index.json"), _read_json, _family_for)
     components = [p for p in sorted(path.iterdir()) if p.is_dir()]
     all_headers: list[TensorHeader] = []
-    unet_headers: list[TensorHeader] = []
+    denoiser_headers: list[TensorHeader] = []
     vae_channels = 128
+    with_weights: list[str] = []
     file_bytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     for comp in components:
         files = _weight_files(comp)
         if not files and any(comp.glob("*.bin")):
             raise pickle_refusal(next(comp.glob("*.bin")))
+        if files:
+            with_weights.append(comp.name)
         for f in files:
             tensors, _ = read_safetensors_header(f)
             all_headers += tensors.values()
-            if comp.name == "unet":
-                unet_headers += tensors.values()
+            if comp.name == found.family.denoiser:
+                denoiser_headers += tensors.values()
             if comp.name == "vae" and "decoder.conv_out.weight" in tensors:
                 vae_channels = tensors["decoder.conv_out.weight"].shape[1]
-    base_channels = unet_cfg.get("block_out_channels", [320])[0]
-    return CheckpointInfo(
+    present = [found.component_names.get(c, c) for c in with_weights]
+    info = CheckpointInfo(
         path=str(path),
         format=CheckpointFormat.DIFFUSERS,
-        family=family,
-        cross_attention_dim=dim,
-        inpainting=unet_cfg.get("in_channels", 4) == INPAINTING_IN_CHANNELS,
-        unet_in_channels=unet_cfg.get("in_channels", 4),
-        dtype=dominant_dtype(unet_headers),
+        family=found.family,
+        cross_attention_dim=found.context_dim,
+        inpainting=found.inpainting,
+        unet_in_channels=found.in_channels,
+        dtype=dominant_dtype(denoiser_headers),
         param_count=sum(_numel(t) for t in all_headers),
         param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in all_headers),
         file_bytes=file_bytes,
-        unet_base_channels=base_channels,
+        unet_base_channels=found.hidden_size,
         vae_decoder_channels=vae_channels,
+        variant=found.variant,
+        layout="diffusers",
+        prediction_type=found.prediction_type,
+        components=present,
+        missing_components=[c for c in REQUIRED_COMPONENTS[found.family] if c not in present],
     )
+    return info.model_copy(update={"serving_refusal": serving_refusal(info)})
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:

@@ -30,7 +30,8 @@ BYTES_PER_DTYPE: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 UNET_ACTIVATION_FACTOR = 24
 VAE_ACTIVATION_FACTOR = 4
 ALLOCATOR_SLACK = 64 * 1024 * 1024
-DEFAULT_RESOLUTION: dict[Family, int] = {Family.SD1: 512, Family.SD2: 768, Family.SDXL: 1024, Family.SDXL_REFINER: 1024}
+DEFAULT_RESOLUTION: dict[Family, int] = {Family.SD1: 512, Family.SD2: 768, Family.SDXL: 1024, Family.SDXL_REFINER: 1024,
+                                         Family.SD3: 1024, Family.FLUX: 1024}
 
 
 class VramEstimate(StrictModel):

@@ -24,17 +24,20 @@ from typing import Any
 import torch
 
 from serve_app.core.errors import CheckpointNotFoundError, UnsupportedCheckpointError
-from serve_app.model.families import Family
+from serve_app.model.families import PIPELINE_CLASS_NAMES, SERVED_FAMILIES, Family
 from serve_app.model.inspection.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 from serve_app.model.inspection.safetensors_header import read_safetensors_header
 from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CONFIG
 from serve_app.model.loading.converted_cache import CacheKey, ConvertedCache, resolve_cache_dir
 from serve_app.model.loading.family_configs import config_dir
+from serve_app.model.loading.noise_schedule import apply_noise_schedule, noise_schedule_overrides
 
 logger = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _STORED_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+# fp8 values widen exactly into fp16, bf16 and fp32 (fewer mantissa bits, an exponent range inside theirs)
+_FP8_DTYPES = {"F8_E4M3", "F8_E5M2"}
 
 
 def pick_device() -> torch.device:
@@ -91,16 +94,13 @@ class LoadedPipelines:
         self.device = device
 
 
-def _pipeline_classes(family: Family) -> tuple[type | None, type, type]:
-    """(txt2img, img2img, inpaint) pipeline classes of `family`; the inpaint one takes ordinary and
-    inpainting (9-channel) UNets alike."""
+def _pipeline_classes(family: Family) -> tuple[Any, Any, Any]:
+    """(txt2img, img2img, inpaint) pipeline classes of `family` (see `PIPELINE_CLASS_NAMES`); the inpaint one
+    takes ordinary and inpainting (9-channel) UNets alike."""
     import diffusers as d
 
-    if family is Family.SDXL_REFINER:
-        return None, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline
-    if family is Family.SDXL:
-        return d.StableDiffusionXLPipeline, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline
-    return d.StableDiffusionPipeline, d.StableDiffusionImg2ImgPipeline, d.StableDiffusionInpaintPipeline
+    txt2img, img2img, inpaint = PIPELINE_CLASS_NAMES[family]
+    return (getattr(d, txt2img) if txt2img else None), getattr(d, img2img), getattr(d, inpaint)
 
 
 def _config_dir(info: CheckpointInfo, family: Family) -> Path:
@@ -126,15 +126,20 @@ def _config_dir(info: CheckpointInfo, family: Family) -> Path:
 
 def _conversion_dtype(path: Path) -> torch.dtype | None:
     """The dtype a cache entry is written in: the file's own, so a load from the entry at any dtype equals a
-    load from the file (fp32 for a file mixing fp16/bf16/fp32: widening is exact). None: not cached (fp64, fp8)."""
+    load from the file (fp32 for a file mixing fp16/bf16/fp32: widening is exact; fp8 weights are kept as fp16,
+    or as the file's other float dtype, which hold every fp8 value exactly). None: not cached (fp64)."""
     tensors, _ = read_safetensors_header(path)
     floats = {t.dtype for t in tensors.values() if t.dtype.startswith(("F", "BF"))}
+    has_fp8 = bool(floats & _FP8_DTYPES)
+    floats -= _FP8_DTYPES
     if floats - _STORED_FLOAT_DTYPES.keys():
         return None
+    if not floats:
+        return torch.float16 if has_fp8 else None
     return _STORED_FLOAT_DTYPES[floats.pop()] if len(floats) == 1 else torch.float32
 
 
-def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwargs: dict[str, Any],
+def _load_single_file(load_cls: Any, info: CheckpointInfo, family: Family, kwargs: dict[str, Any],
                       cache_dir: str | Path | None) -> Any:
     """From the conversion cache when it holds this file's conversion, else converted (and cached) now."""
     path = Path(info.path)
@@ -157,7 +162,7 @@ def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwar
             return pipe
     conversion_dtype = _conversion_dtype(path)
     if conversion_dtype is None:
-        logger.info("%s: its stored dtypes (fp64/fp8) are not cached; it is converted on every load", path)
+        logger.info("%s: its stored dtypes (fp64) are not cached; it is converted on every load", path)
         return convert()
 
     def convert_into(folder: Path) -> None:
@@ -175,7 +180,7 @@ def _load_single_file(load_cls: type, info: CheckpointInfo, family: Family, kwar
     return convert()
 
 
-def _load_entry(load_cls: type, cache: ConvertedCache, entry: Path, kwargs: dict[str, Any]) -> Any | None:
+def _load_entry(load_cls: Any, cache: ConvertedCache, entry: Path, kwargs: dict[str, Any]) -> Any | None:
     """Load a cache entry; one that does not load is discarded (None), never trusted."""
     try:
         return load_cls.from_pretrained(str(entry), **kwargs)
@@ -205,6 +210,9 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     _quiet_loading()
     if not Path(info.path).exists():  # deleted since it was inspected: name the file, not a library's error
         raise CheckpointNotFoundError(f"{info.path}: checkpoint path does not exist", param="checkpoint")
+    if info.serving_refusal is not None or family not in SERVED_FAMILIES:
+        raise UnsupportedCheckpointError(
+            f"{info.path}: {info.serving_refusal or f'family {family.value} is not served yet'}", param="checkpoint")
     main_cls, img2img_cls, inpaint_cls = _pipeline_classes(family)
     load_cls = main_cls or img2img_cls
     if info.inpainting:
@@ -222,11 +230,12 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
         pipe = load_cls.from_pretrained(info.path, **kwargs)
     if device.type != "cpu":  # weights load on the CPU; .to() there is a no-op that only warns
         pipe = pipe.to(device)
+    apply_noise_schedule(pipe, noise_schedule_overrides(info.prediction_type, info.zero_terminal_snr))
     if info.inpainting:
         pipe.set_progress_bar_config(disable=True)
         return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=None, inpaint=pipe)
 
-    def derived(cls: type) -> Any:  # shares every module; from_pipe casts them to its `dtype` (fp32 if none)
+    def derived(cls: Any) -> Any:  # shares every module; from_pipe casts them to its `dtype` (fp32 if none)
         derived_pipe = pipe if isinstance(pipe, cls) else cls.from_pipe(pipe, dtype=dtype)
         derived_pipe.set_progress_bar_config(disable=True)
         return derived_pipe

@@ -83,7 +83,7 @@ def _add_submodules(table: dict[str, str], src: str, dst: str, renames: dict[str
         table[f"{src}.{name}"] = f"{dst}.{ldm}"
 
 
-def _unet_module_map(unet: torch.nn.Module) -> dict[str, str]:
+def _unet_module_map(unet: Any) -> dict[str, str]:
     """diffusers module path -> original module path for every UNet module holding parameters."""
     table = dict(_UNET_TOP_LEVEL)
     n = 1
@@ -115,7 +115,7 @@ def _unet_module_map(unet: torch.nn.Module) -> dict[str, str]:
     return table
 
 
-def _vae_module_map(vae: torch.nn.Module) -> dict[str, str]:
+def _vae_module_map(vae: Any) -> dict[str, str]:
     """diffusers module path -> original module path for every VAE module holding parameters."""
     table = dict(_VAE_TOP_LEVEL)
     for i, block in enumerate(vae.encoder.down_blocks):
@@ -178,7 +178,7 @@ def _clip_to_original(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"text_model.{k}": v for k, v in _text_model_state(encoder).items()}
 
 
-def _openclip_to_original(encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _openclip_to_original(encoder: Any) -> dict[str, torch.Tensor]:
     """OpenCLIP layout, relative to `...model.`: fused q/k/v in_proj, `text_projection` as (width, embed_dim)."""
     state = _text_model_state(encoder)
     table = dict(_OPENCLIP_TOP_LEVEL)
