@@ -124,7 +124,8 @@ def test_an_eviction_that_finds_the_model_busy_is_withdrawn_and_asked_again(demo
             assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.EVICTING  # the loader asks again
             await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # the eviction, now idle: offloads to RAM
             assert not runner.loaded and runner.offload_calls == 1 and runner.unload_calls == 0
-            assert device_stats(reg).models == [] and worker.report().footprint_bytes == worker._vram.working_bytes
+            assert device_stats(reg).models == []
+            assert worker.report().footprint_bytes == worker.residency.standing.working_bytes
             (node,) = reg.stats().nodes
             assert [(m.mode, m.host_bytes) for m in node.models] == [(MODE, PARAM_BYTES)]
             assert node.ram_used_bytes == PARAM_BYTES
@@ -238,9 +239,9 @@ def test_load_of_a_loaded_mode_is_a_no_op(demo_models_dir: Path) -> None:
             runner = runner_of(worker)
             answer = await worker.load()
             assert (answer.status, answer.load_s, answer.mode) == ("already_loaded", None, MODE)
-            assert runner.load_calls == 1 and worker.epoch == 1
+            assert runner.load_calls == 1 and worker.residency.epoch == 1
             assert (await worker.unload()).status == "unloaded"
-            assert worker.epoch == 2 and device_stats(reg).models == []
+            assert worker.residency.epoch == 2 and device_stats(reg).models == []
             answer = await worker.load()
             assert answer.status == "loaded" and answer.load_s is not None and answer.load_s >= 0
             assert runner.load_calls == 2 and runner.loaded

@@ -112,7 +112,7 @@ def test_a_large_request_reserves_its_extra_working_memory_while_it_runs(demo_mo
         async with started(worker):
             runner = runner_of(worker)
             needed = estimate_vram(runner.info, "fp32", 1024, 1024, 4)
-            extra = needed.working_bytes - worker._vram.working_bytes
+            extra = needed.working_bytes - worker.residency.standing.working_bytes
             assert extra > 0  # 4x the pixels of the mode's default size at the same batch
             runner.gate = threading.Event()
             runner.entered.clear()
