@@ -32,7 +32,7 @@ class RegistryClient:
     async def reserve(self, replica: str, mode: str, device: str, nbytes: int, total_bytes: int | None,
                       reported_used: int | None, key: str | None = None, wait_s: float = 0.0) -> ReserveAnswer:
         """`wait_s`: when the answer would be to ask again, the registry may hold the call that long."""
-        return await self._call("reserve_wait", replica, mode, device, nbytes, total_bytes, reported_used, key,
+        return await self._call("reserve", replica, mode, device, nbytes, total_bytes, reported_used, key,
                                 wait_s, timeout_s=self.timeout_s + wait_s)
 
     async def release(self, key: str) -> None:
@@ -50,7 +50,7 @@ class RegistryClient:
 
     async def heartbeat(self, replica: str, report: HeartbeatReport, wait_s: float = 0.0) -> HeartbeatAnswer:
         """`wait_s`: the registry may hold the call that long, answering as soon as it has a command."""
-        return await self._call("heartbeat_wait", replica, report, wait_s, timeout_s=self.timeout_s + wait_s)
+        return await self._call("heartbeat", replica, report, wait_s, timeout_s=self.timeout_s + wait_s)
 
     async def router_poll(self, router: str, inflight: int, state: OperatorState) -> RouterPollAnswer:
         return await self._call("router_poll", router, inflight, state, timeout_s=5.0)

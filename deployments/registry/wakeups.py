@@ -1,7 +1,8 @@
 """Calls held open per key until woken or timed out: the registry holds a replica's heartbeat this way, so
 a command decided meanwhile (an eviction, a drain) is answered at once instead of at the next beat.
 
-A waiter is armed before the caller looks at the state it waits on, so a wake in between is not lost.
+A waiter is armed before the caller looks at the state it waits on, so a wake in between is not lost. All
+on the registry actor's one event loop (arming, waking and waiting alike).
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ import asyncio
 
 class Wakeups:
     def __init__(self) -> None:
-        self._waiting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._waiting: dict[str, asyncio.Event] = {}
 
     def __contains__(self, key: str) -> bool:
         return key in self._waiting
 
     def arm(self, key: str) -> asyncio.Event:
-        """Start listening for `wake(key)` (on the running event loop)."""
-        event = asyncio.Event()
-        self._waiting[key] = (asyncio.get_running_loop(), event)
+        """Start listening for `wake(key)`."""
+        event = self._waiting[key] = asyncio.Event()
         return event
 
     def disarm(self, key: str, event: asyncio.Event) -> None:
-        if self._waiting.get(key, (None, None))[1] is event:
+        if self._waiting.get(key) is event:
             del self._waiting[key]
 
     async def wait(self, key: str, event: asyncio.Event, timeout_s: float) -> bool:
@@ -37,12 +37,10 @@ class Wakeups:
             self.disarm(key, event)
 
     def wake(self, key: str) -> None:
-        """Safe from any thread (the registry's sync methods run in Serve's thread pool)."""
-        waiting = self._waiting.get(key)
-        if waiting is not None:
-            loop, event = waiting
-            loop.call_soon_threadsafe(event.set)
+        event = self._waiting.get(key)
+        if event is not None:
+            event.set()
 
     def wake_all(self) -> None:
-        for key in list(self._waiting):
-            self.wake(key)
+        for event in list(self._waiting.values()):
+            event.set()

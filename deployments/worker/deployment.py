@@ -9,7 +9,8 @@ prefers a replica that already holds the request's LoRAs and VAE; any replica lo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from ray import serve
@@ -19,7 +20,7 @@ from deployments.worker.mode_worker import ModeWorker
 
 
 class ModeWorkerDeployment(ModeWorker):
-    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # Serve awaits an async constructor
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         super().__init__(*args, **kwargs)
 
         async def held_adapter_set(set_id: str) -> str:  # the adapters themselves load in the generation
@@ -39,10 +40,12 @@ class ModeWorkerDeployment(ModeWorker):
         await self._advertise(request)
         return await super().generate(request)
 
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+    async def generate_stream(self, request: GenerationRequest,
+                              ) -> AsyncGenerator[ProgressEvent | GenerationResult, None]:
         await self._advertise(request)
-        async for event in super().generate_stream(request):
-            yield event
+        async with aclosing(super().generate_stream(request)) as events:  # closed with this generator
+            async for event in events:
+                yield event
 
     async def __del__(self) -> None:
         await self.stop()

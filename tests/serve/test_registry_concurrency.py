@@ -1,6 +1,6 @@
-"""The registry under concurrent callers, through a real Serve deployment (Serve runs its sync methods in
-a thread pool): hundreds of reserve/register/unregister/heartbeat/stats calls from several callers at once,
-then the accounting invariants."""
+"""The registry under concurrent callers, through a real Serve deployment (its async methods interleave on
+the actor's event loop): hundreds of reserve/register/unregister/heartbeat/stats calls from several callers
+at once, then the accounting invariants."""
 
 from __future__ import annotations
 

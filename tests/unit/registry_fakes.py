@@ -1,5 +1,6 @@
 """Builders for the registry's unit tests (`test_vram_registry.py`, `test_ram_tier.py`): a fake clock (the
-registry takes its liveness clock by injection) and the worker side of the protocol as plain calls."""
+registry takes its liveness clock by injection), the asyncio backend for the async tests (the registry's
+calls are coroutines) and the worker side of the protocol as plain calls."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture()
+def anyio_backend() -> str:
+    """The registry's calls are coroutines: the tests await them on asyncio (anyio's pytest plugin)."""
+    return "asyncio"
+
+
 def make_registry(clock: FakeClock, budget_gib: int = 10, **cfg: Any) -> VramRegistry:
     return VramRegistry({"simulated_vram_bytes": budget_gib * GiB, "headroom_bytes": 0, **cfg}, clock=clock)
 
@@ -48,20 +55,20 @@ def registration(replica: str, mode: str, nbytes: int, epoch: int = 1) -> Regist
                         measured_bytes=nbytes, epoch=epoch)
 
 
-def load(reg: VramRegistry, replica: str, mode: str, nbytes: int, epoch: int = 1) -> None:
+async def load(reg: VramRegistry, replica: str, mode: str, nbytes: int, epoch: int = 1) -> None:
     """The worker protocol for a load that fits: reserve (granted), load, register the measured footprint."""
-    ans = reg.reserve(replica, mode, DEV, nbytes)
+    ans = await reg.reserve(replica, mode, DEV, nbytes)
     assert ans.status == "granted", ans
-    reg.register(registration(replica, mode, nbytes, epoch))
+    await reg.register(registration(replica, mode, nbytes, epoch))
 
 
-def device_stats(reg: VramRegistry, device: str = DEV) -> DeviceStats:
-    (dev,) = [d for d in reg.stats().devices if d.device == device]
+async def device_stats(reg: VramRegistry, device: str = DEV) -> DeviceStats:
+    (dev,) = [d for d in (await reg.stats()).devices if d.device == device]
     return dev
 
 
-def assert_within_budget(reg: VramRegistry) -> None:
-    for dev in reg.stats().devices:
+async def assert_within_budget(reg: VramRegistry) -> None:
+    for dev in (await reg.stats()).devices:
         assert dev.used_bytes + dev.reserved_bytes <= dev.budget_bytes, dev
         assert dev.used_bytes <= dev.budget_bytes and dev.free_bytes >= 0, dev
 

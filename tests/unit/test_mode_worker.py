@@ -55,8 +55,8 @@ def test_load_registers_measured_footprint(demo_models_dir: Path) -> None:
             # the reservation became the registration: nothing is held twice
             assert dev.used_bytes == report.footprint_bytes and dev.reserved_bytes == 0
             # the heartbeat loop runs: the registry hears the replica's state
-            await wait_until(lambda: reg.stats().replicas.get(worker.replica_id) is not None
-                             and reg.stats().replicas[worker.replica_id].state is ModelState.READY)
+            await wait_until(lambda: getattr(reg.ledger.replicas.get(worker.replica_id), "state", None)
+                             is ModelState.READY)
 
     run(scenario())
 
@@ -94,7 +94,7 @@ def test_failed_operator_load_releases_its_reservation(demo_models_dir: Path) ->
             dev = device_stats(reg)
             assert dev.reserved_bytes == 0 and dev.models == []
             # the memory is free for someone else
-            assert reg.reserve("other", "other-mode", DEV, GiB).status is ReserveStatus.GRANTED
+            assert (await reg.reserve("other", "other-mode", DEV, GiB)).status is ReserveStatus.GRANTED
 
     run(scenario())
 
@@ -109,26 +109,28 @@ def test_an_eviction_that_finds_the_model_busy_is_withdrawn_and_asked_again(demo
             runner = runner_of(worker)
             task, gate = await blocked_generation(worker)
             # another replica needs the whole device: the registry marks our (idle as far as it knows) model
-            ans = reg.reserve("other", "big", DEV, GiB)
+            ans = await reg.reserve("other", "big", DEV, GiB)
             assert ans.status is ReserveStatus.EVICTING and ans.evicting == [MODE]
             await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # arrives while the job runs: skipped
             assert runner.loaded and runner.unload_calls == 0 and not task.done()
             (model,) = device_stats(reg).models
             assert model.state is EntryState.READY and model.inflight == 1  # withdrawn: the model is busy
-            assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.WAITING_BUSY
+            assert (await reg.reserve("other", "big", DEV, GiB)).status is ReserveStatus.WAITING_BUSY
             gate.set()
             result = await asyncio.wait_for(task, WAIT_S)
             assert result.width == 64
             assert runner.loaded  # nothing unloads it until the registry asks again
             await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # idle now: the registry hears it
-            assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.EVICTING  # the loader asks again
+            # the loader asks again
+            assert (await reg.reserve("other", "big", DEV, GiB)).status is ReserveStatus.EVICTING
             await asyncio.wait_for(worker.heartbeat_once(), WAIT_S)  # the eviction, now idle: offloads to RAM
             assert not runner.loaded and runner.offload_calls == 1 and runner.unload_calls == 0
-            assert device_stats(reg).models == [] and worker.report().footprint_bytes == worker._vram.working_bytes
-            (node,) = reg.stats().nodes
+            assert device_stats(reg).models == []
+            assert worker.report().footprint_bytes == worker.residency.standing.working_bytes
+            (node,) = (await reg.stats()).nodes
             assert [(m.mode, m.host_bytes) for m in node.models] == [(MODE, PARAM_BYTES)]
             assert node.ram_used_bytes == PARAM_BYTES
-            assert reg.reserve("other", "big", DEV, GiB).status is ReserveStatus.GRANTED
+            assert (await reg.reserve("other", "big", DEV, GiB)).status is ReserveStatus.GRANTED
 
     run(scenario())
 
@@ -203,7 +205,7 @@ def test_broken_pipeline_fails_the_health_check(demo_models_dir: Path) -> None:
             with pytest.raises(RuntimeError, match="pipeline is broken"):
                 worker.check_health()
             # the registry hears it on the next heartbeat (what /v1/modes reports while Serve replaces us)
-            await wait_until(lambda: getattr(reg.stats().replicas.get(worker.replica_id), "state", None)
+            await wait_until(lambda: getattr(reg.ledger.replicas.get(worker.replica_id), "state", None)
                              is ModelState.FAILED)
 
     run(scenario())
@@ -238,9 +240,9 @@ def test_load_of_a_loaded_mode_is_a_no_op(demo_models_dir: Path) -> None:
             runner = runner_of(worker)
             answer = await worker.load()
             assert (answer.status, answer.load_s, answer.mode) == ("already_loaded", None, MODE)
-            assert runner.load_calls == 1 and worker.epoch == 1
+            assert runner.load_calls == 1 and worker.residency.epoch == 1
             assert (await worker.unload()).status == "unloaded"
-            assert worker.epoch == 2 and device_stats(reg).models == []
+            assert worker.residency.epoch == 2 and device_stats(reg).models == []
             answer = await worker.load()
             assert answer.status == "loaded" and answer.load_s is not None and answer.load_s >= 0
             assert runner.load_calls == 2 and runner.loaded

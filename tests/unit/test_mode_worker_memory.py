@@ -58,9 +58,10 @@ def test_out_of_memory_is_a_507_with_the_numbers_not_a_broken_replica(demo_model
     run(scenario())
 
 
-def _evict_for_another_mode(reg: VramRegistry) -> None:
+async def _evict_for_another_mode(reg: VramRegistry) -> None:
     """Another replica asks for the whole device: our idle model is marked for eviction."""
-    assert reg.reserve("other", "big", DEV, reg.devices[DEV].budget_bytes).status is ReserveStatus.EVICTING
+    assert (await reg.reserve("other", "big", DEV, reg.ledger.devices[DEV].budget_bytes)).status \
+        is ReserveStatus.EVICTING
 
 
 def test_an_evicted_model_comes_back_from_the_ram_tier(demo_models_dir: Path) -> None:
@@ -70,15 +71,16 @@ def test_an_evicted_model_comes_back_from_the_ram_tier(demo_models_dir: Path) ->
         worker = make_worker(demo_models_dir, reg, heartbeat_interval_s=60)
         async with started(worker):
             runner = runner_of(worker)
-            _evict_for_another_mode(reg)
+            await _evict_for_another_mode(reg)
             await worker.heartbeat_once()
             assert runner.tier is Tier.RAM and worker.report().state is ModelState.OFFLOADED
             assert worker.report().host_bytes == PARAM_BYTES and worker.report().tier is Tier.RAM
-            reg.release("other")  # the other mode went away again
+            await reg.release("other")  # the other mode went away again
             result = await worker.generate(make_request("back"))
             assert result.timings.load_tier == "ram" and result.timings.load_s is not None
             assert runner.load_calls == 2 and runner.unload_calls == 0 and runner.loaded
-            assert reg.stats().nodes[0].models == [] and [m.mode for m in device_stats(reg).models] == [MODE]
+            assert (await reg.stats()).nodes[0].models == []
+            assert [m.mode for m in device_stats(reg).models] == [MODE]
             # an operator unload drops it from every tier; the next load reads the disk
             assert (await worker.unload()).status == "unloaded" and runner.tier is Tier.DISK
             assert (await worker.load()).load_tier is Tier.DISK
@@ -92,10 +94,10 @@ def test_without_a_ram_budget_an_evicted_model_is_dropped(demo_models_dir: Path)
     async def scenario() -> None:
         worker = make_worker(demo_models_dir, reg, heartbeat_interval_s=60)
         async with started(worker):
-            _evict_for_another_mode(reg)
+            await _evict_for_another_mode(reg)
             await worker.heartbeat_once()
             assert runner_of(worker).tier is Tier.DISK and runner_of(worker).offload_calls == 0
-            assert reg.stats().nodes[0].models == [] and device_stats(reg).models == []
+            assert (await reg.stats()).nodes[0].models == [] and device_stats(reg).models == []
 
     run(scenario())
 
@@ -112,7 +114,7 @@ def test_a_large_request_reserves_its_extra_working_memory_while_it_runs(demo_mo
         async with started(worker):
             runner = runner_of(worker)
             needed = estimate_vram(runner.info, "fp32", 1024, 1024, 4)
-            extra = needed.working_bytes - worker._vram.working_bytes
+            extra = needed.working_bytes - worker.residency.standing.working_bytes
             assert extra > 0  # 4x the pixels of the mode's default size at the same batch
             runner.gate = threading.Event()
             runner.entered.clear()
@@ -125,7 +127,7 @@ def test_a_large_request_reserves_its_extra_working_memory_while_it_runs(demo_mo
             # a request within the standing share reserves nothing
             runner.gate = None
             await worker.generate(make_request("small"))
-            assert reg.reservations == {}
+            assert reg.ledger.reservations == {}
 
     run(scenario())
 
@@ -146,8 +148,8 @@ def test_the_adapters_a_request_loads_are_reserved_before_they_load(demo_models_
             assert device_stats(reg).reserved_bytes == lora.file_bytes
             runner.gate.set()
             await asyncio.wait_for(task, WAIT_S)
-            assert reg.reservations == {}
-            reg.devices[DEV].budget_bytes = device_stats(reg).used_bytes + 1024  # no room for the LoRA now
+            assert reg.ledger.reservations == {}
+            reg.ledger.devices[DEV].budget_bytes = device_stats(reg).used_bytes + 1024  # no room for the LoRA now
             with pytest.raises(InsufficientVRAMError, match="adapter files"):
                 await worker.generate(dataclasses.replace(make_request("no-room"), loras=[lora]))
 
@@ -161,13 +163,13 @@ def test_a_large_request_that_cannot_fit_is_a_507_and_the_model_keeps_serving(de
         worker = make_worker(demo_models_dir, reg)
         async with started(worker):
             dev = device_stats(reg)
-            reg.devices[DEV].budget_bytes = dev.used_bytes + 1024  # the model fits, nothing more does
+            reg.ledger.devices[DEV].budget_bytes = dev.used_bytes + 1024  # the model fits, nothing more does
             with pytest.raises(InsufficientVRAMError) as info:
                 await worker.generate(_large_request("too-large"))
             err = info.value
             assert err.status_code == 507 and "extra working memory" in err.message and "width" in err.message
             assert err.needed_bytes > err.free_bytes == 1024
-            assert reg.reservations == {} and runner_of(worker).loaded
+            assert reg.ledger.reservations == {} and runner_of(worker).loaded
             assert (await worker.generate(make_request("small"))).width == 64
 
     run(scenario())
@@ -180,7 +182,7 @@ def test_a_held_heartbeat_carries_an_eviction_at_once(demo_models_dir: Path) -> 
         worker = make_worker(demo_models_dir, reg, heartbeat_interval_s=30)  # each beat is held up to 30 s
         async with started(worker):
             await wait_until(lambda: worker.replica_id in reg.waiting)
-            _evict_for_another_mode(reg)
+            await _evict_for_another_mode(reg)
             await wait_until(lambda: runner_of(worker).tier is Tier.RAM, timeout_s=2.0)  # not 30 s later
 
     run(scenario())

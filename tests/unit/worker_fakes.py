@@ -227,7 +227,7 @@ def runner_of(worker: ModeWorker) -> FakeRunner:
 
 
 def device_stats(reg: VramRegistry) -> DeviceStats:
-    (dev,) = [d for d in reg.stats().devices if d.device == DEV]
+    (dev,) = [d for d in reg.ledger.device_stats() if d.device == DEV]  # the ledger as it stands
     return dev
 
 

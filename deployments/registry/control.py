@@ -1,0 +1,57 @@
+"""The registry's control state: the operator state (drain flag, default mode; versioned) and the routers'
+polls (each router's in-flight requests, for a drain to wait on).
+
+A router keeps a copy of the operator state and gives it back in its polls: after a registry restart the
+newest copy wins, so a drain or a default-mode switch survives the restart. Like the ledger, a plain object
+with no awaits, called from the registry actor's one event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from deployments.protocol import OperatorState
+
+logger = logging.getLogger(__name__)
+
+
+class ControlState:
+    def __init__(self, clock: Callable[[], float], dead_after_s: float) -> None:
+        self._clock = clock
+        self._dead_after_s = dead_after_s
+        self.operator = OperatorState()
+        self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
+
+    @property
+    def draining(self) -> bool:
+        return self.operator.draining
+
+    def _change(self, **changes: object) -> OperatorState:
+        self.operator = self.operator.model_copy(update={**changes, "version": self.operator.version + 1})
+        return self.operator
+
+    def set_draining(self, draining: bool) -> None:
+        self._change(draining=draining)
+        logger.warning("draining %s", "started" if draining else "cancelled")
+
+    def set_default_mode(self, mode: str) -> OperatorState:
+        return self._change(default_mode=mode)
+
+    def router_poll(self, router: str, inflight: int, state: OperatorState | None = None) -> OperatorState:
+        """A router reports its in-flight requests and its copy of the operator state (a newer copy wins); it
+        learns the registry's."""
+        self.routers[router] = (inflight, self._clock())
+        if state is not None and state.version > self.operator.version:
+            logger.warning("operator state restored from router %s: %s", router, state)
+            self.operator = state
+        return self.operator
+
+    def router_inflight(self) -> int:
+        return sum(n for n, _ in self.routers.values())
+
+    def sweep(self) -> None:
+        """Routers are forgotten late: a drain must not mistake a slow router for an idle one."""
+        now = self._clock()
+        for rid in [r for r, (_, seen) in self.routers.items() if now - seen > 5 * self._dead_after_s]:
+            del self.routers[rid]
