@@ -84,6 +84,7 @@ class GenerationRequest:
     denoising_end: float | None = None
     denoising_start: float | None = None
     init_latents: np.ndarray | None = None
+    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: 1 = the text encoder's last layer
 
     @property
     def output_size(self) -> tuple[int, int]:
