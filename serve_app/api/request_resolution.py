@@ -177,6 +177,8 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         guidance_scale=guidance,
         seeds=[seed + i for i in range(num_images)],
         scheduler=req.scheduler or mode.scheduler,
+        clip_skip=req.clip_skip or d.clip_skip,
+        prompt_syntax=mode.prompt_syntax,
         output_format=req.output_format,
         init_image=init_image,
         strength=strength,

@@ -34,6 +34,7 @@ from serve_app.model.families import Family
 from serve_app.model.generation.schedulers import SchedulerName
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
 from serve_app.model.inspection.vram_estimate import DTypeName, VramEstimate, estimate_vram
+from serve_app.model.prompts.attention_syntax import PromptSyntax
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class ModeDefaults(StrictModel):
     guidance_scale: float = Field(7.0, ge=0.0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field("", description="Negative prompt used when a request gives none.")
     strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img strength when a request gives none.")
+    clip_skip: int = Field(1, ge=1, le=12, description="A1111's clip skip (`CLIP_stop_at_last_layers`): 1 = the "
+                           "text encoder's last layer, 2 = the one before (what most SD 1.x anime checkpoints "
+                           "expect); on SDXL 1 and 2 both mean the penultimate layer.")
 
     @field_validator("width", "height")
     @classmethod
@@ -98,6 +102,9 @@ class ModeConfig(StrictModel):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="Weights dtype; auto = fp16 on CUDA, fp32 on CPU.")
     scheduler: SchedulerName = Field("euler", description="Default sampler of the mode.")
+    prompt_syntax: PromptSyntax = Field("a1111", description="a1111: `(word:1.2)`, `(word)`, `[word]`, `\\(` "
+                                        "escapes and `BREAK` weight the prompt; plain: the prompt is literal text. "
+                                        "Prompts beyond 75 tokens are encoded in chunks either way.")
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Override of the checkpoint's prediction type (SD 2.x 512 base models: epsilon; "
         "the shipped SD2 single-file config assumes the 768 v-prediction model).")

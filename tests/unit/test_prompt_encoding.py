@@ -15,7 +15,7 @@ from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
 from serve_app.model.families import Family
 from serve_app.model.generation.runner import ModelRunner
-from serve_app.model.prompts import chunk_count, encode_prompts
+from serve_app.model.prompts.encoding import chunk_count, encode_prompts
 
 FAMILIES = {"tiny-sd1": Family.SD1, "tiny-sd2": Family.SD2, "tiny-sdxl": Family.SDXL}
 LONG = " ".join(f"w{i % 10}x" for i in range(120))  # byte-level tokenizer: 3 tokens a word, 360 tokens

@@ -110,7 +110,10 @@ class A1111Txt2ImgRequest(BaseModel):
     refiner_checkpoint: str | None = Field(None, description="An sdxl-refiner mode to finish an sdxl image.")
     refiner_switch_at: float = Field(0.8, gt=0, lt=1, description="Fraction of the steps the base runs.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode; "
-                                                     "`sd_vae` a VAE of the mode (`Automatic`: its own).")
+                                                     "`sd_vae` a VAE of the mode (`Automatic`: its own); "
+                                                     "`CLIP_stop_at_last_layers` the clip skip.")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="Clip skip, as some A1111-compatible clients send "
+                                  "it; `override_settings.CLIP_stop_at_last_layers` wins.")
 
     @field_validator("scheduler", "override_settings")
     @classmethod
@@ -140,8 +143,21 @@ class A1111Txt2ImgRequest(BaseModel):
         return dict(prompt=prompt, loras=loras, negative_prompt=self.negative_prompt, vae=self.vae(),
                     seed=None if self.seed == -1 else self.seed, steps=self.steps, guidance_scale=self.cfg_scale,
                     width=self.width, height=self.height, num_images=self.batch_size,
+                    clip_skip=self.clip_skip_value(),
                     scheduler=a1111_scheduler(self.sampler_name or self.sampler_index, self.scheduler,
                                               sampler_field))
+
+    def clip_skip_value(self) -> int | None:
+        """`override_settings.CLIP_stop_at_last_layers`, else `clip_skip`; None keeps the mode's."""
+        value = (self.override_settings or {}).get("CLIP_stop_at_last_layers")
+        if value is None:
+            return self.clip_skip
+        whole = isinstance(value, int | float) and not isinstance(value, bool) and value == int(value)
+        if not whole or not 1 <= value <= 12:
+            field = "override_settings.CLIP_stop_at_last_layers"
+            raise RequestValidationError(f"`{field}` must be a whole number from 1 to 12, got {quote(value)}",
+                                         param=field)
+        return int(value)
 
     def checkpoint(self) -> str | None:
         value = (self.override_settings or {}).get("sd_model_checkpoint")

@@ -55,6 +55,8 @@ class Txt2ImgRequest(StrictModel):
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
     num_images: int | None = Field(None, description="Images to make (default 1).")
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's clip skip: 1 = the text encoder's last "
+                                  "layer, 2 = the penultimate one; the mode's default when left out.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_REQUEST,
                                  description="LoRAs to apply, at most the mode's `max_loras`. Textual-inversion "

@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from serve_app.model.prompts.attention_syntax import PromptSyntax
+
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
@@ -85,6 +87,7 @@ class GenerationRequest:
     denoising_start: float | None = None
     init_latents: np.ndarray | None = None
     clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: 1 = the text encoder's last layer
+    prompt_syntax: PromptSyntax = "a1111"  # plain: brackets and BREAK are literal text
 
     @property
     def output_size(self) -> tuple[int, int]:

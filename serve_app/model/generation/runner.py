@@ -50,7 +50,7 @@ from serve_app.model.loading.pipeline_loader import (
     torch_dtype_for,
 )
 from serve_app.model.model_state import ModelState, Tier
-from serve_app.model.prompts import encode_prompts
+from serve_app.model.prompts.encoding import encode_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class ModelRunner:
             call: dict[str, Any] = dict(
                 **encode_prompts(pipe, self.family, self.embeddings.in_prompt(params.prompt, params.embeddings),
                                  self.embeddings.in_prompt(params.negative_prompt, params.embeddings),
-                                 params.clip_skip, images=n).call_kwargs(),
+                                 params.clip_skip, params.prompt_syntax, images=n).call_kwargs(),
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],

@@ -13,7 +13,9 @@ The semantics are A1111's (`modules/prompt_parser.parse_prompt_attention`), reim
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple
+
+PromptSyntax = Literal["a1111", "plain"]  # plain: the prompt is literal text (still chunked)
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1

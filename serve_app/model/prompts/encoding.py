@@ -29,15 +29,15 @@ non-A1111 images, so the few lines of embedding mechanics live here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
-from serve_app.model.prompts.attention_syntax import parse_attention, plain_fragments
+from serve_app.model.prompts.attention_syntax import PromptSyntax, parse_attention, plain_fragments
 from serve_app.model.prompts.chunking import TokenChunk, chunk_fragments, special_tokens, tokenize_fragments
 
-PromptSyntax = Literal["a1111", "plain"]
 SDXL_FAMILIES = (Family.SDXL, Family.SDXL_REFINER)
 
 
@@ -64,6 +64,10 @@ def _encoders(pipe: Any, family: Family) -> list[tuple[Any, Any]]:
 
 def _hidden(encoder: Any, ids: torch.Tensor, family: Family, clip_skip: int) -> tuple[torch.Tensor, Any]:
     """(hidden states of one chunk, the encoder's output) as A1111 reads them for `clip_skip`."""
+    layers = encoder.config.num_hidden_layers
+    if clip_skip > layers + 1:  # hidden_states: the embeddings' output, then one per layer
+        raise RequestValidationError(f"`clip_skip` {clip_skip} is more than this text encoder has layers "
+                                     f"({layers}); use 1 to {min(layers, 12)}", param="clip_skip")
     out = encoder(ids, output_hidden_states=True)
     if family in SDXL_FAMILIES:
         return out.hidden_states[-max(clip_skip, 2)], out
