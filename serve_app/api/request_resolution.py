@@ -35,6 +35,7 @@ from serve_app.core.strict_model import StrictModel, describe_error, quote
 from serve_app.model.families import Family
 from serve_app.model.generation.inpainting import InpaintingFill, fill_masked
 from serve_app.model.generation.job import MAX_SEED, GenerationRequest, HiresPass, random_seed
+from serve_app.model.generation.schedulers import scheduler_key
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # an encoded init image, before base64
 INIT_IMAGE_SCALE = 2  # an init image may be this many times the mode's max_width / max_height
@@ -176,7 +177,9 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         steps=steps,
         guidance_scale=guidance,
         seeds=[seed + i for i in range(num_images)],
-        scheduler=req.scheduler or mode.scheduler,
+        scheduler=scheduler_key(req.scheduler or mode.scheduler,
+                                req.schedule_type or ("automatic" if req.scheduler else mode.schedule_type),
+                                name("schedule_type")),
         clip_skip=req.clip_skip or d.clip_skip,
         prompt_syntax=mode.prompt_syntax,
         output_format=req.output_format,

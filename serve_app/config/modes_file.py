@@ -31,7 +31,7 @@ from serve_app.config.app_args import MODE_DEPLOYMENT_DEFAULTS, RESERVED_DEPLOYM
 from serve_app.core.errors import ConfigError
 from serve_app.core.strict_model import FieldError, StrictModel, config_error_text
 from serve_app.model.families import Family
-from serve_app.model.generation.schedulers import SchedulerName
+from serve_app.model.generation.schedulers import SchedulerName, ScheduleType, schedule_types_for
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
 from serve_app.model.inspection.vram_estimate import DTypeName, VramEstimate, estimate_vram
 from serve_app.model.prompts.attention_syntax import PromptSyntax
@@ -102,6 +102,8 @@ class ModeConfig(StrictModel):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="Weights dtype; auto = fp16 on CUDA, fp32 on CPU.")
     scheduler: SchedulerName = Field("euler", description="Default sampler of the mode.")
+    schedule_type: ScheduleType = Field("automatic", description="Default schedule type of the mode's sampler "
+                                        "(one the sampler takes: see the README's sampler table).")
     prompt_syntax: PromptSyntax = Field("a1111", description="a1111: `(word:1.2)`, `(word)`, `[word]`, `\\(` "
                                         "escapes and `BREAK` weight the prompt; plain: the prompt is literal text. "
                                         "Prompts beyond 75 tokens are encoded in chunks either way.")
@@ -123,6 +125,15 @@ class ModeConfig(StrictModel):
     jobs: dict[str, str] = Field(
         default_factory=dict,
         description="Custom job types: name -> import path `package.module:function`.")
+
+    @field_validator("schedule_type")
+    @classmethod
+    def _served_with_the_sampler(cls, v: str, info) -> str:
+        sampler = info.data.get("scheduler")
+        if sampler is not None and v not in schedule_types_for(sampler):
+            raise ValueError(f"schedule_type {v!r} is not available with scheduler {sampler!r}; it takes: "
+                             f"{', '.join(schedule_types_for(sampler))}")
+        return v
 
     @field_validator("name")
     @classmethod
