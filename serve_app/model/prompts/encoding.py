@@ -77,14 +77,15 @@ def _hidden(encoder: Any, ids: torch.Tensor, family: Family, clip_skip: int) -> 
     return norm(out.hidden_states[-clip_skip]), out
 
 
-def _weighted(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """A1111's emphasis: z times each token's weight, rescaled to z's original mean."""
-    if all(w == 1.0 for w in weights):
+def _weighted(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's emphasis: each row of z (one chunk) times its tokens' weights (rows, 77), rescaled to the row's
+    original mean."""
+    if bool((weights == 1.0).all()):
         return z
-    multipliers = torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
-    original_mean = z.float().mean()
-    z = z * multipliers
-    return z * (original_mean / z.float().mean()).to(z.dtype)
+    multipliers = weights.to(device=z.device, dtype=z.dtype).unsqueeze(-1)
+    original_mean = z.float().mean(dim=(1, 2), keepdim=True)
+    weighted = z * multipliers
+    return weighted * (original_mean / weighted.float().mean(dim=(1, 2), keepdim=True)).to(z.dtype)
 
 
 def _chunks(pipe: Any, tokenizer: Any, text: str, syntax: PromptSyntax) -> list[TokenChunk]:
@@ -93,27 +94,22 @@ def _chunks(pipe: Any, tokenizer: Any, text: str, syntax: PromptSyntax) -> list[
     return chunk_fragments(tokenize_fragments(fragments, tokenizer, expand), special_tokens(tokenizer))
 
 
-def _encode_text(pipe: Any, family: Family, text: str, clip_skip: int, syntax: PromptSyntax,
-                 min_chunks: int, images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden states, chunks concatenated: (images, 77 * chunks, width); pooled or None) for one text."""
-    per_encoder: list[list[TokenChunk]] = []
-    pairs = _encoders(pipe, family)
-    for tokenizer, _ in pairs:
-        per_encoder.append(_chunks(pipe, tokenizer, text, syntax))
-    count = max(min_chunks, *(len(c) for c in per_encoder))
+def _encode_chunks(pairs: list[tuple[Any, Any]], per_encoder: list[list[TokenChunk]], family: Family,
+                   clip_skip: int, images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states of the chunks concatenated: (images, 77 * chunks, width); pooled or None). Each encoder
+    encodes all chunks of all images as one batch."""
+    widths: list[torch.Tensor] = []
     pooled: torch.Tensor | None = None
-    pieces: list[torch.Tensor] = []
-    for index in range(count):
-        widths: list[torch.Tensor] = []
-        for (tokenizer, encoder), chunks in zip(pairs, per_encoder):
-            chunk = chunks[index] if index < len(chunks) else _chunks(pipe, tokenizer, "", "plain")[0]
-            ids = torch.tensor([chunk.tokens] * images, dtype=torch.long, device=encoder.device)
-            z, out = _hidden(encoder, ids, family, clip_skip)
-            if index == 0 and family in SDXL_FAMILIES and encoder is pairs[-1][1]:
-                pooled = out[0]  # CLIPTextModelWithProjection: the projected text embedding
-            widths.append(_weighted(z, chunk.weights))
-        pieces.append(torch.cat(widths, dim=-1))
-    return torch.cat(pieces, dim=1), pooled
+    for (_, encoder), chunks in zip(pairs, per_encoder, strict=True):
+        rows = [chunk for chunk in chunks for _ in range(images)]  # chunk-major: chunk 0 of every image first
+        ids = torch.tensor([c.tokens for c in rows], dtype=torch.long, device=encoder.device)
+        z, out = _hidden(encoder, ids, family, clip_skip)
+        if family in SDXL_FAMILIES and encoder is pairs[-1][1]:
+            pooled = out[0][:images]  # CLIPTextModelWithProjection's projected embedding, of the first chunk
+        z = _weighted(z, torch.tensor([c.weights for c in rows]))
+        count, tokens, width = len(chunks), z.shape[1], z.shape[2]
+        widths.append(z.reshape(count, images, tokens, width).transpose(0, 1).reshape(images, count * tokens, width))
+    return torch.cat(widths, dim=-1), pooled
 
 
 def chunk_count(pipe: Any, family: Family, text: str, syntax: PromptSyntax = "a1111") -> int:
@@ -131,9 +127,14 @@ def encode_prompts(pipe: Any, family: Family, prompt: str, negative_prompt: str,
     bits as diffusers' own encoding (a batch of one repeated would differ in the last float bits)."""
     if clip_skip < 1:
         raise ValueError(f"clip_skip must be >= 1, got {clip_skip}")
-    positive_chunks = chunk_count(pipe, family, prompt, syntax)
-    negative_chunks = chunk_count(pipe, family, negative_prompt, syntax)
-    chunks = max(positive_chunks, negative_chunks)
-    embeds, pooled = _encode_text(pipe, family, prompt, clip_skip, syntax, chunks, images)
-    negative, negative_pooled = _encode_text(pipe, family, negative_prompt, clip_skip, syntax, chunks, images)
-    return PromptEmbeddings(embeds, negative, pooled, negative_pooled)
+    pairs = _encoders(pipe, family)
+    positive = [_chunks(pipe, tokenizer, prompt, syntax) for tokenizer, _ in pairs]
+    negative = [_chunks(pipe, tokenizer, negative_prompt, syntax) for tokenizer, _ in pairs]
+    count = max(len(chunks) for chunks in positive + negative)
+    for (tokenizer, _), pos, neg in zip(pairs, positive, negative, strict=True):  # pad with empty-prompt chunks
+        empty = _chunks(pipe, tokenizer, "", "plain")[0]
+        pos += [empty] * (count - len(pos))
+        neg += [empty] * (count - len(neg))
+    embeds, pooled = _encode_chunks(pairs, positive, family, clip_skip, images)
+    negative_embeds, negative_pooled = _encode_chunks(pairs, negative, family, clip_skip, images)
+    return PromptEmbeddings(embeds, negative_embeds, pooled, negative_pooled)
