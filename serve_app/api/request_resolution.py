@@ -50,6 +50,7 @@ from serve_app.model.generation.job import (
     Txt2Img,
     random_seed,
 )
+from serve_app.model.generation.schedulers import scheduler_key
 
 MAX_IMAGE_BYTES = 32 * 1024 * 1024  # an encoded init image, before base64
 INIT_IMAGE_SCALE = 2  # an init image may be this many times the mode's max_width / max_height
@@ -189,7 +190,11 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         steps=steps,
         guidance_scale=guidance,
         seeds=[seed + i for i in range(num_images)],
-        scheduler=req.scheduler or mode.scheduler,
+        scheduler=scheduler_key(req.scheduler or mode.scheduler,
+                                req.schedule_type or ("automatic" if req.scheduler else mode.schedule_type),
+                                name("schedule_type")),
+        clip_skip=req.clip_skip or d.clip_skip,
+        prompt_syntax=mode.prompt_syntax,
         output_format=req.output_format,
         request_id=request_id,
         loras=loras,

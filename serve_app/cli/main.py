@@ -78,6 +78,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     fields = dict(prompt=args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height,
                   steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed, scheduler=args.scheduler,
                   output_format=Path(args.output).suffix.lstrip(".").lower().replace("jpg", "jpeg") or "png")
+    req: Txt2ImgRequest
     if args.image:
         req = Img2ImgRequest(**fields, image=base64.b64encode(Path(args.image).read_bytes()).decode(),
                              strength=args.strength)

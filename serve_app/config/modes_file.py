@@ -31,10 +31,11 @@ from serve_app.config.app_args import MODE_DEPLOYMENT_DEFAULTS, RESERVED_DEPLOYM
 from serve_app.core.errors import ConfigError
 from serve_app.core.strict_model import FieldError, StrictModel, config_error_text
 from serve_app.model.families import Family
-from serve_app.model.generation.schedulers import SchedulerName
+from serve_app.model.generation.schedulers import SchedulerName, ScheduleType, schedule_types_for
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, is_checkpoint_candidate
 from serve_app.model.inspection.checkpoint_problems import CheckpointProblem, survey_checkpoint
 from serve_app.model.inspection.vram_estimate import DTypeName, VramEstimate, estimate_vram
+from serve_app.model.prompts.attention_syntax import PromptSyntax
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class ModeDefaults(StrictModel):
     guidance_scale: float = Field(7.0, ge=0.0, description="Classifier-free guidance scale.")
     negative_prompt: str = Field("", description="Negative prompt used when a request gives none.")
     strength: float = Field(0.75, gt=0.0, le=1.0, description="img2img strength when a request gives none.")
+    clip_skip: int = Field(1, ge=1, le=12, description="A1111's clip skip (`CLIP_stop_at_last_layers`): 1 = the "
+                           "text encoder's last layer, 2 = the one before (what most SD 1.x anime checkpoints "
+                           "expect); on SDXL 1 and 2 both mean the penultimate layer.")
 
     @field_validator("width", "height")
     @classmethod
@@ -99,6 +103,11 @@ class ModeConfig(StrictModel):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="Weights dtype; auto = fp16 on CUDA, fp32 on CPU.")
     scheduler: SchedulerName = Field("euler", description="Default sampler of the mode.")
+    schedule_type: ScheduleType = Field("automatic", description="Default schedule type of the mode's sampler "
+                                        "(one the sampler takes: see the README's sampler table).")
+    prompt_syntax: PromptSyntax = Field("a1111", description="a1111: `(word:1.2)`, `(word)`, `[word]`, `\\(` "
+                                        "escapes and `BREAK` weight the prompt; plain: the prompt is literal text. "
+                                        "Prompts beyond 75 tokens are encoded in chunks either way.")
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Override of the checkpoint's prediction type (SD 2.x 512 base models: epsilon; "
         "the shipped SD2 single-file config assumes the 768 v-prediction model).")
@@ -120,6 +129,15 @@ class ModeConfig(StrictModel):
     jobs: dict[str, str] = Field(
         default_factory=dict,
         description="Custom job types: name -> import path `package.module:function`.")
+
+    @field_validator("schedule_type")
+    @classmethod
+    def _served_with_the_sampler(cls, v: str, info) -> str:
+        sampler = info.data.get("scheduler")
+        if sampler is not None and v not in schedule_types_for(sampler):
+            raise ValueError(f"schedule_type {v!r} is not available with scheduler {sampler!r}; it takes: "
+                             f"{', '.join(schedule_types_for(sampler))}")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -51,6 +51,7 @@ from serve_app.api.schemas.a1111 import (
 )
 from serve_app.api.upscaling import PIXEL_UPSCALERS, png_b64, upscale_image
 from serve_app.core.errors import RequestValidationError, UnknownModeError
+from serve_app.model.generation.a1111_samplers import A1111_SCHEDULE_TYPES
 from serve_app.model.generation.job import random_seed
 from serve_app.model.inspection.adapter_inspect import AdapterKind
 
@@ -291,8 +292,8 @@ async def sdapi_samplers() -> list[A1111Sampler]:
 @router.get("/sdapi/v1/schedulers", tags=A1111, dependencies=CLIENT, summary="A1111: schedule types",
             response_model=list[A1111Scheduler], responses=ERRORS)
 async def sdapi_schedulers() -> list[A1111Scheduler]:
-    return [A1111Scheduler(name="automatic", label="Automatic", default_rho=-1.0, need_inner_model=False),
-            A1111Scheduler(name="karras", label="Karras", default_rho=7.0, need_inner_model=False)]
+    return [A1111Scheduler(name=name, label=label, default_rho=rho, need_inner_model=False)
+            for name, (label, rho) in A1111_SCHEDULE_TYPES.items()]
 
 
 @router.get("/internal/ping", tags=A1111, summary="A1111: ping", response_model=dict[str, Any], responses=ERRORS)

@@ -17,25 +17,12 @@ from serve_app.api.a1111_prompt_tags import split_lora_tags
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, RefinerPass, Txt2ImgRequest
 from serve_app.core.errors import RequestValidationError
 from serve_app.core.strict_model import FieldError, describe_error, quote
+from serve_app.model.generation.a1111_samplers import A1111_SAMPLER_TABLE, a1111_sampler
 from serve_app.model.generation.job import MAX_SEED
 
-# A1111 sampler name -> Dream Lab scheduler. Karras variants also come as sampler + scheduler "Karras".
-A1111_SAMPLERS: dict[str, str] = {
-    "Euler": "euler",
-    "Euler a": "euler_a",
-    "DDIM": "ddim",
-    "DPM++ 2M": "dpmpp_2m",
-    "DPM++ 2M Karras": "dpmpp_2m_karras",
-    "Heun": "heun",
-    "LMS": "lms",
-    "PLMS": "pndm",
-    "UniPC": "unipc",
-}
-A1111_SAMPLER_ALIASES: dict[str, list[str]] = {
-    "Euler": ["k_euler"], "Euler a": ["k_euler_a", "k_euler_ancestral"], "DDIM": [],
-    "DPM++ 2M": ["k_dpmpp_2m"], "DPM++ 2M Karras": ["k_dpmpp_2m_ka"], "Heun": ["k_heun"], "LMS": ["k_lms"],
-    "PLMS": [], "UniPC": [],
-}
+# A1111 sampler name -> served sampler, and its aliases (the table: `a1111_samplers`)
+A1111_SAMPLERS: dict[str, str] = {name: entry.scheduler for name, entry in A1111_SAMPLER_TABLE.items()}
+A1111_SAMPLER_ALIASES: dict[str, list[str]] = {name: list(e.aliases) for name, e in A1111_SAMPLER_TABLE.items()}
 
 
 # The A1111 field of each native field an A1111 request becomes: errors of the native request name the
@@ -44,7 +31,8 @@ A1111_FIELD_NAMES: dict[str, str] = {
     "image": "init_images", "strength": "denoising_strength", "guidance_scale": "cfg_scale",
     "num_images": "batch_size", "loras": "prompt", "vae": "override_settings.sd_vae", "hires": "enable_hr",
     "hires.scale": "hr_scale", "hires.width": "hr_resize_x", "hires.height": "hr_resize_y",
-    "hires.steps": "hr_second_pass_steps", "refiner.mode": "refiner_checkpoint",
+    "hires.steps": "hr_second_pass_steps", "refiner.mode": "refiner_checkpoint", "scheduler": "sampler_name",
+    "schedule_type": "scheduler", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
 }
 # A1111 hires upscaler -> Dream Lab's (`None` in A1111 is a plain Lanczos resize)
 A1111_HR_UPSCALERS: dict[str, str] = {
@@ -97,7 +85,8 @@ class A1111Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=16, description="Batches.")
     sampler_name: str | None = Field(None, description="A1111 sampler name (see /sdapi/v1/samplers).")
     sampler_index: str | None = Field(None, description="Old name of sampler_name.")
-    scheduler: str | None = Field(None, description="A1111 >= 1.9 schedule type; 'Karras' picks Karras sigmas.")
+    scheduler: str | None = Field(None, description="A1111 >= 1.9 schedule type (see /sdapi/v1/schedulers); "
+                                  "Automatic: the sampler's own.")
     denoising_strength: float | None = Field(None, description="img2img: how much to change the image; txt2img: "
                                              "how much the hires pass does (default 0.7).")
     enable_hr: bool = Field(False, description="Hires fix: upscale and denoise again.")
@@ -110,7 +99,10 @@ class A1111Txt2ImgRequest(BaseModel):
     refiner_checkpoint: str | None = Field(None, description="An sdxl-refiner mode to finish an sdxl image.")
     refiner_switch_at: float = Field(0.8, gt=0, lt=1, description="Fraction of the steps the base runs.")
     override_settings: dict[str, Any] | None = Field(None, description="`sd_model_checkpoint` picks the mode; "
-                                                     "`sd_vae` a VAE of the mode (`Automatic`: its own).")
+                                                     "`sd_vae` a VAE of the mode (`Automatic`: its own); "
+                                                     "`CLIP_stop_at_last_layers` the clip skip.")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="Clip skip, as some A1111-compatible clients send "
+                                  "it; `override_settings.CLIP_stop_at_last_layers` wins.")
 
     @field_validator("scheduler", "override_settings")
     @classmethod
@@ -136,12 +128,26 @@ class A1111Txt2ImgRequest(BaseModel):
 
     def native_fields(self, checkpoint_param: str = "override_settings.sd_model_checkpoint") -> dict[str, Any]:
         sampler_field = "sampler_name" if self.sampler_name else "sampler_index"
+        scheduler, schedule_type = a1111_sampler(self.sampler_name or self.sampler_index, self.scheduler,
+                                                 sampler_field)
         prompt, loras = split_lora_tags(self.prompt)
         return dict(prompt=prompt, loras=loras, negative_prompt=self.negative_prompt, vae=self.vae(),
                     seed=None if self.seed == -1 else self.seed, steps=self.steps, guidance_scale=self.cfg_scale,
                     width=self.width, height=self.height, num_images=self.batch_size,
-                    scheduler=a1111_scheduler(self.sampler_name or self.sampler_index, self.scheduler,
-                                              sampler_field))
+                    clip_skip=self.clip_skip_value(),
+                    scheduler=scheduler, schedule_type=schedule_type)
+
+    def clip_skip_value(self) -> int | None:
+        """`override_settings.CLIP_stop_at_last_layers`, else `clip_skip`; None keeps the mode's."""
+        value = (self.override_settings or {}).get("CLIP_stop_at_last_layers")
+        if value is None:
+            return self.clip_skip
+        whole = isinstance(value, int | float) and not isinstance(value, bool) and value == int(value)
+        if not whole or not 1 <= value <= 12:
+            field = "override_settings.CLIP_stop_at_last_layers"
+            raise RequestValidationError(f"`{field}` must be a whole number from 1 to 12, got {quote(value)}",
+                                         param=field)
+        return int(value)
 
     def checkpoint(self) -> str | None:
         value = (self.override_settings or {}).get("sd_model_checkpoint")
@@ -202,23 +208,6 @@ class A1111Img2ImgRequest(A1111Txt2ImgRequest):
                                   masked_content=MASKED_CONTENT[self.inpainting_fill],
                                   inpaint_full_res=self.inpaint_full_res,
                                   inpaint_full_res_padding=self.inpaint_full_res_padding, **common)
-
-
-def a1111_scheduler(sampler: str | None, schedule: str | None, field: str = "sampler_name") -> str | None:
-    """Map an A1111 sampler (and schedule type) onto a Dream Lab scheduler; None keeps the mode's.
-
-    `field` is where the client put the sampler (`sampler_name`, or the older `sampler_index`)."""
-    if not sampler:
-        return None
-    by_alias = {alias: name for name, aliases in A1111_SAMPLER_ALIASES.items() for alias in aliases}
-    name = sampler if sampler in A1111_SAMPLERS else by_alias.get(sampler)
-    if name is None:
-        raise RequestValidationError(
-            f"`{field}` {quote(sampler)} is not supported; use one of: {', '.join(A1111_SAMPLERS)}",
-            param=field)
-    if (schedule or "").lower() == "karras" and name == "DPM++ 2M":
-        name = "DPM++ 2M Karras"
-    return A1111_SAMPLERS[name]
 
 
 # -- responses ---------------------------------------------------------------------------------------

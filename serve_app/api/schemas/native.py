@@ -11,7 +11,7 @@ from serve_app.api.schemas.error_paths import inner, relocated
 from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST, ModeDefaults, ModeLimits
 from serve_app.core.strict_model import StrictModel
 from serve_app.model.generation.job import MAX_SEED, GenerationResult, OutputFormat, Upscaler
-from serve_app.model.generation.schedulers import SchedulerName
+from serve_app.model.generation.schedulers import SchedulerName, ScheduleType
 from serve_app.model.inspection.adapter_inspect import AdapterInfo, AdapterProblem
 from serve_app.model.inspection.checkpoint_problems import CheckpointProblem
 from serve_app.model.model_state import ModelState, Tier
@@ -57,6 +57,11 @@ class Txt2ImgRequest(StrictModel):
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
     num_images: int | None = Field(None, description="Images to make (default 1).")
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
+    schedule_type: ScheduleType | None = Field(None, description="Noise schedule of the sampler (karras, "
+                                               "exponential, ...; see the README's table); `automatic` (the "
+                                               "sampler's own) when `scheduler` is given, else the mode's.")
+    clip_skip: int | None = Field(None, ge=1, le=12, description="A1111's clip skip: 1 = the text encoder's last "
+                                  "layer, 2 = the penultimate one; the mode's default when left out.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
     loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS_PER_REQUEST,
                                  description="LoRAs to apply, at most the mode's `max_loras`. Textual-inversion "

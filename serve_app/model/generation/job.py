@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from serve_app.model.prompts.attention_syntax import PromptSyntax
+
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
@@ -123,6 +125,8 @@ class GenerationRequest:
     seeds: list[int]
     scheduler: str
     output_format: OutputFormat
+    clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: 1 = the text encoder's last layer
+    prompt_syntax: PromptSyntax = "a1111"  # plain: brackets and BREAK are literal text
     request_id: str = "-"
     loras: list[LoraUse] = field(default_factory=list)
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use

@@ -55,6 +55,7 @@ from serve_app.model.loading.pipeline_loader import (
     torch_dtype_for,
 )
 from serve_app.model.model_state import ModelState, Tier
+from serve_app.model.prompts.encoding import encode_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -285,8 +286,9 @@ class ModelRunner:
                 return kwargs
 
             call: dict[str, Any] = dict(
-                prompt=[self.embeddings.in_prompt(params.prompt, params.embeddings)] * n,
-                negative_prompt=[self.embeddings.in_prompt(params.negative_prompt, params.embeddings)] * n,
+                **encode_prompts(pipe, self.family, self.embeddings.in_prompt(params.prompt, params.embeddings),
+                                 self.embeddings.in_prompt(params.negative_prompt, params.embeddings),
+                                 params.clip_skip, params.prompt_syntax, images=n).call_kwargs(),
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
