@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments import metrics
-from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent
+from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent, RegistryStats
 from deployments.registry.client import RegistryClient
 from deployments.router.fair_queue import FairQueue
 from deployments.router.mode_client import ModeClient
@@ -70,6 +70,8 @@ class Gateway:
         self.replicas: dict[str, int] = {}  # live replicas per mode, from the registry
         self.started_at = time.time()
         self._poller: asyncio.Task | None = None
+        self._stats: tuple[float, RegistryStats] | None = None  # (when, what) of the last registry stats
+        self._stats_call: asyncio.Future[RegistryStats] | None = None
 
     @property
     def draining(self) -> bool:
@@ -82,6 +84,19 @@ class Gateway:
         return switched if switched in self.catalog.modes else self.catalog.default
 
     # -- operator state shared through the registry: drain flag, default mode ----------------------------
+    async def registry_stats(self, max_age_s: float = 0.0) -> RegistryStats:
+        """The registry's per-device stats. With `max_age_s`, an answer at most that old; concurrent callers
+        share one registry call, so a flood of probes costs the registry one call per `max_age_s`."""
+        if self.registry is None:
+            return RegistryStats(devices=[], draining=self.draining, replicas={})
+        if self._stats is not None and time.monotonic() - self._stats[0] <= max_age_s:
+            return self._stats[1]
+        if self._stats_call is None or self._stats_call.done():
+            self._stats_call = asyncio.ensure_future(self.registry.stats())
+        stats = await asyncio.shield(self._stats_call)
+        self._stats = (time.monotonic(), stats)
+        return stats
+
     async def ensure_poller(self) -> None:
         """Report in-flight work and the operator state to the registry, learn its (every 0.2 s).
 

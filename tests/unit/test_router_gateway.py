@@ -7,10 +7,11 @@ import asyncio
 import base64
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, RouterPollAnswer
+from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, RegistryStats, RouterPollAnswer
 from deployments.router.gateway import Gateway
 from deployments.router.ingress import create_http_app
 from deployments.router.mode_client import ModeClient
@@ -55,6 +56,13 @@ class FakeRegistry:
 
     async def router_poll(self, router: str, inflight: int, state: OperatorState) -> RouterPollAnswer:
         return RouterPollAnswer(state=self.state, replicas={"sd1": 1, "sd2": 1})
+
+    stats_calls = 0
+
+    async def stats(self) -> RegistryStats:
+        self.stats_calls += 1
+        await asyncio.sleep(0.01)
+        return RegistryStats(devices=[], draining=self.state.draining, replicas={})
 
 
 def make_gateway(registry: Any = None, access: AccessPolicy | None = None) -> tuple[Gateway, InProcessWorkers]:
@@ -159,3 +167,18 @@ def test_a_malformed_basic_header_gets_the_policy_answer() -> None:
             refused = client.get("/v1/models", headers={"Authorization": header})
             assert refused.status_code == 401, header
             assert refused.json()["error"]["message"] == "a valid API key is required (Authorization: Bearer <key>)"
+
+
+def test_a_flood_of_readiness_probes_costs_the_registry_one_call() -> None:
+    registry = FakeRegistry(OperatorState(version=1))
+    gateway, _ = make_gateway(registry=registry)
+
+    async def probes() -> list[int]:
+        transport = httpx.ASGITransport(app=create_http_app(gateway))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+        return [a.status_code for a in answers]
+
+    statuses = asyncio.run(probes())
+    assert statuses == [503] * 50  # the default mode loads on start and no replica has it yet
+    assert registry.stats_calls == 1

@@ -158,18 +158,19 @@ async def run_job(gw: GatewayDep, job_type: str, body: JobRequest) -> JobRespons
     return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
 
 
-async def _stats(gw: Gateway) -> RegistryStats:
-    if gw.registry is None:
-        return RegistryStats(devices=[], draining=gw.draining, replicas={})
-    return await gw.registry.stats()
+READYZ_MAX_AGE_S = 1.0  # probes answer from the router's view at most this old: a probe flood is no registry load
 
 
 @router.get("/v1/modes", tags=NATIVE, dependencies=CLIENT,
             summary="Every mode with its state and VRAM", response_model=ModesResponse,
             responses=error_responses(FrontEnd.NATIVE))
 async def list_modes(gw: GatewayDep) -> ModesResponse:
+    return await _modes(gw)
+
+
+async def _modes(gw: Gateway, max_age_s: float = 0.0) -> ModesResponse:
     await gw.ensure_poller()  # the default mode and the replica counts come with the registry's poll
-    stats = await _stats(gw)
+    stats = await gw.registry_stats(max_age_s)
     models = [m for d in stats.devices for m in d.models]
     in_ram = {m.mode for n in stats.nodes for m in n.models}
     out = []
@@ -217,7 +218,7 @@ async def list_adapters(gw: GatewayDep) -> AdaptersResponse:
 @router.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",
             response_model=RegistryStats, responses=error_responses(FrontEnd.NATIVE))
 async def registry_stats(gw: GatewayDep) -> RegistryStats:
-    return await _stats(gw)
+    return await gw.registry_stats()
 
 
 @router.get("/healthz", tags=OPS, summary="Liveness", response_model=HealthResponse,
@@ -235,7 +236,8 @@ async def readyz(gw: GatewayDep) -> Any:
         return JSONResponse({"status": "draining"}, status_code=503)
     default = gw.catalog.modes[gw.current_default]
     if default.config.load_on_start:
-        state = next(m.state for m in (await list_modes(gw)).modes if m.name == default.name)
+        modes = (await _modes(gw, READYZ_MAX_AGE_S)).modes
+        state = next(m.state for m in modes if m.name == default.name)
         if state is not ModelState.READY:
             return JSONResponse({"status": "not_ready", "default_mode": default.name, "state": state.value},
                                 status_code=503)
