@@ -58,4 +58,5 @@ def build_app(args: dict[str, Any] | None = None):
     return serve.deployment(name=ROUTER_DEPLOYMENT)(RouterIngress).options(
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
         modes=modes, model_root=str(root), mode_handles=handles, registry=registry, access=a.access,
-        fair_share=a.fair_share, task_store=tasks, tasks=a.tasks, http=a.http)
+        fair_share=a.fair_share, task_store=tasks, tasks=a.tasks, http=a.http,
+        timeouts=a.timeouts)

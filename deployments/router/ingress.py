@@ -27,7 +27,13 @@ from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.image_store import ImageStore
 from serve_app.api.mode_catalog import ModeCatalog
-from serve_app.config.app_args import AccessConfig, FairShareConfig, HttpLimitsConfig, TasksConfig
+from serve_app.config.app_args import (
+    AccessConfig,
+    FairShareConfig,
+    HttpLimitsConfig,
+    TasksConfig,
+    WorkerTimeoutsConfig,
+)
 from serve_app.config.modes_file import ModesFile
 
 DESCRIPTION = ("Stable Diffusion from many checkpoints at once: native API, OpenAI images API, AUTOMATIC1111 "
@@ -48,11 +54,12 @@ def create_http_app(gateway: Gateway, http: HttpLimitsConfig | None = None) -> F
 
 def build_gateway(*, modes: ModesFile, model_root: Path, mode_handles: dict[str, Any], registry: Any = None,
                   access: AccessConfig | None = None, fair_share: FairShareConfig | None = None,
-                  task_store: Any = None, tasks: TasksConfig | None = None) -> Gateway:
+                  task_store: Any = None, tasks: TasksConfig | None = None,
+                  timeouts: WorkerTimeoutsConfig | None = None) -> Gateway:
     """The gateway of a router replica: reads the checkpoints' headers and scans the model root's adapters."""
     return Gateway(catalog=ModeCatalog(modes, model_root), adapters=AdapterCatalog(model_root),
-                   workers=ModeClient(mode_handles), access=AccessPolicy.from_config(access or AccessConfig()),
-                   fair_share=fair_share, tasks=tasks,
+                   workers=ModeClient(mode_handles, timeouts),
+                   access=AccessPolicy.from_config(access or AccessConfig()), fair_share=fair_share, tasks=tasks,
                    registry=RegistryClient(registry) if registry is not None else None, task_store=task_store)
 
 
@@ -64,11 +71,11 @@ class RouterIngress:
     def __init__(self, *, modes: ModesFile, model_root: str, mode_handles: dict[str, Any], registry: Any = None,
                  access: AccessConfig | None = None, fair_share: FairShareConfig | None = None,
                  task_store: Any = None, tasks: TasksConfig | None = None,
-                 http: HttpLimitsConfig | None = None) -> None:
+                 http: HttpLimitsConfig | None = None, timeouts: WorkerTimeoutsConfig | None = None) -> None:
         self.http = http
         self.gateway = build_gateway(modes=modes, model_root=Path(model_root), mode_handles=mode_handles,
                                      registry=registry, access=access, fair_share=fair_share,
-                                     task_store=task_store, tasks=tasks)
+                                     task_store=task_store, tasks=tasks, timeouts=timeouts)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_http_app(self.gateway, self.http)

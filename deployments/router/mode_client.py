@@ -7,11 +7,15 @@ those adapters), and Ray's own failures come out as Dream Lab errors (`worker_er
 or IPs). A generation whose replica goes away is sent once more (Serve picks another replica): generation
 has no side effects, so running it twice is safe; a stream is retried only while nothing was streamed.
 
+Every call has a deadline (`WorkerTimeoutsConfig`): a replica that hangs (a stuck thread, a stopped process)
+answers 504 and the call is cancelled, so the caller's fair-queue slot is freed.
+
 It imports neither FastAPI nor the router's app: the task store uses it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -21,9 +25,27 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.protocol import GenerationRequest, GenerationResult, LoadAnswer, ProgressEvent, UnloadAnswer
-from serve_app.core.errors import ModeUnavailableError, QueueFullError
+from serve_app.config.app_args import WorkerTimeoutsConfig
+from serve_app.core.errors import ModeUnavailableError, QueueFullError, WorkerTimeoutError
 
 logger = logging.getLogger(__name__)
+
+
+async def within(response: Any, timeout_s: float, mode: str, what: str) -> Any:
+    """Await a handle's response for at most `timeout_s`; past it the call is cancelled (the replica stops
+    the request) and a 504 says which mode did not answer."""
+    try:
+        return await asyncio.wait_for(_awaited(response), timeout_s)
+    except TimeoutError:
+        cancel = getattr(response, "cancel", None)
+        if cancel is not None:
+            cancel()
+        raise WorkerTimeoutError(f"mode {mode!r} did not answer the {what} within {timeout_s:g} s; retry later",
+                                 retry_after_s=5) from None
+
+
+async def _awaited(response: Any) -> Any:
+    return await response
 
 
 @contextlib.contextmanager
@@ -42,8 +64,9 @@ def worker_errors(mode: str, request_id: str = "-") -> Iterator[None]:
 class ModeClient:
     """Typed calls to the mode workers; `handles` maps a mode's name to its deployment's handle."""
 
-    def __init__(self, handles: Mapping[str, Any]) -> None:
+    def __init__(self, handles: Mapping[str, Any], timeouts: WorkerTimeoutsConfig | None = None) -> None:
         self.handles = dict(handles)
+        self.timeouts = timeouts or WorkerTimeoutsConfig()
 
     def _handle(self, mode: str, request: GenerationRequest | None = None) -> Any:
         handle = self.handles[mode]
@@ -52,7 +75,8 @@ class ModeClient:
 
     async def generate_once(self, mode: str, request: GenerationRequest) -> GenerationResult:
         with worker_errors(mode, request.request_id):
-            result: GenerationResult = await self._handle(mode, request).generate.remote(request)
+            result: GenerationResult = await within(self._handle(mode, request).generate.remote(request),
+                                                    self.timeouts.generate_s, mode, "generation")
             return result
 
     async def generate(self, mode: str, request: GenerationRequest) -> GenerationResult:
@@ -72,10 +96,16 @@ class ModeClient:
             try:
                 with worker_errors(mode, request.request_id):
                     stream = self._handle(mode, request).options(stream=True).generate_stream.remote(request)
-                    async for event in stream:
+                    while True:
+                        try:
+                            event = await within(anext(stream), self.timeouts.stream_idle_s, mode, "next step")
+                        except StopAsyncIteration:
+                            return
+                        except WorkerTimeoutError:
+                            stream.cancel()
+                            raise
                         streamed = True
                         yield event
-                return
             except ModeUnavailableError:
                 if streamed or attempt == 2:
                     raise
@@ -84,14 +114,16 @@ class ModeClient:
     async def run_job(self, mode: str, job_type: str, payload: dict[str, Any], request_id: str) -> Any:
         """A custom job of `mode` (its `jobs:`); not retried (a job may have side effects)."""
         with worker_errors(mode, request_id):
-            return await self._handle(mode).run.remote(job_type, payload, request_id)
+            return await within(self._handle(mode).run.remote(job_type, payload, request_id), self.timeouts.job_s,
+                                mode, f"job {job_type!r}")
 
     async def load(self, mode: str) -> LoadAnswer:
         with worker_errors(mode):
-            answer: LoadAnswer = await self._handle(mode).load.remote()
+            answer: LoadAnswer = await within(self._handle(mode).load.remote(), self.timeouts.load_s, mode, "load")
             return answer
 
     async def unload(self, mode: str) -> UnloadAnswer:
         with worker_errors(mode):
-            answer: UnloadAnswer = await self._handle(mode).unload.remote()
+            answer: UnloadAnswer = await within(self._handle(mode).unload.remote(), self.timeouts.unload_s, mode,
+                                                "unload")
             return answer

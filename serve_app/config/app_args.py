@@ -102,6 +102,18 @@ class TasksConfig(StrictModel):
     webhook_backoff_s: float = Field(0.5, gt=0, description="Wait before the 2nd try; doubled each time.")
 
 
+class WorkerTimeoutsConfig(StrictModel):
+    """How long the router waits on a mode replica before it answers 504 and frees the request's slot (a hung
+    replica, a stuck thread). Generous: they bound hangs, not slow work."""
+
+    generate_s: float = Field(900.0, gt=0, description="A whole generation (direct routes).")
+    stream_idle_s: float = Field(300.0, gt=0, description="The longest wait for the next progress event of a "
+                                 "streamed generation (a cold load comes before the first).")
+    job_s: float = Field(900.0, gt=0, description="A custom job.")
+    load_s: float = Field(1800.0, gt=0, description="A mode load (`/v1/modes/{name}/load`: may convert a file).")
+    unload_s: float = Field(60.0, gt=0, description="A mode unload.")
+
+
 class HttpLimitsConfig(StrictModel):
     """Request bodies bounded before any route runs (see `deployments.router.body_guard`)."""
 
@@ -124,6 +136,8 @@ class AppArgs(StrictModel):
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig, description="Sharing modes between "
                                         "clients.")
     tasks: TasksConfig = Field(default_factory=TasksConfig, description="Async tasks and their webhooks.")
+    timeouts: WorkerTimeoutsConfig = Field(default_factory=WorkerTimeoutsConfig, description="Calls from the "
+                                           "router to mode replicas.")
     http: HttpLimitsConfig = Field(default_factory=HttpLimitsConfig, description="Request bodies: size and time "
                                    "limits applied before any route runs.")
 
