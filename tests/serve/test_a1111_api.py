@@ -108,3 +108,34 @@ def test_ping_and_bad_input_in_a1111_shape(demo_url):
     assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
     no_image = httpx.post(f"{demo_url}/sdapi/v1/img2img", json={"prompt": "x"}, timeout=60)
     assert no_image.status_code == 422 and json.loads(no_image.text)["param"] == "init_images"
+
+
+def test_an_images_infotext_reads_back_through_png_info(api, demo_url):
+    r = api.txt2img(prompt="a (red:1.2) fox, BREAK snow", negative_prompt="blurry", width=64, height=64, steps=3,
+                    seed=5, cfg_scale=6.5, sampler_name="DPM++ 2M SDE", scheduler="Karras",
+                    override_settings={"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "sd1"})
+    sent = r.info["infotexts"][0]
+    assert sent == r.images[0].info["parameters"]  # the PNG carries it
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    r.images[0].save(buf, format="PNG", pnginfo=_pnginfo(sent))
+    back = httpx.post(f"{demo_url}/sdapi/v1/png-info", json={"image": base64.b64encode(buf.getvalue()).decode()},
+                      timeout=60).json()
+    assert back["info"] == sent
+    fields = back["parameters"]
+    assert fields["Prompt"] == "a (red:1.2) fox, BREAK snow" and fields["Negative prompt"] == "blurry"
+    assert (fields["Steps"], fields["Seed"], fields["CFG scale"], fields["Size"]) == ("3", "5", "6.5", "64x64")
+    assert (fields["Sampler"], fields["Schedule type"], fields["Clip skip"]) == ("DPM++ 2M SDE", "Karras", "2")
+    assert fields["Model"] == "sd1" and len(fields["Model hash"]) == 10
+    model = next(m for m in api.get_sd_models() if m["model_name"] == "sd1")
+    assert model["hash"] == fields["Model hash"] and not model["filename"].startswith("/")
+
+
+def _pnginfo(text: str):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", text)
+    return info

@@ -39,3 +39,34 @@ def test_the_png_carries_its_parameters_chunk() -> None:
     data = png_with_infotext(Image.new("RGB", (8, 8), "red"), "a cat\nSteps: 4, Seed: 1, Size: 8x8")
     assert read_infotext(Image.open(io.BytesIO(data))) == "a cat\nSteps: 4, Seed: 1, Size: 8x8"
     assert read_infotext(Image.new("RGB", (2, 2))) is None
+
+
+def test_every_png_carries_its_generation_parameters(demo_models_dir) -> None:
+    """A generated PNG's `parameters` chunk is A1111's infotext of that image, model hash included."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from serve_app.api.request_resolution import resolve_request
+    from serve_app.api.schemas.native import Txt2ImgRequest
+    from serve_app.config.modes_file import ModeConfig
+    from serve_app.model.generation.infotext import parse_infotext, read_infotext
+    from serve_app.model.generation.runner import ModelRunner
+    from serve_app.model.inspection.model_hashes import compute_sha256
+
+    path = demo_models_dir / "tiny-sd1"
+    runner = ModelRunner(ModeConfig(name="tiny-sd1", checkpoint=str(path)), path, device=torch.device("cpu"))
+    runner.load()
+    body = Txt2ImgRequest(prompt="a (red:1.2) fox", negative_prompt="blurry", steps=2, seed=11, width=64,
+                          height=64, scheduler="dpmpp_2m", schedule_type="karras", num_images=2)
+    result = runner.generate(resolve_request(body, runner.mode, runner.family))
+    for image in result.images:
+        text = read_infotext(Image.open(io.BytesIO(image.data)))
+        assert text == image.infotext
+        parsed = parse_infotext(text)
+        assert parsed["Prompt"] == "a (red:1.2) fox" and parsed["Negative prompt"] == "blurry"
+        assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"]) == ("2", "DPM++ 2M", "Karras")
+        assert parsed["Seed"] == str(image.seed) and parsed["Size"] == "64x64"
+        assert parsed["Model hash"] == compute_sha256(runner.info.path)[:10] and parsed["Model"] == runner.mode.name
+    assert [parse_infotext(i.infotext)["Seed"] for i in result.images] == ["11", "12"]

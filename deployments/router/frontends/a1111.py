@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import current_request_id
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
+from serve_app.api.png_info import png_info
 from serve_app.api.schemas.a1111 import (
     A1111_HR_UPSCALERS,
     A1111_SAMPLER_ALIASES,
@@ -39,6 +39,8 @@ from serve_app.api.schemas.a1111 import (
     A1111LatentUpscaleMode,
     A1111Lora,
     A1111Options,
+    A1111PngInfoRequest,
+    A1111PngInfoResponse,
     A1111Progress,
     A1111ProgressState,
     A1111Sampler,
@@ -54,6 +56,7 @@ from serve_app.core.errors import RequestValidationError, UnknownModeError
 from serve_app.model.generation.a1111_samplers import A1111_SCHEDULE_TYPES
 from serve_app.model.generation.job import random_seed
 from serve_app.model.inspection.adapter_inspect import AdapterKind
+from serve_app.model.inspection.model_hashes import cached_sha256, short_hash
 
 A1111: list[str | Enum] = [FrontEnd.A1111.value]
 CHECKPOINT_PARAM = "override_settings.sd_model_checkpoint"
@@ -61,13 +64,10 @@ GENERATION_ERRORS = error_responses(FrontEnd.A1111, 404, 422, 503, 507)
 ERRORS = error_responses(FrontEnd.A1111)
 
 
-def checkpoint_sha256(mode: ServedMode) -> str:
-    """A content fingerprint that costs no tensor read: the checkpoint's metadata and size."""
-    info = mode.info
-    digest = hashlib.sha256(
-        f"{info.format.value}|{info.family.value}|{info.param_count}|{info.param_bytes}|{info.file_bytes}|"
-        f"{Path(info.path).name}".encode())
-    return digest.hexdigest()
+def checkpoint_sha256(mode: ServedMode) -> str | None:
+    """A1111's model hash (SHA-256 of the file), once a replica has computed it after its load; the router
+    never reads the checkpoint itself."""
+    return cached_sha256(mode.info.path)
 
 
 @dataclass
@@ -136,17 +136,20 @@ async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgR
         mode = _a1111_mode(gw, body.checkpoint())
         first_seed = body.seed if body.seed != -1 else random_seed(body.batch_size * body.n_iter)
         images: list[str] = []
+        infotexts: list[str] = []
         seeds: list[int] = []
         for batch in range(body.n_iter):
             result = await _run_with_progress(gw, board, mode, body, first_seed + batch * body.batch_size)
             images += [base64.b64encode(img.data).decode() for img in result.images]
+            infotexts += [img.infotext or "" for img in result.images]
             seeds += [img.seed for img in result.images]
     info = {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": seeds[0],
         "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
         "height": result.height, "steps": result.steps, "sampler_name": body.sampler_name or result.scheduler,
         "cfg_scale": body.cfg_scale, "batch_size": body.batch_size, "n_iter": body.n_iter,
-        "sd_model_name": mode.name, "sd_model_hash": checkpoint_sha256(mode)[:10], "job_id": current_request_id(),
+        "sd_model_name": mode.name, "sd_model_hash": short_hash(checkpoint_sha256(mode)),
+        "job_id": current_request_id(), "infotexts": infotexts,
     }
     return A1111GenerationResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
 
@@ -166,8 +169,8 @@ async def sdapi_img2img(gw: GatewayDep, board: BoardDep, body: A1111Img2ImgReque
 @router.get("/sdapi/v1/sd-models", tags=A1111, dependencies=CLIENT, summary="A1111: checkpoints (the modes)",
             response_model=list[A1111SdModel], responses=ERRORS)
 async def sdapi_sd_models(gw: GatewayDep) -> list[A1111SdModel]:
-    return [A1111SdModel(title=_a1111_title(m), model_name=m.name, hash=checkpoint_sha256(m)[:10],
-                         sha256=checkpoint_sha256(m), filename=m.info.path)
+    return [A1111SdModel(title=_a1111_title(m), model_name=m.name, hash=short_hash(checkpoint_sha256(m)),
+                         sha256=checkpoint_sha256(m), filename=m.config.checkpoint)  # as configured: no server paths
             for m in gw.catalog.modes.values()]
 
 
@@ -232,6 +235,15 @@ async def sdapi_extra_single_image(gw: GatewayDep, body: A1111ExtraSingleImage) 
         data = await asyncio.to_thread(upscale_image, body.image, body.upscaler_1,
                                        None if size else body.upscaling_resize, size, limits)
     return A1111ExtraResponse(html_info="", image=png_b64(data))
+
+
+@router.post("/sdapi/v1/png-info", tags=A1111, dependencies=CLIENT,
+             summary="A1111: the generation parameters an image carries", response_model=A1111PngInfoResponse,
+             responses=error_responses(FrontEnd.A1111, 413, 422))
+async def sdapi_png_info(gw: GatewayDep, body: A1111PngInfoRequest) -> A1111PngInfoResponse:
+    limits = gw.catalog.modes[gw.current_default].config.limits
+    text, fields = await asyncio.to_thread(png_info, body.image, limits)
+    return A1111PngInfoResponse(info=text, items={"parameters": text} if text else {}, parameters=fields)
 
 
 @router.get("/sdapi/v1/options", tags=A1111, dependencies=CLIENT,

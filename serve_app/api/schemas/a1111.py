@@ -245,15 +245,16 @@ class A1111Vae(BaseModel):
 class A1111SdModel(BaseModel):
     title: str
     model_name: str
-    hash: str
-    sha256: str
-    filename: str
+    hash: str | None = Field(None, description="A1111's short hash (10 hex digits); null until a replica of the mode "
+                             "has loaded it once and hashed the file.")
+    sha256: str | None = None
+    filename: str = Field(description="The checkpoint as the modes file names it (relative to MODEL_ROOT).")
     config: str | None = None
 
 
 class A1111Options(BaseModel):
     sd_model_checkpoint: str
-    sd_checkpoint_hash: str
+    sd_checkpoint_hash: str | None
     samples_format: str
 
 
@@ -318,3 +319,16 @@ class A1111Upscaler(BaseModel):
 
 class A1111LatentUpscaleMode(BaseModel):
     name: str
+
+
+class A1111PngInfoRequest(BaseModel):
+    """`POST /sdapi/v1/png-info`."""
+
+    model_config = ConfigDict(extra="ignore")
+    image: str = Field(max_length=48 * 1024 * 1024, description="The image, base64 (data URL allowed).")
+
+
+class A1111PngInfoResponse(BaseModel):
+    info: str = Field(description="The infotext (empty when the image carries none).")
+    items: dict[str, str] = Field(description="The image's text chunks A1111 shows (`parameters`).")
+    parameters: dict[str, str] = Field(description="The infotext's fields (`Prompt`, `Steps`, `Seed`, ...).")

@@ -148,6 +148,8 @@ class ImageOut(BaseModel):
     b64: str = Field(description="The encoded image, base64.")
     seed: int = Field(description="Seed that made it.")
     format: OutputFormat = Field(description="Encoding.")
+    infotext: str | None = Field(None, description="The generation parameters in A1111's infotext format (a PNG "
+                                 "also carries them in its `parameters` text chunk).")
 
 
 class StageOut(BaseModel):
@@ -242,7 +244,8 @@ def generation_response(result: GenerationResult, mode: str, family: str, reques
     return GenerationResponse(
         request_id=request_id, mode=mode, family=family, width=result.width, height=result.height,
         steps=result.steps, scheduler=result.scheduler,
-        images=[ImageOut(b64=base64.b64encode(img.data).decode(), seed=img.seed, format=img.format)
+        images=[ImageOut(b64=base64.b64encode(img.data).decode(), seed=img.seed, format=img.format,
+                         infotext=img.infotext)
                 for img in result.images],
         timings=TimingsOut(inference_s=t.inference_s, encode_s=t.encode_s, job_s=t.job_s, total_s=round(total_s, 4),
                            overhead_s=round(max(0.0, total_s - t.job_s), 4), load_s=t.load_s,

@@ -80,3 +80,13 @@ def a1111_sampler(sampler: str | None, schedule: str | None, field: str = "sampl
         raise RequestValidationError(f"`{schedule_field}` {A1111_SCHEDULE_TYPES[chosen][0]!r} is not available "
                                      f"with sampler {name!r}; it takes: {', '.join(served)}", param=schedule_field)
     return entry.scheduler, chosen
+
+
+def a1111_names(key: str) -> tuple[str, str]:
+    """(A1111 sampler name, schedule type label) of a served scheduler key (`dpmpp_2m:karras`), as an
+    infotext writes them; a sampler A1111 has no name for keeps the key's own name."""
+    name, _, schedule = key.partition(":")
+    label = next((a for a, entry in A1111_SAMPLER_TABLE.items() if entry.scheduler == name), name)
+    if not schedule:
+        schedule = A1111_SAMPLER_TABLE[label].schedule if label in A1111_SAMPLER_TABLE else "automatic"
+    return label, A1111_SCHEDULE_TYPES.get(schedule, (schedule, 0.0))[0]

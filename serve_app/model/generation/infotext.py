@@ -13,9 +13,15 @@ import io
 import json
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from serve_app.model.generation.a1111_samplers import a1111_names
+
+if TYPE_CHECKING:
+    from serve_app.model.generation.job import GenerationRequest
 
 PNG_KEY = "parameters"
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -77,3 +83,26 @@ def read_infotext(image: Image.Image) -> str | None:
     """The `parameters` text of an opened image (PNG text chunk), if it has one."""
     value = image.info.get(PNG_KEY)
     return value if isinstance(value, str) else None
+
+
+def generation_infotext(params: GenerationRequest, seed: int, model: str, model_hash: str | None,
+                        version: str) -> str:
+    """The infotext of one image of `params` (made with `seed`), in A1111's keys and order."""
+    sampler, schedule = a1111_names(params.scheduler)
+    job = params.job
+    hires = params.hires
+    strength = getattr(job, "strength", None)
+    return format_infotext(params.prompt, params.negative_prompt, {
+        "Steps": params.steps, "Sampler": sampler, "Schedule type": schedule, "CFG scale": params.guidance_scale,
+        "Seed": seed, "Size": f"{params.width}x{params.height}", "Model hash": model_hash, "Model": model,
+        "Denoising strength": strength,
+        "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        "Hires upscale": round(hires.width / params.width, 4) if hires else None,
+        "Hires resize": f"{hires.width}x{hires.height}" if hires else None,
+        "Hires steps": hires.steps if hires else None,
+        "Hires upscaler": hires.upscaler if hires else None,
+        "Denoising strength (hires)": hires.strength if hires else None,
+        "Lora weights": ", ".join(f"{lora.name}: {lora.weight:g}" for lora in params.loras) or None,
+        "VAE": params.vae.name if params.vae else None,
+        "Version": version,
+    })

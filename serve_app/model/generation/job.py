@@ -172,6 +172,7 @@ class GeneratedImage:
     data: bytes
     seed: int
     format: OutputFormat
+    infotext: str | None = None  # A1111's generation parameters (also in a PNG's `parameters` chunk)
 
 
 @dataclass

@@ -26,12 +26,14 @@ from typing import Any, Protocol, TypeVar
 import torch
 from PIL import Image
 
+from serve_app import __version__
 from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
 from serve_app.model.adapters.embedding_set import EmbeddingSet
 from serve_app.model.adapters.lora_set import LoraSet
 from serve_app.model.adapters.vae_set import VaeSet
 from serve_app.model.families import Family
 from serve_app.model.generation.hires_fix import second_pass, second_pass_steps
+from serve_app.model.generation.infotext import generation_infotext, png_with_infotext
 from serve_app.model.generation.inpainting import composite
 from serve_app.model.generation.job import (
     LATENT_UPSCALERS,
@@ -46,6 +48,7 @@ from serve_app.model.generation.job_inputs import job_inputs
 from serve_app.model.generation.schedulers import make_scheduler
 from serve_app.model.generation.self_check import self_check as run_self_check
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.inspection.model_hashes import cached_sha256, hash_in_background, short_hash
 from serve_app.model.loading.noise_schedule import mode_schedule_overrides
 from serve_app.model.loading.pipeline_loader import (
     LoadedPipelines,
@@ -79,9 +82,12 @@ class RunnerSettings(Protocol):
     def lora_cache_bytes(self) -> int: ...
 
 
-def encode_image(image, fmt: str) -> bytes:
+def encode_image(image, fmt: str, infotext: str | None = None) -> bytes:
+    """The image's bytes; a PNG carries `infotext` as its `parameters` chunk (A1111's)."""
     buf = io.BytesIO()
     if fmt == "png":
+        if infotext is not None:
+            return png_with_infotext(image, infotext)
         image.save(buf, format="PNG")
     else:
         image.save(buf, format=fmt.upper(), quality=90)
@@ -144,6 +150,7 @@ class ModelRunner:
                 self.state, self.last_error = ModelState.FAILED, str(exc)
                 raise
             self.loaded_from = Tier.DISK
+            hash_in_background(self.info.path)  # A1111's model hash, for infotexts and sd-models
             self._scheduler_config = dict(self._pipes.base.scheduler.config)
             self._schedulers = {}
             self._scheduler_config.update(mode_schedule_overrides(self.mode))
@@ -319,9 +326,12 @@ class ModelRunner:
             self.last_used = time.time()
         started = time.perf_counter()
         latents = images.float().cpu().numpy() if params.answers_latents else None  # (torch-free)
+        model_hash = short_hash(cached_sha256(self.info.path))
+        infotexts = [generation_infotext(params, seed, self.mode.name, model_hash, f"dreamlab {__version__}")
+                     for seed in params.seeds]
         encoded = [] if latents is not None else [
-            GeneratedImage(encode_image(img, params.output_format), seed, params.output_format)
-            for img, seed in zip(images, params.seeds)]
+            GeneratedImage(encode_image(img, params.output_format, text), seed, params.output_format, text)
+            for img, seed, text in zip(images, params.seeds, infotexts)]
         return GenerationResult(
             images=encoded, width=params.output_size[0], height=params.output_size[1], steps=params.steps,
             scheduler=params.scheduler,

@@ -100,3 +100,40 @@ def compute_sha256(path: str | Path) -> str:
 
 def short_hash(sha256: str | None, digits: int = CHECKPOINT_SHORT) -> str | None:
     return None if sha256 is None else sha256[:digits]
+
+
+_hashing: set[Path] = set()  # files being hashed in the background by this process
+
+
+SYNC_HASH_BYTES = 512 * 1024**2
+
+
+def hash_in_background(path: str | Path, sync_below_bytes: int = SYNC_HASH_BYTES) -> None:
+    """Hash `path` unless its hash is known or already being computed: at once when it is small (under a
+    second to read), else on a daemon thread, so a replica that loads a checkpoint has its A1111 hash for
+    infotexts and `/sdapi/v1/sd-models` soon after, without a request ever waiting for a multi-GB read."""
+    path = Path(path).resolve()
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    if size < sync_below_bytes:
+        try:
+            compute_sha256(path)
+        except OSError as exc:
+            logger.warning("cannot hash %s: %s", path, exc)
+        return
+    with _lock:
+        if path in _hashing:
+            return
+        _hashing.add(path)
+    if cached_sha256(path) is not None:
+        _hashing.discard(path)
+        return
+
+    def run() -> None:
+        try:
+            compute_sha256(path)
+        except OSError as exc:
+            logger.warning("cannot hash %s: %s", path, exc)
+        finally:
+            _hashing.discard(path)
+
+    threading.Thread(target=run, name="dreamlab-hash", daemon=True).start()
