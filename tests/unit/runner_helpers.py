@@ -24,3 +24,13 @@ def mode_for(checkpoint: Path, **kw) -> ModeConfig:
 def txt2img(runner: ModelRunner, **fields) -> GenerationResult:
     req = Txt2ImgRequest(prompt=fields.pop("prompt", "a red fox in the snow"), **fields)
     return runner.generate(resolve_request(req, runner.mode, runner.family))
+
+
+def pixels(data: bytes) -> bytes:
+    """An encoded image's pixels: what "changes the image" compares (a PNG's infotext differs whenever the
+    request does)."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB").tobytes()

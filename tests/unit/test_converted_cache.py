@@ -33,6 +33,7 @@ from serve_app.model.loading.converted_cache import (
     resolve_cache_dir,
 )
 from serve_app.model.loading.pipeline_loader import load_pipelines
+from tests.unit.runner_helpers import pixels
 
 SDXL_FILE = "tiny-sdxl.safetensors"
 CPU = torch.device("cpu")
@@ -86,7 +87,7 @@ def _image(path: Path, cache_dir: str | Path | None) -> bytes:
     runner.load()
     try:
         req = Txt2ImgRequest(prompt="a lighthouse at dusk", seed=11)
-        return runner.generate(resolve_request(req, runner.mode, runner.family)).images[0].data
+        return pixels(runner.generate(resolve_request(req, runner.mode, runner.family)).images[0].data)
     finally:
         runner.unload()
 

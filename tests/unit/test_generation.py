@@ -22,7 +22,7 @@ from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
 from serve_app.model.generation.job import GenerationRequest, Txt2Img
 from serve_app.model.generation.runner import GenerationCancelledError, ModelRunner, ModelState
-from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, txt2img
+from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, pixels, txt2img
 
 TXT2IMG_CHECKPOINTS = ["tiny-sd1", "tiny-sd1.safetensors", "tiny-sd2", "tiny-sd2.safetensors",
                        "tiny-sdxl", "tiny-sdxl.safetensors"]
@@ -81,11 +81,11 @@ def test_txt2img_png_size_seeds_and_determinism(runner_for, name: str) -> None:
     assert again.images[0].data == first.images[0].data  # same seed -> same bytes
 
     other = txt2img(runner, seed=8)
-    assert other.images[0].data != first.images[0].data  # different seed -> different bytes
+    assert pixels(other.images[0].data) != pixels(first.images[0].data)  # different seed -> different image
 
     pair = txt2img(runner, seed=100, num_images=2)
     assert [i.seed for i in pair.images] == [100, 101]
-    assert pair.images[0].data != pair.images[1].data
+    assert pixels(pair.images[0].data) != pixels(pair.images[1].data)
     assert all(_png(i.data).size == (WIDTH, HEIGHT) for i in pair.images)
     assert pair.timings.inference_s > 0 and pair.timings.encode_s > 0
 
@@ -121,10 +121,10 @@ def test_schedulers_run(runner_for, scheduler: str, cls: str) -> None:
 
 def test_schedulers_change_the_image(runner_for) -> None:
     runner = runner_for("tiny-sd1")
-    outputs = {s: txt2img(runner, seed=5, scheduler=s, steps=3).images[0].data for s in ("euler", "ddim")}
+    outputs = {s: pixels(txt2img(runner, seed=5, scheduler=s, steps=3).images[0].data) for s in ("euler", "ddim")}
     assert outputs["euler"] != outputs["ddim"]
     # and swapping back restores the first result exactly (no scheduler state leaks between requests)
-    assert txt2img(runner, seed=5, scheduler="euler", steps=3).images[0].data == outputs["euler"]
+    assert pixels(txt2img(runner, seed=5, scheduler="euler", steps=3).images[0].data) == outputs["euler"]
 
 
 @pytest.mark.parametrize("name", ["tiny-sd2.safetensors", "tiny-sdxl"])
@@ -257,9 +257,9 @@ def test_prediction_type_override_reaches_the_scheduler(demo_models_dir: Path, r
     runner = ModelRunner(mode_for(path, prediction_type="v_prediction"), path, device=torch.device("cpu"))
     runner.load()
     try:
-        overridden = txt2img(runner, seed=3).images[0].data
+        overridden = pixels(txt2img(runner, seed=3).images[0].data)
         assert runner.pipelines().txt2img.scheduler.config.prediction_type == "v_prediction"  # the one just used
-        assert overridden != txt2img(runner_for("tiny-sd2"), seed=3).images[0].data
+        assert overridden != pixels(txt2img(runner_for("tiny-sd2"), seed=3).images[0].data)
     finally:
         runner.unload()
 

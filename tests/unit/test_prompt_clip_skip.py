@@ -15,6 +15,7 @@ from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
 from serve_app.core.errors import RequestValidationError
 from serve_app.model.generation.runner import ModelRunner
+from tests.unit.runner_helpers import pixels
 
 
 def _mode(path: Path, **kw) -> ModeConfig:
@@ -33,7 +34,7 @@ def runner(demo_models_dir: Path) -> Iterator[ModelRunner]:
 
 
 def _image(runner: ModelRunner, req: Txt2ImgRequest, mode: ModeConfig | None = None) -> bytes:
-    return runner.generate(resolve_request(req, mode or runner.mode, runner.family)).images[0].data
+    return pixels(runner.generate(resolve_request(req, mode or runner.mode, runner.family)).images[0].data)
 
 
 def test_clip_skip_2_changes_the_image_and_the_mode_default_applies(runner: ModelRunner, demo_models_dir: Path) -> None:

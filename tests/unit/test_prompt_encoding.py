@@ -16,6 +16,7 @@ from serve_app.config.modes_file import ModeConfig, ModeDefaults, ModeLimits
 from serve_app.model.families import Family
 from serve_app.model.generation.runner import ModelRunner
 from serve_app.model.prompts.encoding import chunk_count, encode_prompts
+from tests.unit.runner_helpers import pixels
 
 FAMILIES = {"tiny-sd1": Family.SD1, "tiny-sd2": Family.SD2, "tiny-sdxl": Family.SDXL}
 LONG = " ".join(f"w{i % 10}x" for i in range(120))  # byte-level tokenizer: 3 tokens a word, 360 tokens
@@ -41,7 +42,7 @@ def runner_for(demo_models_dir: Path) -> Iterator[Callable[[str], ModelRunner]]:
 
 def _image(runner: ModelRunner, prompt: str, negative: str = "", **fields) -> bytes:
     req = Txt2ImgRequest(prompt=prompt, negative_prompt=negative, seed=3, **fields)
-    return runner.generate(resolve_request(req, runner.mode, runner.family)).images[0].data
+    return pixels(runner.generate(resolve_request(req, runner.mode, runner.family)).images[0].data)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

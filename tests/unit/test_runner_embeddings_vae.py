@@ -18,7 +18,7 @@ from serve_app.core.errors import AdapterFileError, RequestValidationError, Unkn
 from serve_app.model.demo.architectures import vae_config
 from serve_app.model.families import Family
 from serve_app.model.generation.runner import ModelRunner
-from tests.unit.runner_helpers import mode_for
+from tests.unit.runner_helpers import mode_for, pixels
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def _runner(models: Path, name: str) -> ModelRunner:
 def _generate(runner: ModelRunner, catalog: AdapterCatalog, prompt: str = "a red fox", **fields) -> bytes:
     request = resolve_request(Txt2ImgRequest(prompt=prompt, seed=5, **fields), runner.mode, runner.family,
                               adapters=catalog)
-    return runner.generate(request).images[0].data
+    return pixels(runner.generate(request).images[0].data)
 
 
 @pytest.mark.parametrize("checkpoint,embedding", [("tiny-sd1", "tiny-sd1-embedding"),

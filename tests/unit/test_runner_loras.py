@@ -12,7 +12,7 @@ import torch
 from serve_app.core.errors import AdapterFileError
 from serve_app.model.generation.job import LoraUse
 from serve_app.model.generation.runner import ModelRunner
-from tests.unit.runner_helpers import mode_for
+from tests.unit.runner_helpers import mode_for, pixels
 
 
 def _lora(models: Path, name: str, weight: float = 1.0) -> LoraUse:
@@ -26,7 +26,7 @@ def _generate(runner: ModelRunner, loras: list[LoraUse]) -> bytes:
 
     params = resolve_request(Txt2ImgRequest(prompt="a red fox", seed=5), runner.mode, runner.family)
     params.loras = loras
-    return runner.generate(params).images[0].data
+    return pixels(runner.generate(params).images[0].data)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from serve_app.model.generation.schedulers import (
     make_scheduler,
     schedule_types_for,
 )
+from tests.unit.runner_helpers import pixels
 
 SIZE, STEPS = 64, 2
 
@@ -109,7 +110,7 @@ def test_every_a1111_sampler_generates(sd1, sampler: str) -> None:
 def test_a_schedule_type_changes_the_image(sd1) -> None:
     def image(**kw) -> bytes:
         req = Txt2ImgRequest(prompt="a lighthouse", seed=5, steps=4, width=SIZE, height=SIZE, **kw)
-        return _generate(sd1, req).images[0].data
+        return pixels(_generate(sd1, req).images[0].data)
 
     plain = image(scheduler="dpmpp_2m")
     karras = image(scheduler="dpmpp_2m", schedule_type="karras")
