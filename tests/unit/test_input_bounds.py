@@ -161,3 +161,35 @@ def test_a1111_errors_name_the_a1111_fields() -> None:
         with pytest.raises(RequestValidationError) as err:
             resolve_request(body.to_native(MODE.name), MODE, Family.SD1)
         assert err.value.param == param and f"`{param}`" in err.value.message
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "module": "canny"}]}}},
+     "alwayson_scripts.controlnet"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}}},
+     "alwayson_scripts.ADetailer"),
+    ({"restore_faces": True}, "restore_faces"),
+    ({"tiling": True}, "tiling"),
+    ({"subseed_strength": 0.3}, "subseed_strength"),
+    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"styles": ["cinematic"]}, "styles"),
+])
+def test_a1111_fields_that_would_change_the_image_are_refused_not_dropped(extra: dict, param: str) -> None:
+    from pydantic import ValidationError
+
+    from serve_app.api.schemas.a1111 import A1111Txt2ImgRequest
+    from serve_app.core.strict_model import describe_error
+
+    with pytest.raises(ValidationError) as err:
+        A1111Txt2ImgRequest.model_validate({"prompt": "a", **extra})
+    field, message = describe_error(err.value.errors()[0])
+    assert field == param and "not served" in message, (field, message)
+
+
+def test_a1111_fields_that_ask_for_nothing_pass() -> None:
+    from serve_app.api.schemas.a1111 import A1111Txt2ImgRequest
+
+    A1111Txt2ImgRequest.model_validate({
+        "prompt": "a", "alwayson_scripts": {"controlnet": {"args": [{"enabled": False}]}, "Refiner": {"args": []}},
+        "restore_faces": False, "tiling": False, "subseed_strength": 0, "styles": [], "script_name": "",
+        "send_images": True, "save_images": False, "do_not_save_grid": True})

@@ -69,6 +69,16 @@ class A1111NativeInpaint(InpaintRequest):
 MASKED_CONTENT = ("fill", "original", "latent_noise", "latent_nothing")  # by A1111's inpainting_fill
 
 
+def _script_asks(entry: object) -> bool:
+    """Whether an `alwayson_scripts` entry asks for anything: args that are not all disabled units."""
+    args = entry.get("args") if isinstance(entry, dict) else entry
+    if not args:
+        return False
+    if isinstance(args, list):
+        return any(not (isinstance(a, dict) and a.get("enabled") is False) for a in args)
+    return True
+
+
 class A1111Txt2ImgRequest(BaseModel):
     """`POST /sdapi/v1/txt2img`: the A1111 fields Dream Lab uses; other A1111 fields are ignored."""
 
@@ -103,6 +113,28 @@ class A1111Txt2ImgRequest(BaseModel):
                                                      "`CLIP_stop_at_last_layers` the clip skip.")
     clip_skip: int | None = Field(None, ge=1, le=12, description="Clip skip, as some A1111-compatible clients send "
                                   "it; `override_settings.CLIP_stop_at_last_layers` wins.")
+    # Fields that would change the image and are not served: refused (422) rather than silently dropped.
+    alwayson_scripts: dict[str, Any] | None = Field(None, description="Not served: an entry that asks for "
+                                                    "something (ControlNet, ADetailer, ...) is a 422.")
+    script_name: str | None = Field(None, description="Not served: a script is a 422.")
+    restore_faces: bool | None = Field(None, description="Not served: true is a 422.")
+    tiling: bool | None = Field(None, description="Not served: true is a 422.")
+    subseed_strength: float | None = Field(None, description="Variation seeds are not served: above 0 is a 422.")
+    styles: list[str] | None = Field(None, description="Not served: saved styles are a 422.")
+
+    @model_validator(mode="after")
+    def _nothing_dropped_that_changes_the_image(self) -> A1111Txt2ImgRequest:
+        for name, asked in (("restore_faces", bool(self.restore_faces)), ("tiling", bool(self.tiling)),
+                            ("subseed_strength", bool(self.subseed_strength)), ("styles", bool(self.styles)),
+                            ("script_name", bool(self.script_name))):
+            if asked:
+                raise FieldError((name,), getattr(self, name), "is not served by this server (it would change "
+                                 "the image); leave it out")
+        for script, entry in (self.alwayson_scripts or {}).items():
+            if _script_asks(entry):
+                raise FieldError(("alwayson_scripts", script), script, "is not served by this server (it would "
+                                 "change the image); leave it out or disable its units")
+        return self
 
     @field_validator("scheduler", "override_settings")
     @classmethod
