@@ -38,6 +38,10 @@ class RegistryClient:
     async def release(self, key: str) -> None:
         await self._call("release", key)
 
+    async def renew(self, key: str) -> bool:
+        renewed: bool = await self._call("renew", key)
+        return renewed
+
     async def offloaded(self, moved: Offloaded) -> None:
         await self._call("offloaded", moved)
 

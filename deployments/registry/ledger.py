@@ -227,10 +227,20 @@ class VramLedger:
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
-        for reservation in self.reservations.values():  # a live replica's reservations are in use: keep them
-            if reservation.replica == replica:
-                reservation.expires = self._clock() + self.config.reservation_ttl_s
+        load = self.reservations.get(replica)  # a live replica's load is under way: keep its reservation
+        if load is not None:
+            load.expires = self._clock() + self.config.reservation_ttl_s
+        # a request's reservation is renewed by that request only (`renew`): one a request leaked (a release
+        # that timed out, a caller gone mid-reserve) expires on its own instead of shrinking the device
         return self.commands(replica)
+
+    def renew(self, key: str) -> bool:
+        """Extend the reservation under `key` by the TTL; False when it is gone (expired or released)."""
+        held = self.reservations.get(key)
+        if held is None:
+            return False
+        held.expires = self._clock() + self.config.reservation_ttl_s
+        return True
 
     def _sync_tier(self, replica: str, report: HeartbeatReport) -> None:
         if report.tier is Tier.VRAM:

@@ -84,6 +84,10 @@ class VramRegistry:
         self._sweep()
         return self.ledger.reserve(replica, mode, device, nbytes, total_bytes, reported_used, key)
 
+    async def renew(self, key: str) -> bool:
+        """Keep a request's reservation alive (its holder calls this while it runs)."""
+        return self.ledger.renew(key)
+
     async def release(self, key: str) -> None:
         """Drop the reservation under `key` (a replica's failed or abandoned load, or a request's extra)."""
         self.ledger.release(key)

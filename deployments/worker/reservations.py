@@ -53,13 +53,25 @@ class ReplicaReservations:
         await self._reserve(extra_bytes, key, f"{what} on mode {self.mode!r} (extra working memory or adapter files "
                             "beyond the model's share; try a smaller width/height/num_images or fewer adapters)",
                             self.config.working_timeout_s)
+        renewing = asyncio.get_running_loop().create_task(self._renew(key))
         try:
             yield
         finally:
+            renewing.cancel()
             try:
                 await asyncio.shield(self.registry.release(key))
             except Exception as exc:  # the registry restarts: the reservation expires there on its own
                 logger.warning("could not release %s: %s", key, exc)
+
+    async def _renew(self, key: str) -> None:
+        """Renew a request's reservation while the request runs (it expires on its own once renewals stop)."""
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(self.config.reservation_ttl_s / 3)
+            try:
+                await self.registry.renew(key)
+            except Exception as exc:  # the registry restarts: the next renewal tries again
+                logger.warning("could not renew %s: %s", key, exc)
 
     async def _reserve(self, nbytes: int, key: str | None, what: str, timeout_s: float) -> None:
         if self.registry is None:

@@ -354,3 +354,23 @@ async def test_operator_state_is_versioned_and_survives_a_registry_restart(clock
     fresh = make_registry(clock)
     assert (await fresh.router_poll("router-1", 0, state)).state == state and fresh.control.draining is True
     assert (await fresh.set_default_mode("sd2")).version == 4
+
+
+async def test_a_leaked_request_reservation_expires_though_its_replica_beats(clock: FakeClock) -> None:
+    """Heartbeats keep a replica's load reservation; a request's reservation lives only while renewed."""
+    from tests.unit.registry_fakes import report
+
+    reg = make_registry(clock, reservation_ttl_s=30, dead_after_s=1000)
+    await reg.reserve("a", "sd15", DEV, 4 * GiB)  # a's load
+    await reg.reserve("a", "sd15", DEV, 2 * GiB, key="a/req-1")  # a request's extra, leaked
+    await reg.reserve("a", "sd15", DEV, 1 * GiB, key="a/req-2")  # a request's extra, renewed by its request
+    for _ in range(4):
+        clock.advance(20)
+        await reg.heartbeat("a", report("sd15", 0, loaded=False))
+        assert await reg.renew("a/req-2")
+    assert set(reg.ledger.reservations) == {"a", "a/req-2"}
+    assert not await reg.renew("a/req-1")
+    for _ in range(2):  # renewals stop (the request ended without its release): it goes too
+        clock.advance(20)
+        await reg.heartbeat("a", report("sd15", 0, loaded=False))
+    assert set(reg.ledger.reservations) == {"a"}
