@@ -46,6 +46,20 @@ class AdapterCatalog:
     def of_kind(self, kind: AdapterKind) -> list[AdapterInfo]:
         return [a for a in self.adapters if a.kind is kind]
 
+    def relative(self, path: str) -> str:
+        """`path` as clients see it: relative to MODEL_ROOT (no server paths in answers)."""
+        if self.root is None:
+            return Path(path).name
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return Path(path).name
+
+    def public(self) -> tuple[list[AdapterInfo], list[AdapterProblem]]:
+        """The adapters and problems with their paths relative to MODEL_ROOT."""
+        return ([a.model_copy(update={"path": self.relative(a.path)}) for a in self.adapters],
+                [p.model_copy(update={"path": self.relative(p.path)}) for p in self.problems])
+
     def resolve_loras(self, refs: Sequence[LoraRequest], mode: ModeConfig, family: Family,
                       name: Callable[[str], str] = lambda f: f) -> list[LoraUse]:
         """The files and weights of a request's LoRAs, checked against the mode's limits and family.

@@ -37,6 +37,9 @@ def test_adapters_are_listed_with_their_family(client):
     families = {a["name"]: (a["kind"], a["family"]) for a in body["adapters"]}
     assert families["tiny-sd1-lora"] == ("lora", "sd1") and families["tiny-sdxl-lora"] == ("lora", "sdxl")
     assert families["tiny-vae"] == ("vae", None) and body["problems"] == []
+    paths = {a["name"]: a["path"] for a in body["adapters"]}  # relative to MODEL_ROOT: no server paths
+    assert paths["tiny-sd1-lora"] == "loras/tiny-sd1-lora.safetensors"
+    assert paths["tiny-vae"] == "vae/tiny-vae.safetensors"
 
 
 def test_a_lora_changes_the_image_and_weight_zero_does_not(client):

@@ -177,7 +177,7 @@ async def sdapi_sd_models(gw: GatewayDep) -> list[A1111SdModel]:
 @router.get("/sdapi/v1/loras", tags=A1111, dependencies=CLIENT, summary="A1111: LoRAs (use <lora:name:w>)",
             response_model=list[A1111Lora], responses=ERRORS)
 async def sdapi_loras(gw: GatewayDep) -> list[A1111Lora]:
-    return [A1111Lora(name=a.name, alias=a.name, path=a.path,
+    return [A1111Lora(name=a.name, alias=a.name, path=gw.adapters.relative(a.path),
                       metadata={"family": a.family.value if a.family else None, "format": a.format.value,
                                 "rank": a.rank})
             for a in gw.adapters.of_kind(AdapterKind.LORA)]
@@ -208,7 +208,8 @@ async def sdapi_embeddings(gw: GatewayDep) -> A1111Embeddings:
             summary="A1111: VAEs (choose one with override_settings.sd_vae)", response_model=list[A1111Vae],
             responses=ERRORS)
 async def sdapi_sd_vae(gw: GatewayDep) -> list[A1111Vae]:
-    return [A1111Vae(model_name=a.name, filename=a.path) for a in gw.adapters.of_kind(AdapterKind.VAE)]
+    return [A1111Vae(model_name=a.name, filename=gw.adapters.relative(a.path))
+            for a in gw.adapters.of_kind(AdapterKind.VAE)]
 
 
 @router.get("/sdapi/v1/upscalers", tags=A1111, dependencies=CLIENT,

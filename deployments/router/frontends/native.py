@@ -212,7 +212,8 @@ async def unload_mode(gw: GatewayDep, name: str) -> UnloadAnswer:
 @router.get("/v1/adapters", tags=NATIVE, dependencies=CLIENT, summary="LoRAs, embeddings and VAEs",
             response_model=AdaptersResponse, responses=error_responses(FrontEnd.NATIVE))
 async def list_adapters(gw: GatewayDep) -> AdaptersResponse:
-    return AdaptersResponse(adapters=gw.adapters.adapters, problems=gw.adapters.problems)
+    adapters, problems = gw.adapters.public()
+    return AdaptersResponse(adapters=adapters, problems=problems)
 
 
 @router.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",

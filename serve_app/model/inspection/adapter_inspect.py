@@ -54,7 +54,7 @@ class AdapterInfo(StrictModel):
 
     name: str = Field(description="File name without `.safetensors`: what requests ask for.")
     kind: AdapterKind
-    path: str = Field(description="Absolute path.")
+    path: str = Field(description="Where the file is (relative to MODEL_ROOT in API answers).")
     format: AdapterFormat
     family: Family | None = Field(description="The base family it was made for; None: any (a VAE).")
     rank: int | None = Field(None, description="LoRA rank (the down matrices' output width).")
