@@ -17,6 +17,8 @@ from deployments.router.access_control import ADMIN, CLIENT
 from deployments.router.gateway import Gateway, Generated
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import current_request_id
+from deployments.router.registry_view import redacted
+from deployments.router.request_context import current_caller
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
 from serve_app.api.schemas.native import (
     IMAGE_CONTENT,
@@ -219,7 +221,9 @@ async def list_adapters(gw: GatewayDep) -> AdaptersResponse:
 @router.get("/v1/registry", tags=NATIVE, dependencies=CLIENT, summary="Per-device VRAM and the models on it",
             response_model=RegistryStats, responses=error_responses(FrontEnd.NATIVE))
 async def registry_stats(gw: GatewayDep) -> RegistryStats:
-    return await gw.registry_stats()
+    """Node and replica ids for the admin key only (or when the server has no keys)."""
+    stats = await gw.registry_stats()
+    return redacted(stats) if gw.access.keys_required and not current_caller().admin else stats
 
 
 @router.get("/healthz", tags=OPS, summary="Liveness", response_model=HealthResponse,

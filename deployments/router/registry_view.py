@@ -1,0 +1,23 @@
+"""What `/v1/registry` shows a client that is not an operator: the same numbers, with Ray's node and replica
+ids replaced by stable-per-answer aliases (`node-1`, `sd1-2`). Ids name the cluster's actors and hosts; only
+the admin key (or an open server, which has no operators apart) sees them."""
+
+from __future__ import annotations
+
+from deployments.protocol import RegistryStats
+
+
+def redacted(stats: RegistryStats) -> RegistryStats:
+    aliases: dict[str, str] = {}
+    nodes = [n.node for n in stats.nodes] + [d.device.rsplit(":", 1)[0] for d in stats.devices]
+    for node in dict.fromkeys(nodes):
+        aliases[node] = f"node-{len([a for a in aliases.values() if a.startswith('node-')]) + 1}"
+    per_mode: dict[str, int] = {}
+    for replica, seen in stats.replicas.items():
+        per_mode[seen.mode] = per_mode.get(seen.mode, 0) + 1
+        aliases[replica] = f"{seen.mode}-{per_mode[seen.mode]}"
+    text = stats.model_dump_json()
+    for real, alias in sorted(aliases.items(), key=lambda item: -len(item[0])):  # longest first: no partial hits
+        if real:
+            text = text.replace(real, alias)
+    return RegistryStats.model_validate_json(text)
