@@ -182,3 +182,12 @@ def test_a_flood_of_readiness_probes_costs_the_registry_one_call() -> None:
     statuses = asyncio.run(probes())
     assert statuses == [503] * 50  # the default mode loads on start and no replica has it yet
     assert registry.stats_calls == 1
+
+
+def test_modes_list_the_samplers_and_schedule_types_they_serve() -> None:
+    gateway, _ = make_gateway()
+    with TestClient(create_http_app(gateway)) as client:
+        modes = client.get("/v1/modes").json()["modes"]
+    samplers = modes[0]["samplers"]
+    assert "karras" in samplers["dpmpp_2m"] and "DPM++" not in " ".join(samplers)
+    assert set(samplers) >= {"euler", "euler_a", "dpmpp_2m_sde", "ddim", "unipc", "lcm"}

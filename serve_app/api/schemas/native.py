@@ -215,6 +215,8 @@ class ModeOut(BaseModel):
     jobs: list[str] = Field(description="What the mode runs: txt2img (not on a refiner), img2img, inpaint and its "
                             "custom job types.")
     queued: int = Field(0, description="Requests waiting in this router replica's queue of the mode.")
+    samplers: dict[str, list[str]] = Field(default_factory=dict, description="The samplers (`scheduler`) the mode "
+                                           "serves, each with the schedule types (`schedule_type`) it takes.")
 
 
 class AdaptersResponse(BaseModel):
