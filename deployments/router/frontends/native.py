@@ -60,7 +60,8 @@ async def _native_generation(gw: Gateway, request: Request, body: Txt2ImgRequest
     if "image/" in request.headers.get("accept", "") and len(done.result.images) == 1:
         img = done.result.images[0]
         return Response(img.data, media_type=f"image/{img.format}", headers={"X-Seed": str(img.seed)})
-    return _native_json(done)
+    # serialized here, once (pydantic-core): FastAPI would validate the response model again and then encode it
+    return Response(_native_json(done).model_dump_json(exclude_none=True), media_type="application/json")
 
 
 @router.post("/v1/txt2img", tags=NATIVE, dependencies=CLIENT,
