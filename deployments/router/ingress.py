@@ -22,10 +22,10 @@ from deployments.registry.client import RegistryClient
 from deployments.router.frontends import a1111, native, openai, playground, tasks
 from deployments.router.gateway import Gateway
 from deployments.router.http_app import install_error_path
+from deployments.router.image_urls import ImageUrls
 from deployments.router.mode_client import ModeClient
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
-from serve_app.api.image_store import ImageStore
 from serve_app.api.mode_catalog import ModeCatalog
 from serve_app.config.app_args import (
     AccessConfig,
@@ -44,7 +44,7 @@ def create_http_app(gateway: Gateway, http: HttpLimitsConfig | None = None) -> F
     """The Router's FastAPI app over `gateway`; `http` bounds request bodies."""
     app = FastAPI(title="Dream Lab", version=serve_app.__version__, description=DESCRIPTION)
     app.state.gateway = gateway
-    app.state.image_store = ImageStore()  # OpenAI `response_format: url`
+    app.state.image_store = ImageUrls(gateway.task_store)  # OpenAI `response_format: url`
     app.state.a1111_progress = {}  # the A1111 generations running here, for /sdapi/v1/progress
     install_error_path(app, http, policy=lambda: gateway.access)
     for front_end in (native, tasks, openai, a1111, playground):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,21 @@ class ResultStore:
 
     def delete(self, relative: str) -> None:
         self._path(relative).unlink(missing_ok=True)
+
+    def find_image(self, image_id: str, max_age_s: float) -> tuple[bytes, str] | None:
+        """(bytes, extension) of an image put at most `max_age_s` ago; None when unknown or older."""
+        if not _SAFE_NAME.fullmatch(image_id):
+            return None
+        for path in (self.root / "images" / image_id[:2]).glob(f"{image_id}.*"):
+            if time.time() - path.stat().st_mtime <= max_age_s:
+                return path.read_bytes(), path.suffix.lstrip(".")
+        return None
+
+    def sweep_images(self, max_age_s: float) -> int:
+        """Delete images older than `max_age_s`: how many."""
+        gone = 0
+        for path in (self.root / "images").glob("*/*"):
+            if time.time() - path.stat().st_mtime > max_age_s:
+                path.unlink(missing_ok=True)
+                gone += 1
+        return gone

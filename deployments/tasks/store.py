@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ DATABASE_URL_ENV = "DREAMLAB_TASKS_DATABASE_URL"
 MAX_RUNS = 2  # a task interrupted by restarts this often is failed, not started a third time
 PROGRESS_WRITE_S = 1.0  # progress marks reach the database at most this often per task
 SWEEP_EVERY_S = 10.0
+IMAGE_TTL_S = 600.0  # an image served by URL stays fetchable this long
 
 
 def state_root(config: TasksConfig, model_root: str | Path | None = None) -> Path:
@@ -183,6 +185,17 @@ class TaskStore:
         await self._ready()
         await self._sweep()
 
+    # -- images served by URL (OpenAI `response_format: url`), shared by every router replica -------------------
+    async def put_image(self, data: bytes, media_type: str) -> str:
+        key = uuid.uuid4().hex
+        extension = media_type.rpartition("/")[2]
+        await asyncio.to_thread(self.results.put_image, key, data, extension)
+        return key
+
+    async def get_image(self, key: str) -> tuple[bytes, str] | None:
+        found = await asyncio.to_thread(self.results.find_image, key[:64], IMAGE_TTL_S)
+        return None if found is None else (found[0], f"image/{found[1]}")
+
     # -- reading ---------------------------------------------------------------------------------------------
     async def _out(self, task_id: str, owner: str | None = None) -> TaskOut | None:
         row = await self.db.get(task_id)
@@ -215,6 +228,7 @@ class TaskStore:
             if row.result_path:
                 await asyncio.to_thread(self.results.delete, row.result_path)
         await self.db.delete([row.id for row in expired])
+        await asyncio.to_thread(self.results.sweep_images, IMAGE_TTL_S)
 
     # -- running ---------------------------------------------------------------------------------------------
     def _queue(self, mode: str) -> FairQueue:

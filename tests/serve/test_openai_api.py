@@ -43,6 +43,21 @@ def test_default_model_and_url_response_format(client, demo_url):
     assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
 
 
+def test_an_image_url_outlives_the_router_replica_that_made_it(client, demo_url):
+    import ray
+
+    from tests.serve.conftest import wait_ready
+
+    url = client.images.generate(prompt="a harbour", response_format="url").data[0].url
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "dreamlab#Router#" in a["name"]]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    wait_ready(demo_url)
+    fetched = httpx.get(url, timeout=30)  # kept by the TaskStore, not in the router's memory
+    assert fetched.status_code == 200 and Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    missing = httpx.get(url.rsplit("/", 1)[0] + "/" + "0" * 32, timeout=30)
+    assert missing.status_code == 404
+
+
 def test_models_lists_the_modes(client):
     ids = {m.id for m in client.models.list()}
     assert ids == {"sd1", "sd2", "sdxl", "sdxl-refiner"}

@@ -1,0 +1,29 @@
+"""Images served by URL (OpenAI `response_format: url`): kept by the TaskStore (files in its output store), so
+any router replica answers the URL another one handed out; a router without a TaskStore keeps them in its own
+memory (`serve_app.api.image_store.ImageStore`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve_app.api.image_store import ImageStore
+
+CALL_TIMEOUT_S = 30.0
+
+
+class ImageUrls:
+    def __init__(self, task_store: Any = None) -> None:
+        self.task_store = task_store
+        self.local = ImageStore()
+
+    async def put(self, data: bytes, media_type: str) -> str:
+        if self.task_store is None:
+            return self.local.put(data, media_type)
+        key: str = await self.task_store.put_image.remote(data, media_type)
+        return key
+
+    async def get(self, key: str) -> tuple[bytes, str] | None:
+        if self.task_store is None:
+            return self.local.get(key)
+        found: tuple[bytes, str] | None = await self.task_store.get_image.remote(key)
+        return found
