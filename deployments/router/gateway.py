@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,7 +235,7 @@ class Gateway:
             return await self.workers.generate(mode.name, request)
 
     async def generate_stream(self, mode: ServedMode,
-                              request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+                              request: GenerationRequest) -> AsyncGenerator[ProgressEvent | GenerationResult, None]:
         """The worker's progress events, then its result (see `ModeClient.generate_stream`)."""
         started = time.perf_counter()
         async with self.dispatch(mode):

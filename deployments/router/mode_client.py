@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any
 
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -88,7 +88,7 @@ class ModeClient:
             return await self.generate_once(mode, request)
 
     async def generate_stream(self, mode: str,
-                              request: GenerationRequest) -> AsyncIterator[ProgressEvent | GenerationResult]:
+                              request: GenerationRequest) -> AsyncGenerator[ProgressEvent | GenerationResult, None]:
         """The worker's progress events, then its result. Retried once like `generate` while nothing was
         streamed yet; after that a dead replica is a 503."""
         for attempt in (1, 2):

@@ -139,3 +139,22 @@ def _pnginfo(text: str):
     info = PngInfo()
     info.add_text("parameters", text)
     return info
+
+
+def test_interrupt_stops_the_callers_running_generation(demo_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"prompt": "a long one", "steps": 50, "batch_size": 4, "width": 256, "height": 256, "seed": 1,
+            "override_settings": {"sd_model_checkpoint": "sd1"}}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.post, f"{demo_url}/sdapi/v1/txt2img", json=body, timeout=300)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not running.done():
+            state = httpx.get(f"{demo_url}/sdapi/v1/progress", timeout=30).json()["state"]
+            if state["sampling_step"] > 0:
+                break
+            time.sleep(0.05)
+        assert httpx.post(f"{demo_url}/sdapi/v1/interrupt", timeout=30).status_code == 200
+        answer = running.result()
+    assert answer.status_code == 499 and "interrupted" in answer.text, answer.text
+    assert httpx.get(f"{demo_url}/sdapi/v1/progress", timeout=30).json()["state"]["job_count"] == 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -23,6 +25,7 @@ from deployments.router.access_control import CLIENT, require_admin
 from deployments.router.gateway import Gateway
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import current_request_id
+from deployments.router.request_context import current_caller
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.png_info import png_info
@@ -52,7 +55,7 @@ from serve_app.api.schemas.a1111 import (
     without_hash,
 )
 from serve_app.api.upscaling import PIXEL_UPSCALERS, png_b64, upscale_image
-from serve_app.core.errors import RequestValidationError, UnknownModeError
+from serve_app.core.errors import GenerationCancelledError, RequestValidationError, UnknownModeError
 from serve_app.model.generation.a1111_samplers import A1111_SCHEDULE_TYPES
 from serve_app.model.generation.job import random_seed
 from serve_app.model.inspection.adapter_inspect import AdapterKind
@@ -75,9 +78,15 @@ class LiveProgress:
     step: int
     total: int
     started: float
+    owner: str  # the caller (key or address): progress, interrupt and skip act on the caller's own only
     eta_s: float | None = None
+    interrupted: bool = False
+    skipped: bool = False
 
-ProgressBoard = dict[str, LiveProgress]  # request id -> its steps, for /sdapi/v1/progress
+
+# server-chosen key -> a running A1111 batch, for /sdapi/v1/progress, /interrupt and /skip (a client's
+# X-Request-Id may repeat, so it is not the key)
+ProgressBoard = dict[str, LiveProgress]
 
 
 async def progress_board(request: Request) -> ProgressBoard:
@@ -113,22 +122,31 @@ def _a1111_mode(gw: Gateway, checkpoint: str | None, param: str = CHECKPOINT_PAR
 
 
 async def _run_with_progress(gw: Gateway, board: ProgressBoard, mode: ServedMode, body: A1111Txt2ImgRequest,
-                             seed: int) -> GenerationResult:
-    """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress."""
+                             seed: int) -> GenerationResult | None:
+    """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress; None when
+    the caller skipped it (/sdapi/v1/skip). Leaving the stream stops the replica at its next step."""
     native = body.to_native(mode.name)
     native.seed = seed
     if native.refiner is not None:  # two stages on two modes: not streamed, no live progress
         return (await gw.generate(native, mode)).result
     request = gw.resolve(native, mode)
-    progress = board.setdefault(request.request_id, LiveProgress(0, request.steps, time.time()))
+    key = uuid.uuid4().hex
+    progress = board[key] = LiveProgress(0, request.steps, time.time(), current_caller().id)
     try:
-        async for event in gw.generate_stream(mode, request):
-            if isinstance(event, GenerationResult):
-                return event
-            progress.step, progress.total, progress.eta_s = event.step, event.total, event.eta_s
+        async with contextlib.aclosing(gw.generate_stream(mode, request)) as stream:
+            async for event in stream:
+                if isinstance(event, GenerationResult):
+                    return event
+                progress.step, progress.total, progress.eta_s = event.step, event.total, event.eta_s
+                if progress.interrupted or progress.skipped:
+                    break
+        if progress.interrupted:
+            raise GenerationCancelledError("interrupted by /sdapi/v1/interrupt")
+        if progress.skipped:
+            return None
         raise RuntimeError("the generation stream ended without a result")
     finally:
-        board.pop(request.request_id, None)
+        board.pop(key, None)
 
 
 async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
@@ -138,11 +156,17 @@ async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgR
         images: list[str] = []
         infotexts: list[str] = []
         seeds: list[int] = []
+        result = None
         for batch in range(body.n_iter):
-            result = await _run_with_progress(gw, board, mode, body, first_seed + batch * body.batch_size)
+            made = await _run_with_progress(gw, board, mode, body, first_seed + batch * body.batch_size)
+            if made is None:  # skipped: on to the next batch
+                continue
+            result = made
             images += [base64.b64encode(img.data).decode() for img in result.images]
             infotexts += [img.infotext or "" for img in result.images]
             seeds += [img.seed for img in result.images]
+    if result is None:
+        raise GenerationCancelledError("every batch was skipped (/sdapi/v1/skip)")
     info = {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": seeds[0],
         "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
@@ -282,6 +306,8 @@ async def sdapi_set_options(gw: GatewayDep, request: Request, options: dict[str,
 @router.get("/sdapi/v1/progress", tags=A1111, dependencies=CLIENT, summary="A1111: progress of the running job",
             response_model=A1111Progress, responses=ERRORS)
 async def sdapi_progress(board: BoardDep) -> A1111Progress:
+    caller = current_caller().id
+    board = {key: p for key, p in board.items() if p.owner == caller}  # the caller's own generations
     if not board:
         return A1111Progress(progress=0.0, eta_relative=0.0, state=A1111ProgressState(
             skipped=False, interrupted=False, job="", job_count=0, job_timestamp="0", job_no=0, sampling_step=0,
@@ -290,9 +316,30 @@ async def sdapi_progress(board: BoardDep) -> A1111Progress:
     return A1111Progress(
         progress=round(p.step / max(1, p.total), 4), eta_relative=p.eta_s or 0.0,
         state=A1111ProgressState(
-            skipped=False, interrupted=False, job=job, job_count=len(board),
+            skipped=p.skipped, interrupted=p.interrupted, job=job, job_count=len(board),
             job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(p.started)), job_no=0,
             sampling_step=p.step, sampling_steps=p.total))
+
+
+@router.post("/sdapi/v1/interrupt", tags=A1111, dependencies=CLIENT,
+             summary="A1111: stop the caller's running generations", responses=ERRORS)
+async def sdapi_interrupt(board: BoardDep) -> dict[str, Any]:
+    """Stops the caller's own running generations (never another client's) at their next step."""
+    caller = current_caller().id
+    for progress in board.values():
+        if progress.owner == caller:
+            progress.interrupted = True
+    return {}
+
+
+@router.post("/sdapi/v1/skip", tags=A1111, dependencies=CLIENT,
+             summary="A1111: skip the caller's running batch (the next batch runs)", responses=ERRORS)
+async def sdapi_skip(board: BoardDep) -> dict[str, Any]:
+    caller = current_caller().id
+    for progress in board.values():
+        if progress.owner == caller:
+            progress.skipped = True
+    return {}
 
 
 @router.get("/sdapi/v1/samplers", tags=A1111, dependencies=CLIENT,
