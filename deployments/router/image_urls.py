@@ -8,8 +8,6 @@ from typing import Any
 
 from serve_app.api.image_store import ImageStore
 
-CALL_TIMEOUT_S = 30.0
-
 
 class ImageUrls:
     def __init__(self, task_store: Any = None) -> None:

@@ -8,10 +8,8 @@ from deployments.protocol import RegistryStats
 
 
 def redacted(stats: RegistryStats) -> RegistryStats:
-    aliases: dict[str, str] = {}
-    nodes = [n.node for n in stats.nodes] + [d.device.rsplit(":", 1)[0] for d in stats.devices]
-    for node in dict.fromkeys(nodes):
-        aliases[node] = f"node-{len([a for a in aliases.values() if a.startswith('node-')]) + 1}"
+    nodes = dict.fromkeys([n.node for n in stats.nodes] + [d.device.rsplit(":", 1)[0] for d in stats.devices])
+    aliases = {node: f"node-{i}" for i, node in enumerate(nodes, 1)}
     per_mode: dict[str, int] = {}
     for replica, seen in stats.replicas.items():
         per_mode[seen.mode] = per_mode.get(seen.mode, 0) + 1

@@ -245,8 +245,7 @@ class TaskStore:
     async def _run(self, sub: TaskSubmission) -> None:
         try:
             async with self._queue(sub.mode).slot(sub.owner):
-                await self.db.update(sub.id, status=TaskStatus.RUNNING.value, started_at=time.time(),
-                                     runs=(await self._runs(sub.id)) + 1)
+                await self.db.mark_running(sub.id, time.time())
                 try:
                     result = await asyncio.wait_for(self._execute(sub), self.config.call_timeout_s)
                 except TimeoutError:
@@ -265,10 +264,6 @@ class TaskStore:
                                error=TaskError(status=f.status, type=f.type, message=f.message, param=f.param))
         finally:
             self._progress.pop(sub.id, None)
-
-    async def _runs(self, task_id: str) -> int:
-        row = await self.db.get(task_id)
-        return row.runs if row is not None else 0
 
     async def _finish(self, task_id: str, status: TaskStatus, *, error: TaskError | None = None,
                       result_path: str | None = None, result_bytes: int = 0) -> None:
@@ -289,12 +284,14 @@ class TaskStore:
             self._spawn(self._notify(task_id))  # on its own task: a cancel does not wait for the deliveries
 
     async def _note_progress(self, task_id: str, step: int, total: int) -> None:
+        """Readers see every step (memory); the database gets a mark at most every PROGRESS_WRITE_S, and the last."""
         now = time.monotonic()
         last = self._progress.get(task_id)
-        self._progress[task_id] = (TaskProgress(step=step, total=total), last[1] if last else 0.0)
-        if last is None or now - last[1] >= PROGRESS_WRITE_S or step == total:
-            self._progress[task_id] = (TaskProgress(step=step, total=total), now)
+        written = last[1] if last is not None else None
+        if written is None or now - written >= PROGRESS_WRITE_S or step == total:
             await self.db.update(task_id, progress_step=step, progress_total=total)
+            written = now
+        self._progress[task_id] = (TaskProgress(step=step, total=total), written)
 
     async def _execute(self, sub: TaskSubmission) -> Any:
         started = time.perf_counter()

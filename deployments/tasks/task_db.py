@@ -156,6 +156,10 @@ class TaskDatabase:
         async with self._engine().begin() as conn:
             await conn.execute(update(tasks_table).where(tasks_table.c.id == task_id).values(**values))
 
+    async def mark_running(self, task_id: str, started_at: float) -> None:
+        """The task starts (again): `runs` counts its starts, so a restart knows how often it was cut off."""
+        await self.update(task_id, status="running", started_at=started_at, runs=tasks_table.c.runs + 1)
+
     async def get(self, task_id: str) -> TaskRow | None:
         async with self._engine().connect() as conn:
             query = select(tasks_table).where(tasks_table.c.id == task_id, tasks_table.c.app == self.app)

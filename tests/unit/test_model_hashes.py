@@ -45,3 +45,20 @@ def test_without_a_cache_the_hash_is_still_right(tmp_path: Path, monkeypatch) ->
     model.write_bytes(b"z")
     assert compute_sha256(model) == hashlib.sha256(b"z").hexdigest()
     assert cached_sha256(model) is None and not (tmp_path / ".dreamlab-cache").exists()
+
+
+def test_hashing_after_a_load_is_a_future_done_at_once_when_small_else_on_a_thread(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from serve_app.model.inspection.model_hashes import hash_in_background
+
+    monkeypatch.delenv("DREAMLAB_CACHE_DIR", raising=False)  # hashes kept next to the files
+
+    small = tmp_path / "small.safetensors"
+    small.write_bytes(b"x" * 1000)
+    at_once = hash_in_background(small)
+    assert at_once.done() and at_once.result() == hashlib.sha256(b"x" * 1000).hexdigest()
+    large = tmp_path / "large.safetensors"
+    large.write_bytes(b"y" * 5000)
+    threaded = hash_in_background(large, sync_below_bytes=10)  # "large": hashed on a thread
+    assert threaded.result(timeout=30) == hashlib.sha256(b"y" * 5000).hexdigest()
+    assert hash_in_background(large, sync_below_bytes=10).done()  # known for this version: at once

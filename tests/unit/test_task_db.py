@@ -52,6 +52,10 @@ def test_rows_survive_a_reopen_and_unfinished_work_is_found_again(url: str) -> N
         assert done.id in {r.id for r in await db.expired(now=10.0)}
         usage = await db.usage(owner)
         assert (usage.unfinished, usage.stored, usage.result_bytes) == (2, 3, 1000)
+        for started in (20.0, 30.0):  # started, cut off by a restart, started again
+            await db.mark_running(queued.id, started)
+        again = await db.get(queued.id)
+        assert again is not None and (again.status, again.started_at, again.runs) == ("running", 30.0, 2)
         await db.delete([done.id, queued.id, running.id])
         assert await db.get(done.id) is None
         assert (await db.usage(owner)).stored == 0

@@ -96,6 +96,12 @@ async def progress_board(request: Request) -> ProgressBoard:
 
 
 BoardDep = Annotated[ProgressBoard, Depends(progress_board)]
+
+
+def _callers_own(board: ProgressBoard) -> ProgressBoard:
+    """The running generations of the request's caller: progress, interrupt and skip never reach another's."""
+    caller = current_caller().id
+    return {key: p for key, p in board.items() if p.owner == caller}
 router = APIRouter()
 
 
@@ -172,7 +178,7 @@ async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgR
         "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
         "height": result.height, "steps": result.steps, "sampler_name": body.sampler_name or result.scheduler,
         "cfg_scale": body.cfg_scale, "batch_size": body.batch_size, "n_iter": body.n_iter,
-        "sd_model_name": mode.name, "sd_model_hash": short_hash(checkpoint_sha256(mode)),
+        "sd_model_name": mode.name, "sd_model_hash": result.model_hash,
         "job_id": current_request_id(), "infotexts": infotexts,
     }
     return A1111GenerationResponse(images=images, parameters=body.model_dump(), info=json.dumps(info))
@@ -193,8 +199,9 @@ async def sdapi_img2img(gw: GatewayDep, board: BoardDep, body: A1111Img2ImgReque
 @router.get("/sdapi/v1/sd-models", tags=A1111, dependencies=CLIENT, summary="A1111: checkpoints (the modes)",
             response_model=list[A1111SdModel], responses=ERRORS)
 async def sdapi_sd_models(gw: GatewayDep) -> list[A1111SdModel]:
-    return [A1111SdModel(title=_a1111_title(m), model_name=m.name, hash=short_hash(checkpoint_sha256(m)),
-                         sha256=checkpoint_sha256(m), filename=m.config.checkpoint)  # as configured: no server paths
+    hashes = {name: checkpoint_sha256(m) for name, m in gw.catalog.modes.items()}  # one cache read per mode
+    return [A1111SdModel(title=_a1111_title(m), model_name=m.name, hash=short_hash(hashes[m.name]),
+                         sha256=hashes[m.name], filename=m.config.checkpoint)  # as configured: no server paths
             for m in gw.catalog.modes.values()]
 
 
@@ -306,8 +313,7 @@ async def sdapi_set_options(gw: GatewayDep, request: Request, options: dict[str,
 @router.get("/sdapi/v1/progress", tags=A1111, dependencies=CLIENT, summary="A1111: progress of the running job",
             response_model=A1111Progress, responses=ERRORS)
 async def sdapi_progress(board: BoardDep) -> A1111Progress:
-    caller = current_caller().id
-    board = {key: p for key, p in board.items() if p.owner == caller}  # the caller's own generations
+    board = _callers_own(board)
     if not board:
         return A1111Progress(progress=0.0, eta_relative=0.0, state=A1111ProgressState(
             skipped=False, interrupted=False, job="", job_count=0, job_timestamp="0", job_no=0, sampling_step=0,
@@ -325,20 +331,16 @@ async def sdapi_progress(board: BoardDep) -> A1111Progress:
              summary="A1111: stop the caller's running generations", responses=ERRORS)
 async def sdapi_interrupt(board: BoardDep) -> dict[str, Any]:
     """Stops the caller's own running generations (never another client's) at their next step."""
-    caller = current_caller().id
-    for progress in board.values():
-        if progress.owner == caller:
-            progress.interrupted = True
+    for progress in _callers_own(board).values():
+        progress.interrupted = True
     return {}
 
 
 @router.post("/sdapi/v1/skip", tags=A1111, dependencies=CLIENT,
              summary="A1111: skip the caller's running batch (the next batch runs)", responses=ERRORS)
 async def sdapi_skip(board: BoardDep) -> dict[str, Any]:
-    caller = current_caller().id
-    for progress in board.values():
-        if progress.owner == caller:
-            progress.skipped = True
+    for progress in _callers_own(board).values():
+        progress.skipped = True
     return {}
 
 

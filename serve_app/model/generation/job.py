@@ -198,6 +198,7 @@ class GenerationResult:
     scheduler: str
     timings: GenerationTimings = field(default_factory=GenerationTimings)
     latents: np.ndarray | None = None  # instead of images, for a request with `denoising_end`
+    model_hash: str | None = None  # A1111's short hash of the checkpoint, once known
     stages: list[tuple[str, GenerationTimings]] = field(default_factory=list)  # (mode, its timings) per stage
 
 

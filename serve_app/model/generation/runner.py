@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -48,7 +49,7 @@ from serve_app.model.generation.job_inputs import job_inputs
 from serve_app.model.generation.schedulers import make_scheduler
 from serve_app.model.generation.self_check import self_check as run_self_check
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
-from serve_app.model.inspection.model_hashes import cached_sha256, hash_in_background, short_hash
+from serve_app.model.inspection.model_hashes import hash_in_background, short_hash
 from serve_app.model.loading.noise_schedule import mode_schedule_overrides
 from serve_app.model.loading.pipeline_loader import (
     LoadedPipelines,
@@ -112,6 +113,7 @@ class ModelRunner:
         self.dtype = torch_dtype_for(mode.dtype, self.device)
         self._loader = loader
         self._pipes: LoadedPipelines | None = None
+        self._model_hash: Future[str | None] | None = None  # from the first load on
         self._scheduler_config: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}  # name -> instance; reused (generation is serialised)
         self._lock = threading.RLock()
@@ -150,7 +152,7 @@ class ModelRunner:
                 self.state, self.last_error = ModelState.FAILED, str(exc)
                 raise
             self.loaded_from = Tier.DISK
-            hash_in_background(self.info.path)  # A1111's model hash, for infotexts and sd-models
+            self._model_hash = hash_in_background(self.info.path)  # A1111's, for infotexts and sd-models
             self._scheduler_config = dict(self._pipes.base.scheduler.config)
             self._schedulers = {}
             self._scheduler_config.update(mode_schedule_overrides(self.mode))
@@ -326,16 +328,18 @@ class ModelRunner:
             self.last_used = time.time()
         started = time.perf_counter()
         latents = images.float().cpu().numpy() if params.answers_latents else None  # (torch-free)
-        model_hash = short_hash(cached_sha256(self.info.path))
-        infotexts = [generation_infotext(params, seed, self.mode.name, model_hash, f"dreamlab {__version__}")
-                     for seed in params.seeds]
-        encoded = [] if latents is not None else [
-            GeneratedImage(encode_image(img, params.output_format, text), seed, params.output_format, text)
-            for img, seed, text in zip(images, params.seeds, infotexts)]
+        hashed = self._model_hash
+        model_hash = short_hash(hashed.result()) if hashed is not None and hashed.done() else None
+        encoded = []
+        if latents is None:
+            for img, seed in zip(images, params.seeds):
+                text = generation_infotext(params, seed, self.mode.name, model_hash, f"dreamlab {__version__}")
+                encoded.append(GeneratedImage(encode_image(img, params.output_format, text), seed,
+                                              params.output_format, text))
         return GenerationResult(
             images=encoded, width=params.output_size[0], height=params.output_size[1], steps=params.steps,
             scheduler=params.scheduler,
             timings=GenerationTimings(inference_s=round(inference_s, 4),
                                       encode_s=round(time.perf_counter() - started, 4), adapter_loads=adapter_loads),
-            latents=latents,
+            latents=latents, model_hash=model_hash,
         )

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 from serve_app.model.loading.converted_cache import resolve_cache_dir
@@ -102,38 +103,37 @@ def short_hash(sha256: str | None, digits: int = CHECKPOINT_SHORT) -> str | None
     return None if sha256 is None else sha256[:digits]
 
 
-_hashing: set[Path] = set()  # files being hashed in the background by this process
-
-
 SYNC_HASH_BYTES = 512 * 1024**2
+_pending: dict[Path, Future[str | None]] = {}  # the hashing under way in this process, by file
 
 
-def hash_in_background(path: str | Path, sync_below_bytes: int = SYNC_HASH_BYTES) -> None:
-    """Hash `path` unless its hash is known or already being computed: at once when it is small (under a
-    second to read), else on a daemon thread, so a replica that loads a checkpoint has its A1111 hash for
-    infotexts and `/sdapi/v1/sd-models` soon after, without a request ever waiting for a multi-GB read."""
+def hash_in_background(path: str | Path, sync_below_bytes: int = SYNC_HASH_BYTES) -> Future[str | None]:
+    """Hash `path` (its SHA-256; None when it cannot be read) at once when it is small (under a second to read)
+    or already hashed for this version, else on a daemon thread, so a replica that loads a checkpoint has its
+    A1111 hash for infotexts and `/sdapi/v1/sd-models` soon after, without a request ever waiting for a
+    multi-GB read. A second call while one is under way gets the same future."""
     path = Path(path).resolve()
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    if size < sync_below_bytes:
-        try:
-            compute_sha256(path)
-        except OSError as exc:
-            logger.warning("cannot hash %s: %s", path, exc)
-        return
     with _lock:
-        if path in _hashing:
-            return
-        _hashing.add(path)
-    if cached_sha256(path) is not None:
-        _hashing.discard(path)
-        return
+        running = _pending.get(path)
+        if running is not None and not running.done():
+            return running
+        future: Future[str | None] = Future()
+        _pending[path] = future
 
     def run() -> None:
         try:
-            compute_sha256(path)
+            future.set_result(compute_sha256(path))
         except OSError as exc:
             logger.warning("cannot hash %s: %s", path, exc)
-        finally:
-            _hashing.discard(path)
+            future.set_result(None)
 
-    threading.Thread(target=run, name="dreamlab-hash", daemon=True).start()
+    try:
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        quick = sum(p.stat().st_size for p in files) < sync_below_bytes or cached_sha256(path) is not None
+    except OSError:
+        quick = True  # `run` reports it
+    if quick:
+        run()
+    else:
+        threading.Thread(target=run, name="dreamlab-hash", daemon=True).start()
+    return future
