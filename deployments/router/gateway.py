@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import ParamSpec, TypeVar
 
 from deployments import metrics
 from deployments.protocol import GenerationRequest, GenerationResult, OperatorState, ProgressEvent, RegistryStats
 from deployments.registry.client import RegistryClient
 from deployments.router.fair_queue import FairQueue
 from deployments.router.mode_client import ModeClient
-from deployments.router.request_context import current_caller, current_request_id, note_mode
+from deployments.router.request_context import current_caller, current_server_id, note_mode
+from deployments.tasks.client import TaskStoreClient
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.mode_catalog import ModeCatalog, ServedMode
@@ -35,6 +39,18 @@ from serve_app.model.generation.job import GenerationTimings
 
 logger = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+# CPU work for one client (a large JSON body, an init image's decode and resize) runs here, not on the event
+# loop that answers everyone else; two threads bound what one replica spends on it at once.
+_CPU_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dreamlab-router-cpu")
+
+
+async def off_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args, **kwargs)` on the router's bounded CPU pool, in the caller's context (its request id)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_CPU_POOL, call)
+
 
 @dataclass
 class Generated:
@@ -45,12 +61,12 @@ class Generated:
 
 class Gateway:
     """`workers` calls the mode workers; `registry` is the registry's client and `task_store` the
-    TaskStore's handle (None: none); `access` says who may call (open when it holds no key)."""
+    TaskStore's (None: none); `access` says who may call (open when it holds no key)."""
 
     def __init__(self, *, catalog: ModeCatalog, adapters: AdapterCatalog, workers: ModeClient,
                  access: AccessPolicy | None = None, fair_share: FairShareConfig | None = None,
                  tasks: TasksConfig | None = None, registry: RegistryClient | None = None,
-                 task_store: Any = None) -> None:
+                 task_store: TaskStoreClient | None = None) -> None:
         self.catalog = catalog
         self.adapters = adapters
         self.workers = workers
@@ -188,23 +204,26 @@ class Gateway:
         metrics.stage_seconds(mode.name, {"load": t.load_s, "inference": t.inference_s, "encode": t.encode_s,
                                           "total": total_s})
 
-    def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
-        """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot."""
+    async def resolve(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationRequest:
+        """Validate `body` against `mode` once, here: bad input fails before it takes a queue slot. A body
+        with images is resolved off the event loop (decoding and resizing them is CPU work)."""
         if body.refiner is not None:  # only `generate` runs the two stages
             raise RequestValidationError("`refiner` runs on the direct generation routes only (not streamed, not as "
                                          "a task)", param="refiner")
-        return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters,
-                               inpainting=mode.info.inpainting)
+        resolve = functools.partial(resolve_request, body, mode.config, mode.family, current_server_id(),
+                                    self.adapters, inpainting=mode.info.inpainting)
+        return await off_loop(resolve) if _carries_images(body) else resolve()
 
-    def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
+    async def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
         """The base's request of a base -> refiner generation (it stops at `switch_at` and answers latents)."""
         assert body.refiner is not None
         refiner = self.select(body.refiner.mode, param="refiner.mode")
-        return resolve_refiner_base(body, mode, refiner, current_request_id(), self.adapters), refiner
+        resolve = functools.partial(resolve_refiner_base, body, mode, refiner, current_server_id(), self.adapters)
+        return await off_loop(resolve) if _carries_images(body) else resolve(), refiner
 
     async def _generate_refined(self, body: Txt2ImgRequest, mode: ServedMode) -> GenerationResult:
         """Base -> refiner across two mode deployments: the latents travel between them, not images."""
-        base, refiner = self._refiner_stages(body, mode)
+        base, refiner = await self._refiner_stages(body, mode)
         first = await self._generate_once(mode, base)
         second = await self._generate_once(refiner, base.refiner_finish(first.latents))
         a, b = first.timings, second.timings
@@ -225,7 +244,7 @@ class Gateway:
         if body.refiner is not None:
             result = await self._generate_refined(body, mode)
         else:
-            result = await self._generate_once(mode, self.resolve(body, mode))
+            result = await self._generate_once(mode, await self.resolve(body, mode))
         total_s = time.perf_counter() - started
         self.observe(mode, result, total_s)
         return Generated(mode, result, total_s)
@@ -243,3 +262,7 @@ class Gateway:
                 if isinstance(event, GenerationResult):
                     self.observe(mode, event, time.perf_counter() - started)
                 yield event
+
+
+def _carries_images(body: Txt2ImgRequest) -> bool:
+    return getattr(body, "image", None) is not None

@@ -4,24 +4,21 @@ memory (`serve_app.api.image_store.ImageStore`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from deployments.tasks.client import TaskStoreClient
 from serve_app.api.image_store import ImageStore
 
 
 class ImageUrls:
-    def __init__(self, task_store: Any = None) -> None:
+    def __init__(self, task_store: TaskStoreClient | None = None) -> None:
         self.task_store = task_store
         self.local = ImageStore()
 
     async def put(self, data: bytes, media_type: str) -> str:
         if self.task_store is None:
             return self.local.put(data, media_type)
-        key: str = await self.task_store.put_image.remote(data, media_type)
-        return key
+        return await self.task_store.put_image(data, media_type)
 
     async def get(self, key: str) -> tuple[bytes, str] | None:
         if self.task_store is None:
             return self.local.get(key)
-        found: tuple[bytes, str] | None = await self.task_store.get_image.remote(key)
-        return found
+        return await self.task_store.get_image(key)

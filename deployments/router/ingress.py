@@ -24,6 +24,7 @@ from deployments.router.gateway import Gateway
 from deployments.router.http_app import install_error_path
 from deployments.router.image_urls import ImageUrls
 from deployments.router.mode_client import ModeClient
+from deployments.tasks.client import TaskStoreClient
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
 from serve_app.api.mode_catalog import ModeCatalog
@@ -60,7 +61,9 @@ def build_gateway(*, modes: ModesFile, model_root: Path, mode_handles: dict[str,
     return Gateway(catalog=ModeCatalog(modes, model_root), adapters=AdapterCatalog(model_root),
                    workers=ModeClient(mode_handles, timeouts),
                    access=AccessPolicy.from_config(access or AccessConfig()), fair_share=fair_share, tasks=tasks,
-                   registry=RegistryClient(registry) if registry is not None else None, task_store=task_store)
+                   registry=RegistryClient(registry) if registry is not None else None,
+                   task_store=TaskStoreClient(task_store, (timeouts or WorkerTimeoutsConfig()).task_store_s)
+                   if task_store is not None else None)
 
 
 @serve.ingress()

@@ -31,16 +31,16 @@ from serve_app.core.errors import ModeUnavailableError, QueueFullError, WorkerTi
 logger = logging.getLogger(__name__)
 
 
-async def within(response: Any, timeout_s: float, mode: str, what: str) -> Any:
+async def within(response: Any, timeout_s: float, who: str, what: str) -> Any:
     """Await a handle's response for at most `timeout_s`; past it the call is cancelled (the replica stops
-    the request) and a 504 says which mode did not answer."""
+    the request) and a 504 says who (`mode 'sd1'`, `the task store`) did not answer."""
     try:
         return await asyncio.wait_for(_awaited(response), timeout_s)
     except TimeoutError:
         cancel = getattr(response, "cancel", None)
         if cancel is not None:
             cancel()
-        raise WorkerTimeoutError(f"mode {mode!r} did not answer the {what} within {timeout_s:g} s; retry later",
+        raise WorkerTimeoutError(f"{who} did not answer the {what} within {timeout_s:g} s; retry later",
                                  retry_after_s=5) from None
 
 
@@ -76,7 +76,7 @@ class ModeClient:
     async def generate_once(self, mode: str, request: GenerationRequest) -> GenerationResult:
         with worker_errors(mode, request.request_id):
             result: GenerationResult = await within(self._handle(mode, request).generate.remote(request),
-                                                    self.timeouts.generate_s, mode, "generation")
+                                                    self.timeouts.generate_s, f"mode {mode!r}", "generation")
             return result
 
     async def generate(self, mode: str, request: GenerationRequest) -> GenerationResult:
@@ -98,7 +98,8 @@ class ModeClient:
                     stream = self._handle(mode, request).options(stream=True).generate_stream.remote(request)
                     while True:
                         try:
-                            event = await within(anext(stream), self.timeouts.stream_idle_s, mode, "next step")
+                            event = await within(anext(stream), self.timeouts.stream_idle_s, f"mode {mode!r}",
+                                                       "next step")
                         except StopAsyncIteration:
                             return
                         except WorkerTimeoutError:
@@ -115,15 +116,16 @@ class ModeClient:
         """A custom job of `mode` (its `jobs:`); not retried (a job may have side effects)."""
         with worker_errors(mode, request_id):
             return await within(self._handle(mode).run.remote(job_type, payload, request_id), self.timeouts.job_s,
-                                mode, f"job {job_type!r}")
+                                f"mode {mode!r}", f"job {job_type!r}")
 
     async def load(self, mode: str) -> LoadAnswer:
         with worker_errors(mode):
-            answer: LoadAnswer = await within(self._handle(mode).load.remote(), self.timeouts.load_s, mode, "load")
+            answer: LoadAnswer = await within(self._handle(mode).load.remote(), self.timeouts.load_s,
+                                              f"mode {mode!r}", "load")
             return answer
 
     async def unload(self, mode: str) -> UnloadAnswer:
         with worker_errors(mode):
-            answer: UnloadAnswer = await within(self._handle(mode).unload.remote(), self.timeouts.unload_s, mode,
-                                                "unload")
+            answer: UnloadAnswer = await within(self._handle(mode).unload.remote(), self.timeouts.unload_s,
+                                                f"mode {mode!r}", "unload")
             return answer

@@ -1,6 +1,11 @@
-"""What the Router knows of the request at hand, per request (context variables): its id, the mode it runs
+"""What the Router knows of the request at hand, per request (context variables): its ids, the mode it runs
 on (its metrics are labelled with it) and its caller (fair sharing counts by it). No FastAPI here: the
-gateway reads them too."""
+gateway reads them too.
+
+A request has two ids: the one the client sees (its own `X-Request-Id` or a new one: the header, the
+response, the router's log lines) and a server-chosen one that names it everywhere else (the workers, their
+reservations and logs), so two clients sending the same id never share any bookkeeping. The router logs
+the pair (at debug level: Serve's proxy gives every request an id)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,19 @@ from contextvars import ContextVar
 from serve_app.api.access_policy import Caller
 
 _request_id: ContextVar[str] = ContextVar("dreamlab_request_id", default="-")
+_server_id: ContextVar[str] = ContextVar("dreamlab_server_id", default="-")
 _request_mode: ContextVar[list[str] | None] = ContextVar("dreamlab_request_mode", default=None)
 _caller: ContextVar[Caller | None] = ContextVar("dreamlab_caller", default=None)
 
 
 def current_request_id() -> str:
+    """The id the client sees."""
     return _request_id.get()
+
+
+def current_server_id() -> str:
+    """The server-chosen id (see the module's docstring)."""
+    return _server_id.get()
 
 
 def note_mode(name: str) -> None:
@@ -35,12 +47,14 @@ def current_caller() -> Caller:
 
 
 @contextlib.contextmanager
-def request_scope(request_id: str) -> Iterator[list[str]]:
-    """The request at hand is `request_id` while the block runs; it yields the holder of its mode's name."""
+def request_scope(request_id: str, server_id: str) -> Iterator[list[str]]:
+    """The request at hand is `request_id` (`server_id` inside) while the block runs; it yields the holder
+    of its mode's name."""
     mode = [""]
-    id_token, mode_token = _request_id.set(request_id), _request_mode.set(mode)
+    tokens = _request_id.set(request_id), _server_id.set(server_id), _request_mode.set(mode)
     try:
         yield mode
     finally:
-        _request_mode.reset(mode_token)
-        _request_id.reset(id_token)
+        _request_mode.reset(tokens[2])
+        _server_id.reset(tokens[1])
+        _request_id.reset(tokens[0])

@@ -103,8 +103,8 @@ class TasksConfig(StrictModel):
 
 
 class WorkerTimeoutsConfig(StrictModel):
-    """How long the router waits on a mode replica before it answers 504 and frees the request's slot (a hung
-    replica, a stuck thread). Generous: they bound hangs, not slow work."""
+    """How long the router waits on a mode replica (or the TaskStore) before it answers 504 and frees the
+    request's slot (a hung replica, a stuck thread). Generous: they bound hangs, not slow work."""
 
     generate_s: float = Field(900.0, gt=0, description="A whole generation (direct routes).")
     stream_idle_s: float = Field(300.0, gt=0, description="The longest wait for the next progress event of a "
@@ -112,6 +112,8 @@ class WorkerTimeoutsConfig(StrictModel):
     job_s: float = Field(900.0, gt=0, description="A custom job.")
     load_s: float = Field(1800.0, gt=0, description="A mode load (`/v1/modes/{name}/load`: may convert a file).")
     unload_s: float = Field(60.0, gt=0, description="A mode unload.")
+    task_store_s: float = Field(30.0, gt=0, description="A call to the TaskStore (submit, read or cancel a task, "
+                                "store or read a URL image).")
 
 
 class HttpLimitsConfig(StrictModel):

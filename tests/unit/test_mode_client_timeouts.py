@@ -26,7 +26,7 @@ class _Hanging:
 def test_a_call_past_its_deadline_is_a_504_and_is_cancelled() -> None:
     response = _Hanging()
     with pytest.raises(WorkerTimeoutError, match="mode 'sd1' did not answer the generation within 0.05 s") as err:
-        asyncio.run(within(response, 0.05, "sd1", "generation"))
+        asyncio.run(within(response, 0.05, "mode 'sd1'", "generation"))
     assert err.value.status_code == 504 and err.value.retry_after_s == 5
     assert response.cancelled
 
@@ -36,4 +36,4 @@ def test_a_call_in_time_answers() -> None:
         await asyncio.sleep(0.01)
         return "done"
 
-    assert asyncio.run(within(answer(), 1.0, "sd1", "generation")) == "done"
+    assert asyncio.run(within(answer(), 1.0, "mode 'sd1'", "generation")) == "done"

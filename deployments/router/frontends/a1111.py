@@ -24,7 +24,7 @@ from deployments.protocol import GenerationResult
 from deployments.router.access_control import CLIENT, require_admin
 from deployments.router.gateway import Gateway
 from deployments.router.gateway_dependency import GatewayDep
-from deployments.router.http_app import current_request_id
+from deployments.router.http_app import OffLoopJsonRoute, current_request_id
 from deployments.router.request_context import current_caller
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.mode_catalog import ServedMode
@@ -102,7 +102,7 @@ def _callers_own(board: ProgressBoard) -> ProgressBoard:
     """The running generations of the request's caller: progress, interrupt and skip never reach another's."""
     caller = current_caller().id
     return {key: p for key, p in board.items() if p.owner == caller}
-router = APIRouter()
+router = APIRouter(route_class=OffLoopJsonRoute)
 
 
 def _a1111_title(mode: ServedMode) -> str:
@@ -135,7 +135,7 @@ async def _run_with_progress(gw: Gateway, board: ProgressBoard, mode: ServedMode
     native.seed = seed
     if native.refiner is not None:  # two stages on two modes: not streamed, no live progress
         return (await gw.generate(native, mode)).result
-    request = gw.resolve(native, mode)
+    request = await gw.resolve(native, mode)
     key = uuid.uuid4().hex
     progress = board[key] = LiveProgress(0, request.steps, time.time(), current_caller().id)
     try:

@@ -16,9 +16,9 @@ from deployments.protocol import GenerationResult, LoadAnswer, ModelState, Regis
 from deployments.router.access_control import ADMIN, CLIENT
 from deployments.router.gateway import Gateway, Generated
 from deployments.router.gateway_dependency import GatewayDep
-from deployments.router.http_app import current_request_id
+from deployments.router.http_app import OffLoopJsonRoute, current_request_id
 from deployments.router.registry_view import redacted
-from deployments.router.request_context import current_caller
+from deployments.router.request_context import current_caller, current_server_id
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
 from serve_app.api.schemas.native import (
     IMAGE_CONTENT,
@@ -51,7 +51,7 @@ def _native_json(done: Generated) -> GenerationResponse:
     return generation_response(done.result, done.mode.name, done.mode.family.value, current_request_id(),
                                done.total_s)
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopJsonRoute)
 
 
 async def _native_generation(gw: Gateway, request: Request, body: Txt2ImgRequest) -> Response | GenerationResponse:
@@ -98,7 +98,7 @@ async def txt2img_stream(gw: GatewayDep, body: Txt2ImgRequest) -> StreamingRespo
     """Server-sent events: `progress` (step, total, elapsed_s, eta_s) per step, then `result` or `error`."""
     await gw.refuse_if_draining()
     mode = gw.select(body.mode)
-    request = gw.resolve(body, mode)
+    request = await gw.resolve(body, mode)
     request_id, started = current_request_id(), time.perf_counter()
 
     async def events() -> AsyncIterator[str]:
@@ -158,7 +158,7 @@ async def run_job(gw: GatewayDep, job_type: str, body: JobRequest) -> JobRespons
     async with gw.accepting():
         mode = gw.select(body.mode)
         async with gw.dispatch(mode):
-            result = await gw.workers.run_job(mode.name, job_type, body.payload, current_request_id())
+            result = await gw.workers.run_job(mode.name, job_type, body.payload, current_server_id())
     return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
 
 

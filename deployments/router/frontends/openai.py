@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from deployments.router.access_control import CLIENT
 from deployments.router.gateway import Gateway
 from deployments.router.gateway_dependency import GatewayDep
+from deployments.router.http_app import OffLoopJsonRoute
 from deployments.router.image_urls import ImageUrls
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.request_resolution import MAX_IMAGE_BYTES
@@ -48,7 +49,7 @@ async def image_store(request: Request) -> ImageUrls:
 
 
 ImageUrlsDep = Annotated[ImageUrls, Depends(image_store)]
-router = APIRouter()
+router = APIRouter(route_class=OffLoopJsonRoute)
 
 
 @router.post("/v1/images/generations", tags=OPENAI, dependencies=CLIENT, summary="OpenAI: create images",

@@ -17,6 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
 
+from deployments.router.http_app import OffLoopJsonRoute
+
 logger = logging.getLogger(__name__)
 
 STATIC_PACKAGE = "serve_app"
@@ -50,7 +52,7 @@ def page_html(root_path: str) -> str:
     base = html.escape(root_path.rstrip("/") + "/", quote=True)
     return static_bytes("index.html").decode("utf-8").replace(BASE_MARKER, base)
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopJsonRoute)
 
 
 @router.get("/", include_in_schema=False, response_class=HTMLResponse)

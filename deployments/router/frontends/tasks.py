@@ -4,7 +4,6 @@ limits and access control), run and kept by the TaskStore deployment (see `deplo
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter
 
@@ -12,7 +11,9 @@ from deployments.router.access_control import CLIENT
 from deployments.router.frontends.native import NATIVE
 from deployments.router.gateway import Gateway
 from deployments.router.gateway_dependency import GatewayDep
+from deployments.router.http_app import OffLoopJsonRoute
 from deployments.router.request_context import current_caller
+from deployments.tasks.client import TaskStoreClient
 from deployments.tasks.submission import TaskSubmission
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.schemas.tasks import JobTask, TaskOut, TaskRequest
@@ -22,11 +23,11 @@ from serve_app.core.strict_model import quote
 
 TASK_ERRORS = error_responses(FrontEnd.NATIVE, 404, 422, 429, 503, 504)
 
-router = APIRouter()
+router = APIRouter(route_class=OffLoopJsonRoute)
 
 
-def _store(gw: Gateway) -> Any:
-    """The TaskStore's handle."""
+def _store(gw: Gateway) -> TaskStoreClient:
+    """The TaskStore's client."""
     if gw.task_store is None:
         raise ModeUnavailableError("tasks are not available on this server", retry_after_s=60)
     return gw.task_store
@@ -58,9 +59,9 @@ async def submit_task(gw: GatewayDep, body: TaskRequest) -> TaskOut:
             payload = task.request.payload
         else:
             mode = gw.select(task.request.mode)
-            request = gw.resolve(task.request, mode)
+            request = await gw.resolve(task.request, mode)
         webhook = check_webhook(task.webhook, gw.tasks_config) if task.webhook else None
-        out: TaskOut = await store.submit.remote(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
+        out: TaskOut = await store.submit(TaskSubmission(  # a fresh id: a client's X-Request-Id may repeat
             id=uuid.uuid4().hex, kind=task.kind, mode=mode.name, family=mode.family.value,
             owner=current_caller().id, request=request, payload=payload, webhook=webhook))
         return out
@@ -70,11 +71,11 @@ async def submit_task(gw: GatewayDep, body: TaskRequest) -> TaskOut:
             response_model_exclude_none=True, summary="A task's status, progress and result",
             responses=TASK_ERRORS)
 async def get_task(gw: GatewayDep, task_id: str) -> TaskOut:
-    return _known(task_id, await _store(gw).get.remote(task_id[:64], current_caller().id))
+    return _known(task_id, await _store(gw).get(task_id[:64], current_caller().id))
 
 
 @router.delete("/v1/tasks/{task_id}", tags=NATIVE, dependencies=CLIENT, response_model=TaskOut,
                response_model_exclude_none=True, summary="Cancel a task (a running one stops at its next step)",
                responses=TASK_ERRORS)
 async def cancel_task(gw: GatewayDep, task_id: str) -> TaskOut:
-    return _known(task_id, await _store(gw).cancel.remote(task_id[:64], current_caller().id))
+    return _known(task_id, await _store(gw).cancel(task_id[:64], current_caller().id))
