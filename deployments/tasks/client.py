@@ -14,7 +14,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from deployments.router.mode_client import within
 from deployments.tasks.submission import TaskSubmission
 from serve_app.api.schemas.tasks import TaskOut
-from serve_app.core.errors import ModeUnavailableError
+from serve_app.core.errors import DreamLabError, ModeUnavailableError
 
 logger = logging.getLogger(__name__)
 WHO = "the task store"
@@ -37,9 +37,13 @@ class TaskStoreClient:
         self.timeout_s = timeout_s
 
     async def submit(self, sub: TaskSubmission) -> TaskOut:
+        """The queued task; a quota's refusal (returned by the store) is raised here."""
         with _store_errors():
-            out: TaskOut = await within(self.handle.submit.remote(sub), self.timeout_s, WHO, "task submission")
-            return out
+            out: TaskOut | DreamLabError = await within(self.handle.submit.remote(sub), self.timeout_s, WHO,
+                                                        "task submission")
+        if isinstance(out, DreamLabError):
+            raise out
+        return out
 
     async def get(self, task_id: str, owner: str) -> TaskOut | None:
         with _store_errors():

@@ -35,7 +35,7 @@ from serve_app.api.schemas.native import generation_response
 from serve_app.api.schemas.tasks import TaskError, TaskOut, TaskProgress, TaskStatus, WebhookState
 from serve_app.api.webhooks import deliver
 from serve_app.config.app_args import TasksConfig
-from serve_app.core.errors import QueueFullError, QuotaExceededError, WorkerTimeoutError
+from serve_app.core.errors import DreamLabError, QueueFullError, QuotaExceededError, WorkerTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,16 @@ class TaskStore:
         task.add_done_callback(self._background.discard)
 
     # -- the API the router calls --------------------------------------------------------------------------
-    async def submit(self, sub: TaskSubmission) -> TaskOut:
+    async def submit(self, sub: TaskSubmission) -> TaskOut | DreamLabError:
+        """The queued task, or the quota that refuses it: a refusal is returned, not raised, since it is an
+        answer (a client over its quota sends many) and Serve logs every raised error with its traceback."""
         await self._ready()
         await self._sweep()
         async with self._submit_lock:  # quotas checked and the row written as one step
-            await self._check_quotas(sub.owner)
+            try:
+                await self._check_quotas(sub.owner)
+            except (QueueFullError, QuotaExceededError) as refused:
+                return refused
             await self.db.insert(TaskRow(
                 id=sub.id, owner=sub.owner, kind=sub.kind, mode=sub.mode, status=TaskStatus.QUEUED.value,
                 created_at=time.time(), submission=sub.encode(), webhook_url=sub.webhook))

@@ -112,6 +112,39 @@ def test_a_burst_of_large_requests_does_not_starve_another_client(secure):
     assert finished.index("small") <= 6, finished
 
 
+def test_1000_tasks_from_one_client_leave_another_clients_task_accepted_and_run_first(secure):
+    """One client submits 1000 tasks: it gets its share (16 unfinished at a time), the rest 429; another
+    client's task is then accepted and runs after at most the one task already running (tasks are taken
+    round-robin by client), not after the first client's queue."""
+    flood = {"kind": "txt2img", "request": {"prompt": "flood", "mode": "fast", "steps": 50, "width": 128,
+                                            "height": 128}}
+    statuses: dict[int, int] = {}
+    accepted: list[str] = []
+    with httpx.Client(base_url=secure, headers=_auth(CLIENT_KEYS[0]), timeout=60) as first:
+        try:
+            for _ in range(1000):
+                r = first.post("/v1/tasks", json=flood)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code == 202:
+                    accepted.append(r.json()["id"])
+            finished = [first.get(f"/v1/tasks/{i}").json()["status"] for i in accepted].count("succeeded")
+            assert set(statuses) == {202, 429} and statuses[202] <= 16 + finished, (statuses, finished)
+            with httpx.Client(base_url=secure, headers=_auth(CLIENT_KEYS[1]), timeout=60) as second:
+                mine = second.post("/v1/tasks", json={"kind": "txt2img", "request": {
+                    "prompt": "mine", "mode": "fast", "steps": 2}})
+                assert mine.status_code == 202, mine.text
+                deadline = time.monotonic() + 120
+                while (task := second.get(f"/v1/tasks/{mine.json()['id']}").json())["status"] not in (
+                        "succeeded", "failed") and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert task["status"] == "succeeded", task
+            done_before = [first.get(f"/v1/tasks/{i}").json()["status"] for i in accepted].count("succeeded")
+            assert done_before <= finished + 2, (done_before, finished)  # it did not wait for the flood
+        finally:
+            for task_id in accepted:
+                first.delete(f"/v1/tasks/{task_id}")
+
+
 def test_default_mode_survives_a_registry_restart_then_a_router_restart(secure):
     import ray
 
