@@ -63,6 +63,7 @@ def deploy_app(name: str, modes: dict[str, Any], model_root: Path, tmp_dir: Path
 
     from serve_app.app_builder import build_app
 
+    args.setdefault("placement", {"default_num_gpus": 0})  # the cluster declares a GPU: unplaced modes run on CPU
     modes_file = tmp_dir / f"{name}_modes.yaml"
     modes_file.write_text(yaml.safe_dump(modes))
     app = build_app({"modes_file": str(modes_file), "model_root": str(model_root), "registry": registry or {},
