@@ -80,7 +80,8 @@ def main() -> int:
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     try:
-        serve.run(build_app({"modes_file": str(root / "modes.yaml"), "model_root": str(root)}),
+        serve.run(build_app({"modes_file": str(root / "modes.yaml"), "model_root": str(root),
+                             "placement": {"default_num_gpus": 0}}),  # the modes run on the CPU
                   name="refiner", route_prefix="/refiner")
         url = f"http://127.0.0.1:{PORT}/refiner/v1/txt2img"
         with httpx.Client(timeout=300) as client:

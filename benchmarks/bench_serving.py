@@ -43,7 +43,8 @@ def deploy(name: str, modes: dict, root: Path, tmp: Path, registry: dict | None 
 
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(modes))
-    serve.run(build_app({"modes_file": str(path), "model_root": str(root), "registry": registry or {}}),
+    serve.run(build_app({"modes_file": str(path), "model_root": str(root), "registry": registry or {},
+                         "placement": {"default_num_gpus": 0}}),  # modes naming no num_gpus run on the CPU
               name=name, route_prefix=f"/{name}")
     return f"http://127.0.0.1:{PORT}/{name}"
 

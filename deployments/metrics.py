@@ -5,7 +5,8 @@ Prometheus endpoint (names prefixed `ray_`) and shown in the Ray dashboard's met
   queue depth per mode.
 - Mode workers: loads by mode and source tier, load seconds; moves off the device by mode, target tier and
   reason (evictions, operator unloads).
-- Registry: VRAM bytes per device (total, budget, used, reserved, free) and models per device and tier.
+- Registry: VRAM bytes per device by ledger line (used = the models, context, cache, unaccounted, reserved,
+  free; total, budget, accounted, and driver_used as the driver reports it) and models per device and tier.
 
 Instruments are created on first use in the process that records them; outside Ray (unit tests of the
 plain classes) recording does nothing.
@@ -19,6 +20,7 @@ from typing import Any
 
 SECONDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
 STAGES = ("queue", "load", "inference", "encode", "total")
+VRAM_KINDS = ("total", "budget", "used", "context", "cache", "unaccounted", "accounted", "reserved", "free")
 
 
 @functools.cache
@@ -42,7 +44,8 @@ def _instruments() -> dict[str, Any] | None:
                             boundaries=SECONDS, tag_keys=("mode", "tier")),
         "moves": Counter("dreamlab_model_moves", "Models moved off their device, by mode, target tier and reason.",
                          tag_keys=("mode", "to", "reason")),
-        "vram": Gauge("dreamlab_vram_bytes", "Device memory by kind: total, budget, used, reserved, free.",
+        "vram": Gauge("dreamlab_vram_bytes", "Device memory by kind: total, budget, used (models), context, cache, "
+                      "unaccounted, accounted, reserved, free, driver_used.",
                       tag_keys=("device", "kind")),
         "models": Gauge("dreamlab_models", "Models per device, by tier.", tag_keys=("device", "tier")),
     }
@@ -103,8 +106,9 @@ class RegistryExport:
         seen = set()
         for dev in stats.devices:
             seen.add(dev.device)
-            for kind in ("total", "budget", "used", "reserved", "free"):
+            for kind in VRAM_KINDS:
                 vram.set(getattr(dev, f"{kind}_bytes") or 0, tags={"device": dev.device, "kind": kind})
+            vram.set(dev.reported_used_bytes or 0, tags={"device": dev.device, "kind": "driver_used"})
             models.set(len(dev.models), tags={"device": dev.device, "tier": "vram"})
         for node in stats.nodes:
             models.set(len(node.models), tags={"device": f"{node.node}:ram", "tier": "ram"})

@@ -18,9 +18,10 @@ from serve_app.model.generation.job import GenerationRequest, GenerationResult, 
 from serve_app.model.model_state import ModelState, Tier
 
 __all__ = [
-    "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport", "InflightCounts",
-    "LoadAnswer", "ModelState", "Offloaded", "OperatorState", "ProgressEvent", "Registration", "RegistryStats",
-    "ReserveAnswer", "ReserveStatus", "RouterPollAnswer", "Tier", "UnloadAnswer",
+    "DeviceLine", "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport",
+    "InflightCounts", "LoadAnswer", "ModePlacement", "ModelState", "Offloaded", "OperatorState", "ProcessMemory",
+    "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer", "ReserveStatus", "RouterPollAnswer", "Tier",
+    "UnloadAnswer",
 ]
 
 
@@ -52,6 +53,25 @@ class Offloaded(Message):
     epoch: int
 
 
+class ProcessMemory(Message):
+    """What one replica's process holds on its GPU, as CUDA reports it (`DeviceProbe.process_memory`)."""
+
+    context_bytes: int = Field(description="The CUDA context and other memory outside PyTorch's allocator (NVML's "
+                               "per-process use minus the allocator's reserve, else an estimate).")
+    allocator_reserved_bytes: int = Field(description="`torch.cuda.memory_reserved`: what the allocator holds.")
+    allocator_allocated_bytes: int = Field(description="`torch.cuda.memory_allocated`: what tensors use of it.")
+
+    @property
+    def cache_bytes(self) -> int:
+        """Reserved but unused: the allocator's cache, returned to the driver by `torch.cuda.empty_cache`."""
+        return max(0, self.allocator_reserved_bytes - self.allocator_allocated_bytes)
+
+    @property
+    def process_bytes(self) -> int:
+        """Everything the process holds on the device: its context and the allocator's reserve."""
+        return self.context_bytes + self.allocator_reserved_bytes
+
+
 class HeartbeatReport(Message):
     mode: str
     device: str
@@ -66,6 +86,8 @@ class HeartbeatReport(Message):
     last_use: float = Field(description="Wall-clock time of the last generation (0: never).")
     total_bytes: int | None = Field(description="Device size from CUDA; None: the registry simulates one.")
     reported_used_bytes: int | None = Field(description="Device use by every process (driver view), CUDA only.")
+    process: ProcessMemory | None = Field(None, description="This replica's own use of the device (CUDA only).")
+    gpu_fraction: float | None = Field(None, description="The `num_gpus` Ray placed this replica with (0: none).")
 
 
 class HeartbeatAnswer(Message):
@@ -73,7 +95,11 @@ class HeartbeatAnswer(Message):
                                "moves it to host memory, `disk` drops it.")
     evict_from: Tier | None = Field(None, description="The tier the eviction is about (`vram` or `ram`): a model "
                                     "that has moved since is left alone.")
+    return_cache: bool = Field(False, description="A neighbour waits for room: return the allocator's cache to "
+                               "the driver (`torch.cuda.empty_cache`) and report again.")
     draining: bool
+    backlog: int = Field(0, description="Requests of this replica's mode waiting in the routers' fair queues "
+                         "(what Serve's autoscaler is told, see `record_autoscaling_stats`).")
 
 
 class ReserveStatus(str, Enum):
@@ -90,6 +116,8 @@ class ReserveAnswer(Message):
     budget_bytes: int
     busy_modes: list[str] = Field(default_factory=list)
     evicting: list[str] = Field(default_factory=list)
+    returning_cache: list[str] = Field(default_factory=list, description="Modes whose replicas were asked to "
+                                       "return their allocator cache for this reservation.")
 
 
 # -- router <-> registry ---------------------------------------------------------------------------------
@@ -151,16 +179,33 @@ class RamModelStats(BaseModel):
     dropping: bool = Field(False, description="Pushed out of RAM for a newer offload: the replica drops it.")
 
 
+class DeviceLine(Message):
+    """One replica's own line on a device: its CUDA context and its allocator's cache."""
+
+    replica: str
+    mode: str
+    context_bytes: int
+    cache_bytes: int
+
+
 class DeviceStats(Message):
-    device: str = Field(description="`<node id>:gpu<index>` or `<node id>:cpu`.")
+    device: str = Field(description="`<node id>:GPU-<uuid>` (a physical GPU, from CUDA), `<node id>:gpu<index>` "
+                        "(a GPU Ray simulates without CUDA) or `<node id>:cpu`.")
     total_bytes: int
     budget_bytes: int
     used_bytes: int = Field(description="Sum of the footprints of the models on it.")
-    reserved_bytes: int = Field(description="Held for loads in progress.")
-    free_bytes: int = Field(description="budget - used - reserved.")
-    reported_used_bytes: int | None = Field(description="The device's own report (CUDA), for comparison.")
+    reserved_bytes: int = Field(description="Held for loads in progress and for large requests' working memory.")
+    context_bytes: int = Field(0, description="The replicas' CUDA contexts (see `lines`).")
+    cache_bytes: int = Field(0, description="The replicas' allocator caches (reserved - allocated; see `lines`).")
+    unaccounted_bytes: int = Field(0, description="What the driver sees in use beyond the replicas' own processes: "
+                                   "other processes on the card.")
+    accounted_bytes: int = Field(0, description="used + context + cache + unaccounted: the ledger's view.")
+    free_bytes: int = Field(description="budget - the larger of (accounted + reserved) and the driver's used.")
+    reported_used_bytes: int | None = Field(description="The driver's used (total - free, CUDA); decisions take "
+                                            "the larger of it and the ledger.")
     simulated: bool = Field(description="No CUDA: the size is the configured simulated one.")
     models: list[ModelStats]
+    lines: list[DeviceLine] = Field(default_factory=list, description="Each replica's context and cache.")
 
 
 class NodeStats(Message):
@@ -177,8 +222,19 @@ class ReplicaStats(Message):
     state: ModelState
 
 
+class ModePlacement(Message):
+    """A mode's share of a GPU (`num_gpus`) and the modes whose replicas Ray may put on the same card."""
+
+    mode: str
+    num_gpus: float = Field(description="0: the mode runs on its node's CPU.")
+    shares_card_with: list[str] = Field(description="Modes with num_gpus > 0 whose fraction and this one's sum to "
+                                        "at most 1 (one replica of each fits on one card).")
+
+
 class RegistryStats(Message):
     devices: list[DeviceStats]
+    placement: list[ModePlacement] = Field(default_factory=list, description="Per mode: its GPU fraction and the "
+                                           "modes that may share a card with it.")
     nodes: list[NodeStats] = Field(default_factory=list, description="Host memory (the RAM tier) per node.")
     draining: bool
     replicas: dict[str, ReplicaStats] = Field(description="By replica id.")

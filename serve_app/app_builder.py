@@ -17,9 +17,19 @@ from serve_app.config.app_args import (
     TASKS_DEPLOYMENT,
     parse_app_args,
 )
+from serve_app.config.deployment_plan import gpu_fractions, mode_options
 from serve_app.config.modes_file import model_root_from_env, modes_from_environment
 
 logger = logging.getLogger(__name__)
+# Modes that autoscale count the requests waiting in the routers' fair queues (see the README's autoscaling).
+BACKLOG_POLICY = {"policy_function": "deployments.worker.backlog_policy:BacklogPolicy"}
+
+
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster the application is built on (0 outside Ray or without GPUs)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
 
 
 def build_app(args: dict[str, Any] | None = None):
@@ -43,14 +53,16 @@ def build_app(args: dict[str, Any] | None = None):
             write_demo_models(root)
         write_demo_adapters(root)  # cheap when present; a models folder from an older version lacks them
     modes, root = modes_from_environment(a.modes_file, root)
+    options = mode_options(modes.modes, cluster_gpus(), a.placement, BACKLOG_POLICY)
     registry_cfg = a.registry.model_dump()
     registry = serve.deployment(name=REGISTRY_DEPLOYMENT)(VramRegistry).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
-        logging_config={"enable_access_log": False}).bind(registry_cfg)  # heartbeats would flood the log
+        logging_config={"enable_access_log": False}).bind(  # heartbeats would flood the log
+        registry_cfg, placement=gpu_fractions(options))
     handles = {}
     for mode in modes.modes:
         handles[mode.name] = serve.deployment(name=mode.name)(ModeWorkerDeployment).options(
-            **mode.deployment_options()).bind(
+            **options[mode.name]).bind(
             mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
     tasks = serve.deployment(name=TASKS_DEPLOYMENT)(TaskStore).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},

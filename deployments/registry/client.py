@@ -56,8 +56,9 @@ class RegistryClient:
         """`wait_s`: the registry may hold the call that long, answering as soon as it has a command."""
         return await self._call("heartbeat", replica, report, wait_s, timeout_s=self.timeout_s + wait_s)
 
-    async def router_poll(self, router: str, inflight: int, state: OperatorState) -> RouterPollAnswer:
-        return await self._call("router_poll", router, inflight, state, timeout_s=5.0)
+    async def router_poll(self, router: str, inflight: int, state: OperatorState,
+                          waiting: dict[str, int] | None = None) -> RouterPollAnswer:
+        return await self._call("router_poll", router, inflight, state, waiting, timeout_s=5.0)
 
     async def set_default_mode(self, mode: str) -> OperatorState:
         return await self._call("set_default_mode", mode)

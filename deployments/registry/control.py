@@ -22,6 +22,7 @@ class ControlState:
         self._dead_after_s = dead_after_s
         self.operator = OperatorState()
         self.routers: dict[str, tuple[int, float]] = {}  # router id -> (inflight, seen)
+        self.waiting: dict[str, dict[str, int]] = {}  # router id -> requests waiting in its fair queue, per mode
 
     @property
     def draining(self) -> bool:
@@ -38,10 +39,13 @@ class ControlState:
     def set_default_mode(self, mode: str) -> OperatorState:
         return self._change(default_mode=mode)
 
-    def router_poll(self, router: str, inflight: int, state: OperatorState | None = None) -> OperatorState:
-        """A router reports its in-flight requests and its copy of the operator state (a newer copy wins); it
-        learns the registry's."""
+    def router_poll(self, router: str, inflight: int, state: OperatorState | None = None,
+                    waiting: dict[str, int] | None = None) -> OperatorState:
+        """A router reports its in-flight requests, its waiting requests per mode and its copy of the operator
+        state (a newer copy wins); it learns the registry's."""
         self.routers[router] = (inflight, self._clock())
+        if waiting is not None:
+            self.waiting[router] = waiting
         if state is not None and state.version > self.operator.version:
             logger.warning("operator state restored from router %s: %s", router, state)
             self.operator = state
@@ -50,8 +54,15 @@ class ControlState:
     def router_inflight(self) -> int:
         return sum(n for n, _ in self.routers.values())
 
+    def backlog(self, mode: str) -> int:
+        """Requests of `mode` waiting in the fair queues of the routers heard from within `dead_after_s`."""
+        now = self._clock()
+        return sum(waiting.get(mode, 0) for router, waiting in self.waiting.items()
+                   if router in self.routers and now - self.routers[router][1] <= self._dead_after_s)
+
     def sweep(self) -> None:
         """Routers are forgotten late: a drain must not mistake a slow router for an idle one."""
         now = self._clock()
         for rid in [r for r, (_, seen) in self.routers.items() if now - seen > 5 * self._dead_after_s]:
             del self.routers[rid]
+            self.waiting.pop(rid, None)

@@ -4,10 +4,13 @@ replica, footprint, estimate, state and last use; per node the RAM tier (evicted
 under `ram_budget_bytes`, least recently used first out to disk when a newer eviction needs the room). It
 decides whether a reservation fits and which idle models are evicted for it (least recently used first).
 
-Memory is accounted, not sampled: `used` is the sum of the footprints the workers measured
-(`torch.cuda.memory_allocated` deltas on CUDA, parameter bytes on the CPU); the device's own report
-(`mem_get_info`) is shown beside it. Without CUDA each device gets a simulated size, so CPU tests run the
-same logic.
+Memory is accounted and reconciled with the driver on every heartbeat (see `device_lines`): `used` is the
+sum of the footprints the workers measured (`torch.cuda.memory_allocated` deltas on CUDA, parameter bytes on
+the CPU); each replica's CUDA context and allocator cache are lines of their own, and what the driver
+(`mem_get_info`) sees beyond the replicas' processes is `unaccounted`. Decisions take the larger of the ledger
+and the driver. A device is a physical GPU (its UUID), so replicas that share a card share its ledger. When
+room is short, replicas holding allocator cache are told to return it (`empty_cache`) before any idle model is
+evicted. Without CUDA each device gets a simulated size and no driver view, so CPU tests run the same logic.
 
 A plain object with no awaits and no locks: `VramRegistry` calls it from its actor's one event loop, so every
 call runs whole before the next starts (two reservations can never both be granted room only one fits in).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from deployments.protocol import (
     DeviceStats,
@@ -32,22 +36,31 @@ from deployments.protocol import (
     ReserveStatus,
     Tier,
 )
+from deployments.registry.device_lines import DeviceLines, ReplicaProcess, device_lines
 from deployments.registry.ram_tier import RamTier, node_of
 from deployments.registry.records import DeviceEntry, ReplicaSeen, Reservation
 from serve_app.config.app_args import RegistryConfig
 
 logger = logging.getLogger(__name__)
-Command = tuple[Tier | None, Tier | None]  # for a replica: (evict to, the tier the eviction is about)
+
+
+class Command(NamedTuple):
+    """What a replica is told in its heartbeat's answer."""
+
+    evict: Tier | None = None  # move the model there
+    evict_from: Tier | None = None  # the tier the eviction is about
+    return_cache: bool = False  # return the allocator's cache to the driver
 
 
 class VramLedger:
-    """`on_evict(replica)`: called when the replica is told to move its model (its held heartbeat answers)."""
+    """`on_command(replica)`: called when the replica is given a command (its held heartbeat answers)."""
 
     def __init__(self, config: RegistryConfig, clock: Callable[[], float],
-                 on_evict: Callable[[str], None] = lambda replica: None) -> None:
+                 on_command: Callable[[str], None] = lambda replica: None) -> None:
         self.config = config
         self._clock = clock
-        self._on_evict = on_evict
+        self._on_command = on_command
+        self.cache_returns: set[str] = set()  # replicas told to return their allocator cache
         self.devices: dict[str, DeviceEntry] = {}
         self.models: dict[str, ModelStats] = {}  # by replica id
         self.ram = RamTier(config.ram_budget_bytes)
@@ -70,11 +83,18 @@ class VramLedger:
     def _used(self, device: str) -> int:
         return sum(m.footprint_bytes for m in self.models.values() if m.device == device)
 
+    def _lines(self, device: str) -> DeviceLines:
+        processes = [ReplicaProcess(rid, seen.mode, seen.process) for rid, seen in self.replicas.items()
+                     if seen.device == device and seen.process is not None]
+        return device_lines((m.footprint_bytes for m in self.models.values() if m.device == device), processes,
+                            self.devices[device].reported_used_bytes)
+
     def _reserved(self, device: str, exclude: str | None = None) -> int:
         return sum(r.bytes for key, r in self.reservations.items() if r.device == device and key != exclude)
 
     def _free(self, device: str, exclude: str | None = None) -> int:
-        return self.devices[device].budget_bytes - self._used(device) - self._reserved(device, exclude)
+        """The budget less the larger of the ledger (every line + reservations) and the driver's used."""
+        return self.devices[device].budget_bytes - self._lines(device).taken(self._reserved(device, exclude))
 
     # -- liveness ------------------------------------------------------------------------------------
     def sweep(self) -> None:
@@ -92,6 +112,7 @@ class VramLedger:
         self.replicas.pop(replica, None)
         self.models.pop(replica, None)
         self.ram.drop(replica)
+        self.cache_returns.discard(replica)
         for key in [k for k, r in self.reservations.items() if r.replica == replica]:
             del self.reservations[key]
 
@@ -114,18 +135,27 @@ class VramLedger:
         model.evict_to, dropped = self.ram.place(model.mode, node, model.measured_bytes, self._promised_to_ram(node),
                                                  restoring=(r.replica for r in self.reservations.values()))
         for replica in [model.replica, *dropped]:
-            self._on_evict(replica)
+            self._on_command(replica)
         logger.info("evicting mode %s (replica %s) from %s to %s for mode %s", model.mode, model.replica,
                     model.device, model.evict_to.value, for_mode)
 
+    def _return_caches(self, caches: dict[str, int]) -> list[str]:
+        """Tell the replicas holding allocator cache on a device to return it; their modes."""
+        for replica in caches:
+            self.cache_returns.add(replica)
+            self._on_command(replica)
+        return sorted({self.replicas[r].mode for r in caches})
+
     def commands(self, replica: str) -> Command:
-        """What `replica` is told to do with its model now."""
+        """What `replica` is told to do now (a cache return is told once)."""
+        return_cache = replica in self.cache_returns
+        self.cache_returns.discard(replica)
         model = self.models.get(replica)
         if model is not None and model.state is EntryState.EVICTING:
-            return model.evict_to, Tier.VRAM
+            return Command(model.evict_to, Tier.VRAM, return_cache)
         if self.ram.dropping(replica):
-            return Tier.DISK, Tier.RAM
-        return None, None
+            return Command(Tier.DISK, Tier.RAM, return_cache)
+        return Command(return_cache=return_cache)
 
     # -- reservations --------------------------------------------------------------------------------
     def can_fit(self, device: str, nbytes: int) -> bool:
@@ -147,19 +177,21 @@ class VramLedger:
         free = self._free(device, exclude=key)
 
         def answer(status: ReserveStatus, **more: list[str]) -> ReserveAnswer:
-            return ReserveAnswer(status=status, needed_bytes=nbytes, free_bytes=free, budget_bytes=dev.budget_bytes,
-                                 **more)
+            return ReserveAnswer(status=status, needed_bytes=nbytes, free_bytes=max(0, free),
+                                 budget_bytes=dev.budget_bytes, **more)
 
         if nbytes <= free:
             self.reservations[key] = Reservation(replica, mode, device, nbytes,
                                                  self._clock() + self.config.reservation_ttl_s)
             return answer(ReserveStatus.GRANTED)
         own = sum(m.footprint_bytes for m in self.models.values() if m.replica == replica and m.device == device)
-        if nbytes > dev.budget_bytes - own:
+        lines = self._lines(device)
+        if nbytes > dev.budget_bytes - own - lines.fixed:  # contexts and other processes stay whatever we do
             return answer(ReserveStatus.NO_FIT)
         on_device = [m for m in self.models.values() if m.device == device and m.replica != replica]
         evicting = [m for m in on_device if m.state is EntryState.EVICTING]
-        pending = sum(m.footprint_bytes for m in evicting)
+        caches = {line.replica: line.cache_bytes for line in lines.lines if line.cache_bytes > 0}
+        pending = sum(m.footprint_bytes for m in evicting) + sum(caches.values())  # caches go before any model
         idle = sorted((m for m in on_device if m.state is EntryState.READY and m.inflight == 0),
                       key=lambda m: m.last_use)
         victims: list[ModelStats] = []
@@ -174,12 +206,15 @@ class VramLedger:
             if free + pending + later < nbytes:
                 return answer(ReserveStatus.NO_FIT)
             # Fits once busy models (and loads in progress) go idle: evict what is idle now, poll again.
+            returning = self._return_caches(caches)
             for model in victims:
                 self._evict(model, mode)
-            return answer(ReserveStatus.WAITING_BUSY, busy_modes=[m.mode for m in busy])
+            return answer(ReserveStatus.WAITING_BUSY, busy_modes=[m.mode for m in busy], returning_cache=returning)
+        returning = self._return_caches(caches)
         for model in victims:
             self._evict(model, mode)
-        return answer(ReserveStatus.EVICTING, evicting=[m.mode for m in evicting + victims])
+        return answer(ReserveStatus.EVICTING, evicting=[m.mode for m in evicting + victims],
+                      returning_cache=returning)
 
     def release(self, key: str) -> None:
         """Drop the reservation under `key` (a replica's failed or abandoned load, or a request's extra)."""
@@ -224,6 +259,8 @@ class VramLedger:
         seen = self._seen(replica, report.mode, report.device)
         seen.inflight = report.inflight
         seen.state = report.state
+        seen.process = report.process
+        seen.gpu_fraction = report.gpu_fraction
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
@@ -268,6 +305,10 @@ class VramLedger:
     def replica_inflight(self) -> int:
         return sum(s.inflight for s in self.replicas.values())
 
+    def gpu_fractions(self) -> dict[str, float]:
+        """The num_gpus each mode's live replicas report being placed with."""
+        return {seen.mode: seen.gpu_fraction for seen in self.replicas.values() if seen.gpu_fraction is not None}
+
     def replicas_per_mode(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for seen in self.replicas.values():
@@ -277,11 +318,13 @@ class VramLedger:
     def device_stats(self) -> list[DeviceStats]:
         devices = []
         for name, dev in sorted(self.devices.items()):
-            used, reserved = self._used(name), self._reserved(name)
+            lines, reserved = self._lines(name), self._reserved(name)
             devices.append(DeviceStats(
-                device=name, total_bytes=dev.total_bytes, budget_bytes=dev.budget_bytes, used_bytes=used,
-                reserved_bytes=reserved, free_bytes=dev.budget_bytes - used - reserved,
-                reported_used_bytes=dev.reported_used_bytes, simulated=dev.simulated,
+                device=name, total_bytes=dev.total_bytes, budget_bytes=dev.budget_bytes, used_bytes=lines.models,
+                reserved_bytes=reserved, context_bytes=lines.contexts, cache_bytes=lines.caches,
+                unaccounted_bytes=lines.unaccounted, accounted_bytes=lines.accounted,
+                free_bytes=dev.budget_bytes - lines.taken(reserved), reported_used_bytes=dev.reported_used_bytes,
+                simulated=dev.simulated, lines=lines.lines,
                 models=[m.model_copy() for m in self.models.values() if m.device == name]))
         return devices
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deployments.protocol import ModelState
+from deployments.protocol import ModelState, ProcessMemory
 
 
 @dataclass
@@ -33,3 +33,5 @@ class ReplicaSeen:
     inflight: int = 0
     state: ModelState = ModelState.COLD
     epoch: int = 0  # newest load/unload epoch the registry has heard of from this replica
+    process: ProcessMemory | None = None  # its own use of its GPU (context, allocator), CUDA only
+    gpu_fraction: float | None = None  # the num_gpus Ray placed it with

@@ -36,10 +36,10 @@ from deployments.protocol import (
     ReserveAnswer,
     ReserveStatus,
     RouterPollAnswer,
-    Tier,
 )
 from deployments.registry.control import ControlState
-from deployments.registry.ledger import VramLedger
+from deployments.registry.ledger import Command, VramLedger
+from deployments.registry.placement import mode_placement
 from deployments.registry.wakeups import Wakeups
 from serve_app.config.app_args import RegistryConfig
 
@@ -51,11 +51,13 @@ class VramRegistry:
     Serve wraps it."""
 
     def __init__(self, config: dict[str, Any] | RegistryConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, placement: dict[str, float] | None = None) -> None:
+        """`placement`: each mode's `num_gpus` as built (its replicas' own reports win once they beat)."""
         self.config = config if isinstance(config, RegistryConfig) else RegistryConfig.model_validate(config or {})
+        self.placement = dict(placement or {})
         self.waiting = Wakeups()  # heartbeats held open, by replica id
         self.reserving = Wakeups()  # reserve calls held open until room may have been freed, by reservation key
-        self.ledger = VramLedger(self.config, clock, on_evict=self.waiting.wake)
+        self.ledger = VramLedger(self.config, clock, on_command=self.waiting.wake)
         self.control = ControlState(clock, self.config.dead_after_s)
         self.export = RegistryExport()  # device gauges, set from the heartbeats
 
@@ -116,19 +118,20 @@ class VramRegistry:
         between modes waits for."""
         event = self.waiting.arm(replica)
         self._sweep()
-        answer = self._answer(*self.ledger.heartbeat(replica, report))
+        answer = self._answer(self.ledger.heartbeat(replica, report), report.mode)
         self.reserving.wake_all()  # a model may have left, or gone idle
         if self.export.due():
             self.export.export(self._stats())
-        if answer.evict is not None or answer.draining or wait_s <= 0:
+        if answer.evict is not None or answer.return_cache or answer.draining or wait_s <= 0:
             self.waiting.disarm(replica, event)
             return answer
         if not await self.waiting.wait(replica, event, wait_s):
             return answer
-        return self._answer(*self.ledger.commands(replica))
+        return self._answer(self.ledger.commands(replica), report.mode)
 
-    def _answer(self, evict: Tier | None, evict_from: Tier | None) -> HeartbeatAnswer:
-        return HeartbeatAnswer(evict=evict, evict_from=evict_from, draining=self.control.draining)
+    def _answer(self, command: Command, mode: str) -> HeartbeatAnswer:
+        return HeartbeatAnswer(evict=command.evict, evict_from=command.evict_from, return_cache=command.return_cache,
+                               draining=self.control.draining, backlog=self.control.backlog(mode))
 
     # -- the control state ----------------------------------------------------------------------------
     async def set_draining(self, draining: bool = True) -> None:
@@ -139,11 +142,13 @@ class VramRegistry:
         """Switch the application's default mode."""
         return self.control.set_default_mode(mode)
 
-    async def router_poll(self, router: str, inflight: int, state: OperatorState | None = None) -> RouterPollAnswer:
-        """A router reports its in-flight requests and its copy of the operator state (a newer copy wins:
-        after a registry restart the routers bring the state back); it learns the registry's and the live
-        replicas per mode."""
-        return RouterPollAnswer(state=self.control.router_poll(router, inflight, state),
+    async def router_poll(self, router: str, inflight: int, state: OperatorState | None = None,
+                          waiting: dict[str, int] | None = None) -> RouterPollAnswer:
+        """A router reports its in-flight requests, the requests waiting in its fair queues per mode (the
+        backlog the mode replicas pass on to Serve's autoscaler) and its copy of the operator state (a newer
+        copy wins: after a registry restart the routers bring the state back); it learns the registry's and
+        the live replicas per mode."""
+        return RouterPollAnswer(state=self.control.router_poll(router, inflight, state, waiting),
                                 replicas=self.ledger.replicas_per_mode())
 
     async def inflight(self) -> InflightCounts:
@@ -156,8 +161,10 @@ class VramRegistry:
 
     def _stats(self) -> RegistryStats:
         self._sweep()
+        fractions = {**self.placement, **self.ledger.gpu_fractions()}
         return RegistryStats(devices=self.ledger.device_stats(), draining=self.control.draining,
-                             nodes=self.ledger.node_stats(), replicas=self.ledger.replica_stats())
+                             nodes=self.ledger.node_stats(), replicas=self.ledger.replica_stats(),
+                             placement=mode_placement(fractions))
 
     async def check_health(self) -> None:
         """Serve health check: the registry is a plain in-memory object, alive when it answers."""

@@ -114,7 +114,8 @@ class Gateway:
         return stats
 
     async def ensure_poller(self) -> None:
-        """Report in-flight work and the operator state to the registry, learn its (every 0.2 s).
+        """Report in-flight work, the waiting requests per mode (the backlog Serve's autoscaler is told through
+        the mode replicas) and the operator state to the registry, learn its (every 0.2 s).
 
         The first call polls once before returning, so a router's very first request already knows
         whether the application drains."""
@@ -125,7 +126,8 @@ class Gateway:
     async def _poll_once(self) -> None:
         assert self.registry is not None
         try:
-            ans = await self.registry.router_poll(self.router_id, self.inflight, self.operator)
+            ans = await self.registry.router_poll(self.router_id, self.inflight, self.operator,
+                                                  {name: queue.waiting() for name, queue in self.queues.items()})
         except Exception as exc:
             logger.warning("registry poll failed: %s", exc)
             return

@@ -1,7 +1,12 @@
 """Residency: where a replica's model is and what it holds. Reserve at the registry -> load (from disk, or a
 device copy from the RAM tier) -> measure what the load really took -> register; evictions (to the RAM tier
 or to disk) that wait for the jobs using the model; the heartbeat that reports liveness, state and tier and
-receives the registry's eviction commands; the working memory a use reserves beyond the standing share.
+receives the registry's commands (evict; return the allocator's cache to the driver when a neighbour waits for
+room) and the mode's backlog; the working memory a use reserves beyond the standing share.
+
+Every beat reconciles with the driver: it carries the device's physical identity (its GPU UUID), the driver's
+total and used (`mem_get_info`) and this process's own use (CUDA context, allocator reserve and use), so the
+registry books each replica's context and cache as lines of their own and other processes as `unaccounted`.
 
 Working memory: a loaded model is accounted with its standing share (the mode's default size at its
 largest batch); a use that needs more reserves the difference (see `ReplicaReservations`).
@@ -55,6 +60,7 @@ class Residency:
         self._unloading = False
         self._stopping = False
         self._heartbeat: asyncio.Task[None] | None = None
+        self.backlog = 0  # the mode's requests waiting in the routers, as the last heartbeat answer said
 
     # -- accounting ------------------------------------------------------------------------------------
     def report(self) -> HeartbeatReport:
@@ -64,7 +70,8 @@ class Residency:
             inflight=self._inflight(), footprint_bytes=self.accounted_bytes(),
             measured_bytes=self.measured_bytes, estimate_bytes=self.standing.total_bytes,
             last_use=self.runner.last_used, total_bytes=self.probe.total_bytes(),
-            reported_used_bytes=self.probe.used_bytes())
+            reported_used_bytes=self.probe.used_bytes(), process=self.probe.process_memory(),
+            gpu_fraction=self.probe.gpu_fraction())
 
     def accounted_bytes(self) -> int:
         """What this model holds: the measured load, its LoRAs and its standing working memory."""
@@ -166,6 +173,11 @@ class Residency:
         if self.registry is None:
             return
         answer = await self.registry.heartbeat(self.replica_id, self.report(), wait_s)
+        self.backlog = answer.backlog
+        if answer.return_cache:  # a neighbour waits for room: hand the cache back and say so at once
+            await asyncio.to_thread(self.probe.return_cache)
+            logger.info("%s returned its allocator cache for a neighbour", self.replica_id)
+            answer = await self.registry.heartbeat(self.replica_id, self.report(), 0.0)
         if answer.evict is not None:
             await self.evict(answer.evict, "registry", only_from=answer.evict_from)
 

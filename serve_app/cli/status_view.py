@@ -1,6 +1,7 @@
 """`dreamlab status`: one terminal view of a running Dream Lab, from its HTTP API (`/v1/modes`,
-`/v1/registry`, `/readyz`): modes with state, tier, replicas and queue, a VRAM bar per device with the models
-on it, and each node's RAM tier. `--watch` redraws it every few seconds (rich's Live display)."""
+`/v1/registry`, `/readyz`): modes with state, tier, replicas and queue, a VRAM bar per device with its ledger
+lines (models, CUDA contexts, allocator caches, other processes, reservations) and the driver's own count, the
+models on it, and each node's RAM tier. `--watch` redraws it every few seconds (rich's Live display)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def _bar(used: int, reserved: int, budget: int) -> Text:
-    """used (red) | reserved (yellow) | free (green) of the budget."""
+BAR_STYLES = ("red", "magenta", "blue", "white", "yellow", "green")  # models, context, cache, other, reserved, free
+
+
+def _bar(budget: int, *parts: int) -> Text:
+    """The parts of the budget in `BAR_STYLES` order, then free (green)."""
     scale = BAR_WIDTH / max(budget, 1)
-    cells = [round(used * scale), round(reserved * scale)]
+    cells = [min(BAR_WIDTH, round(part * scale)) for part in parts]
     cells.append(max(0, BAR_WIDTH - sum(cells)))
     bar = Text()
-    for count, style in zip(cells, ("red", "yellow", "green")):
+    for count, style in zip(cells, (*BAR_STYLES[:len(parts)], "green")):
         bar.append("█" * count, style=style)
     return bar
 
@@ -57,14 +61,21 @@ def render(modes: dict[str, Any], registry: dict[str, Any], health: dict[str, An
                       Text(m["state"], style=STATE_STYLE.get(m["state"], "")), m["tier"],
                       f"{m['loaded_replicas']}/{m['replicas']}", str(m.get("queued", 0)), _gib(m.get("measured_bytes")),
                       _gib(m.get("estimated_bytes")))
-    devices = Table(title="VRAM (red used, yellow reserved, green free)", expand=False)
-    for column in ("device", "budget", "", "used", "reserved", "free", "models"):
+    devices = Table(title="VRAM (red models, magenta contexts, blue caches, white other processes, yellow reserved, "
+                    "green free)", expand=False)
+    for column in ("device", "budget", "", "models", "context", "cache", "unaccounted", "reserved", "free",
+                   "driver used", "models on it"):
         devices.add_column(column)
     for d in registry.get("devices", []):
         models = ", ".join(f"{m['mode']} {_gib(m['footprint_bytes'])}" for m in d.get("models", []))
-        devices.add_row(d["device"], _gib(d["budget_bytes"]),
-                        _bar(d["used_bytes"], d["reserved_bytes"], d["budget_bytes"]), _gib(d["used_bytes"]),
-                        _gib(d["reserved_bytes"]), _gib(d["free_bytes"]), models or "-")
+        lines = [d["used_bytes"], d.get("context_bytes", 0), d.get("cache_bytes", 0), d.get("unaccounted_bytes", 0),
+                 d["reserved_bytes"]]
+        devices.add_row(d["device"], _gib(d["budget_bytes"]), _bar(d["budget_bytes"], *lines),
+                        *(_gib(n) for n in lines), _gib(d["free_bytes"]), _gib(d.get("reported_used_bytes")),
+                        models or "-")
+    shares = [f"{p['mode']} {p['num_gpus']:g} GPU" + (f" (shares with {', '.join(p['shares_card_with'])})"
+                                                      if p["shares_card_with"] else "")
+              for p in registry.get("placement", [])]
     nodes = Table(title="RAM tier (host memory)", expand=False)
     for column in ("node", "budget", "used", "models"):
         nodes.add_column(column)
@@ -72,6 +83,8 @@ def render(modes: dict[str, Any], registry: dict[str, Any], health: dict[str, An
         nodes.add_row(n["node"], _gib(n["ram_budget_bytes"]), _gib(n["ram_used_bytes"]),
                       ", ".join(m["mode"] for m in n.get("models", [])) or "-")
     parts: list[Any] = [header, table, devices, nodes]
+    if shares:
+        parts.append(Text("placement: " + "; ".join(shares), style="dim"))
     if registry.get("draining"):
         parts.insert(1, Text("draining: new work is refused", style="bold yellow"))
     return Group(*parts)

@@ -46,6 +46,16 @@ class RegistryConfig(StrictModel):
                                   "(evicted models kept for a fast switch back); 0 turns the tier off.")
 
 
+class PlacementConfig(StrictModel):
+    """How mode replicas are placed on GPUs: Ray's GPU accounting (`num_gpus` of each mode's
+    `ray_actor_options`) decides which card a replica gets; the VRAM registry decides what fits in its memory."""
+
+    default_num_gpus: float | None = Field(None, ge=0, le=1, description="`num_gpus` given to a mode that names "
+                                           "none. None (the default): on a cluster with GPUs such a mode is refused "
+                                           "at build time, naming it. 0: such modes run on the CPU (the GPUs are "
+                                           "hidden from them); a fraction packs them onto shared cards.")
+
+
 class AccessConfig(StrictModel):
     """Who may call the API. Off (everything open, as in the demo) unless a key source is named. Keys never
     sit in YAML: name an environment variable (comma-separated keys) or a file (one key per line)."""
@@ -134,6 +144,7 @@ class AppArgs(StrictModel):
     model_root: str | None = Field(None, description="Where checkpoints live; default: $MODEL_ROOT or ./models.")
     demo_models: bool = Field(False, description="Write the tiny demo checkpoints into model_root when missing.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="VRAM registry settings.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="GPU placement of the modes.")
     access: AccessConfig = Field(default_factory=AccessConfig, description="API keys (off unless named).")
     fair_share: FairShareConfig = Field(default_factory=FairShareConfig, description="Sharing modes between "
                                         "clients.")

@@ -28,18 +28,34 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("shutdown") is not None)
 
 
-def wait_ready(url: str, timeout_s: float = 240) -> None:
+def wait_ready(url: str, timeout_s: float = 240, mode: str | None = None) -> None:
+    """Wait until the app at `url` can serve (`/readyz`) and, with `mode`, until that mode is loaded
+    (`/readyz?mode=`: the plain probe is ready before any mode is)."""
     deadline = time.monotonic() + timeout_s
     last = None
+    probe = f"{url}/readyz" + (f"?mode={mode}" if mode else "")
     while time.monotonic() < deadline:
         try:
-            last = httpx.get(f"{url}/readyz", timeout=10)
+            last = httpx.get(probe, timeout=10)
             if last.status_code == 200:
                 return
         except httpx.HTTPError as exc:
             last = exc
         time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready: {last!r} {getattr(last, 'text', '')}")
+    raise TimeoutError(f"{probe} not ready: {last!r} {getattr(last, 'text', '')}")
+
+
+def loaded_at_start(modes: dict[str, Any]) -> str | None:
+    """The default mode of a modes mapping when its replicas load it on start (else None: nothing to wait
+    for; a discovery app's default is known only to the app)."""
+    listed = modes.get("modes") or []
+    name = modes.get("default_mode") or (listed[0]["name"] if listed else None)
+    mode = next((m for m in listed if m["name"] == name), None)
+    if mode is None or mode.get("load_on_start") is False:
+        return None
+    deployment = mode.get("deployment") or {}
+    scaling = deployment.get("autoscaling_config") or {}
+    return None if scaling.get("min_replicas", 1) == 0 or deployment.get("num_replicas") == 0 else name
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +79,7 @@ def deploy_app(name: str, modes: dict[str, Any], model_root: Path, tmp_dir: Path
 
     from serve_app.app_builder import build_app
 
+    args.setdefault("placement", {"default_num_gpus": 0})  # the cluster declares a GPU: unplaced modes run on CPU
     modes_file = tmp_dir / f"{name}_modes.yaml"
     modes_file.write_text(yaml.safe_dump(modes))
     app = build_app({"modes_file": str(modes_file), "model_root": str(model_root), "registry": registry or {},
@@ -70,7 +87,7 @@ def deploy_app(name: str, modes: dict[str, Any], model_root: Path, tmp_dir: Path
     serve.run(app, name=name, route_prefix=f"/{name}")
     url = f"{BASE_URL}/{name}"
     if wait:
-        wait_ready(url)
+        wait_ready(url, mode=loaded_at_start(modes))
     return url
 
 
@@ -87,5 +104,6 @@ def demo_url(ray_serve, demo_models_dir):
     client = serve_start(http_options={"host": "127.0.0.1", "port": PORT})
     client.deploy_apps(ServeDeploySchema.model_validate(config))
     client._wait_for_application_running(app["name"], timeout_s=300)
-    wait_ready(BASE_URL)
+    default = yaml.safe_load(Path(app["args"]["modes_file"]).read_text())["default_mode"]
+    wait_ready(BASE_URL, mode=default)
     yield BASE_URL

@@ -54,7 +54,11 @@ class FakeRegistry:
     def __init__(self, state: OperatorState) -> None:
         self.state = state
 
-    async def router_poll(self, router: str, inflight: int, state: OperatorState) -> RouterPollAnswer:
+    waiting: dict[str, int] | None = None
+
+    async def router_poll(self, router: str, inflight: int, state: OperatorState,
+                          waiting: dict[str, int] | None = None) -> RouterPollAnswer:
+        self.waiting = waiting
         return RouterPollAnswer(state=self.state, replicas={"sd1": 1, "sd2": 1})
 
     stats_calls = 0
@@ -176,12 +180,36 @@ def test_a_flood_of_readiness_probes_costs_the_registry_one_call() -> None:
     async def probes() -> list[int]:
         transport = httpx.ASGITransport(app=create_http_app(gateway))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
+            answers = await asyncio.gather(*(client.get("/readyz") for _ in range(25)),
+                                           *(client.get("/readyz?mode=sd1") for _ in range(25)))
         return [a.status_code for a in answers]
 
     statuses = asyncio.run(probes())
-    assert statuses == [503] * 50  # the default mode loads on start and no replica has it yet
+    # the router can serve (sd1 is cold: a request waits for its load), but sd1 itself is not loaded yet
+    assert statuses == [200] * 25 + [503] * 25
     assert registry.stats_calls == 1
+
+
+def test_readiness_of_the_router_and_of_one_mode() -> None:
+    gateway, _ = make_gateway(registry=FakeRegistry(OperatorState(version=1)))
+    with TestClient(create_http_app(gateway)) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "default_mode": "sd1"}
+        not_loaded = client.get("/readyz", params={"mode": "v1"})  # an alias names its mode
+        assert not_loaded.status_code == 503
+        assert not_loaded.json() == {"status": "not_ready", "mode": "sd1", "state": "cold"}
+        unknown = client.get("/readyz", params={"mode": "sd9"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "mode"
+
+
+def test_the_router_is_unready_while_the_registry_does_not_answer() -> None:
+    class GoneRegistry(FakeRegistry):
+        async def stats(self) -> RegistryStats:
+            raise TimeoutError("registry restarting")
+
+    gateway, _ = make_gateway(registry=GoneRegistry(OperatorState(version=1)))
+    with TestClient(create_http_app(gateway)) as client:
+        answer = client.get("/readyz")
+        assert answer.status_code == 503 and answer.json() == {"status": "registry_unreachable"}
 
 
 def test_modes_list_the_samplers_and_schedule_types_they_serve() -> None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from deployments.protocol import DeviceStats, ModelState, Tier
+from deployments.protocol import DeviceStats, ModelState, ProcessMemory, Tier
 from deployments.registry.vram_registry import VramRegistry
 from deployments.worker.mode_worker import ModeWorker
 from serve_app.config.modes_file import ModeConfig
@@ -85,6 +85,15 @@ class FakeProbe:
 
     def allocated_bytes(self) -> int:
         return 0
+
+    def process_memory(self) -> ProcessMemory | None:
+        return None
+
+    def gpu_fraction(self) -> float | None:
+        return None
+
+    def return_cache(self) -> None:
+        pass
 
 
 class FakeRunner:

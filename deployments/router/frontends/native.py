@@ -235,18 +235,30 @@ async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get("/readyz", tags=OPS, summary="Readiness: the default mode can serve", response_model=HealthResponse,
-            response_model_exclude_none=True,
-            responses={**error_responses(FrontEnd.OPS), 503: {"model": HealthResponse}})
-async def readyz(gw: GatewayDep) -> Any:
+@router.get("/readyz", tags=OPS, summary="Readiness: this router can serve (or, with `mode`, that mode is loaded)",
+            response_model=HealthResponse, response_model_exclude_none=True,
+            responses={**error_responses(FrontEnd.OPS, 404), 503: {"model": HealthResponse}})
+async def readyz(gw: GatewayDep, mode: str | None = None) -> Any:
+    """Without `mode` (what Kubernetes probes): 200 while this router can serve requests: the registry answers,
+    no drain runs, and at least one mode can start (is not failed on every replica). A mode that is cold or was
+    evicted still serves: its request waits for the load. With `mode=NAME`: 200 only while that mode is on a
+    device (`ready`), else 503 with its state. Answered from the router's view of the registry at most
+    `READYZ_MAX_AGE_S` old, so a flood of probes costs the registry one call per second."""
     await gw.ensure_poller()
     if gw.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
-    default = gw.catalog.modes[gw.current_default]
-    if default.config.load_on_start:
+    named = gw.catalog.select(mode, param="mode") if mode is not None else None
+    try:
         modes = (await _modes(gw, READYZ_MAX_AGE_S)).modes
-        state = next(m.state for m in modes if m.name == default.name)
+    except Exception as exc:  # the registry restarts or is gone: this router cannot place any load
+        logger.warning("readiness: the registry did not answer: %s", exc)
+        return JSONResponse({"status": "registry_unreachable"}, status_code=503)
+    if named is not None:
+        state = next(m.state for m in modes if m.name == named.name)
         if state is not ModelState.READY:
-            return JSONResponse({"status": "not_ready", "default_mode": default.name, "state": state.value},
-                                status_code=503)
-    return HealthResponse(status="ready", default_mode=default.name)
+            return JSONResponse({"status": "not_ready", "mode": named.name, "state": state.value}, status_code=503)
+        return HealthResponse(status="ready", mode=named.name, state=state)
+    if all(m.state is ModelState.FAILED for m in modes):
+        return JSONResponse({"status": "not_ready", "default_mode": gw.current_default,
+                             "state": ModelState.FAILED.value}, status_code=503)
+    return HealthResponse(status="ready", default_mode=gw.current_default)

@@ -234,8 +234,9 @@ class ModesResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="`ok`, `ready`, `not_ready` or `draining`.")
+    status: str = Field(description="`ok`, `ready`, `not_ready`, `draining` or `registry_unreachable`.")
     default_mode: str | None = None
+    mode: str | None = Field(None, description="The mode asked about (`/readyz?mode=`).")
     state: ModelState | None = None
 
 

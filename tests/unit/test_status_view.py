@@ -1,0 +1,26 @@
+"""`dreamlab status` renders the ledger's lines per device and the placement (from canned API answers)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from serve_app.cli.status_view import render
+
+GiB = 1024**3
+DEVICE = "0123456789ab:GPU-5f1c2d3e-aaaa-bbbb-cccc-0123456789ab"
+
+
+def test_status_shows_each_line_of_a_device() -> None:
+    registry = {
+        "devices": [{"device": DEVICE, "budget_bytes": 10 * GiB, "used_bytes": 3 * GiB, "context_bytes": GiB // 2,
+                     "cache_bytes": 3 * GiB, "unaccounted_bytes": GiB, "reserved_bytes": 0,
+                     "free_bytes": int(2.5 * GiB), "reported_used_bytes": int(7.5 * GiB),
+                     "models": [{"mode": "sdxl", "footprint_bytes": 3 * GiB}]}],
+        "nodes": [], "placement": [{"mode": "sdxl", "num_gpus": 0.5, "shares_card_with": ["sd15", "sdxl"]}]}
+    modes = {"default_mode": "sdxl", "modes": []}
+    console = Console(width=220, record=True)
+    console.print(render(modes, registry, {"status": "ready"}, "http://x"))
+    out = console.export_text()
+    for expected in (DEVICE, "context", "cache", "unaccounted", "driver used", "0.50 GiB", "3.00 GiB", "7.50 GiB",
+                     "sdxl 0.5 GPU (shares with sd15, sdxl)"):
+        assert expected in out, (expected, out)
