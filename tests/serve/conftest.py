@@ -7,7 +7,9 @@ shapes deploy their own small apps under their own route prefix.
 
 from __future__ import annotations
 
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,24 @@ def demo_url(ray_serve, demo_models_dir):
     default = yaml.safe_load(Path(app["args"]["modes_file"]).read_text())["default_mode"]
     wait_ready(BASE_URL, mode=default)
     yield BASE_URL
+
+
+@pytest.fixture
+def receiver():
+    """A local webhook receiver: the requests it got, as (lower-cased headers, body bytes)."""
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            got.append((headers, self.rfile.read(int(headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", WEBHOOK_PORT), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", got
+    server.shutdown()

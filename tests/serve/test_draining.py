@@ -5,12 +5,15 @@ replica that dies is run again on another."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
+from tests.serve.conftest import PORT, WEBHOOK_PORT
 
 pytestmark = pytest.mark.serve
 
@@ -32,9 +35,12 @@ def drain_app(ray_serve, demo_models_dir, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("drain")
     registry = {"dead_after_s": 3.0, "heartbeat_interval_s": 0.3}
-    url = deploy_app("drain", _modes(2), demo_models_dir, tmp, registry=registry)
-    redeploy = lambda replicas: deploy_app("drain", _modes(replicas), demo_models_dir, tmp,  # noqa: E731
-                                           registry=registry, wait=False)
+    tasks = {"webhook_allowed_hosts": [f"http://127.0.0.1:{WEBHOOK_PORT}"], "webhook_allowed_networks": ["127.0.0.0/8"]}
+    url = deploy_app("drain", _modes(2), demo_models_dir, tmp, registry=registry, tasks=tasks)
+
+    def redeploy(replicas: int, wait: bool = False) -> str:
+        return deploy_app("drain", _modes(replicas), demo_models_dir, tmp, registry=registry, tasks=tasks, wait=wait)
+
     return url, redeploy
 
 
@@ -109,16 +115,20 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_an_error(drain_app):
 
 
 @pytest.mark.shutdown
-def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app, demo_models_dir):
+def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app, demo_models_dir, receiver):
+    """`dreamlab shutdown` lets in-flight generations and an accepted task finish, then stops Serve; started
+    again on the same state, the task's result is readable and its webhook was delivered once."""
     import ray
+    from ray import serve
 
     from serve_app.cli.drain_shutdown import drain_and_shutdown
 
     url, redeploy = drain_app
     redeploy(2)
     _wait_for(lambda: len(_replicas(url)) == 2, 180, "two replicas")
-    task = httpx.post(f"{url}/v1/tasks", json={"kind": "txt2img", "request": {"prompt": "queued", "steps": 40}},
-                      timeout=60)
+    hook_url, hooks = receiver
+    task = httpx.post(f"{url}/v1/tasks", json={"kind": "txt2img", "request": {"prompt": "queued", "steps": 40},
+                                               "webhook": hook_url}, timeout=60)
     assert task.status_code == 202, task.text
     pool, futures = _start_long_requests(url, 2, steps=160)  # they outlast the drain flag's way to the routers
     stopper = threading.Thread(target=drain_and_shutdown, kwargs={"timeout_s": 120})
@@ -146,3 +156,13 @@ def test_dreamlab_shutdown_finishes_in_flight_work_then_stops_serve(drain_app, d
             await db.close()
 
     assert asyncio.run(stored_status()) == "succeeded"
+    # Serve started again on the same state: the result is read back over HTTP, the webhook is not sent again
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    url = redeploy(1, wait=True)
+    again = httpx.get(f"{url}/v1/tasks/{task.json()['id']}", timeout=60)
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "succeeded" and again.json()["result"]["images"][0]["b64"]
+    assert again.json()["webhook"]["delivered"] is True
+    time.sleep(2)  # a pending delivery would go out right after the TaskStore's start
+    assert [json.loads(body)["id"] for _, body in hooks] == [task.json()["id"]]
+    serve.delete("drain")

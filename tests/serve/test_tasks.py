@@ -7,14 +7,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
 
-from tests.serve.conftest import WEBHOOK_PORT, WEBHOOK_SECRET, wait_ready
+from tests.serve.conftest import WEBHOOK_SECRET, wait_ready
 
 pytestmark = pytest.mark.serve
 
@@ -25,27 +23,6 @@ GEN = {"prompt": "a task", "mode": "sd1", "steps": 2, "seed": 3}
 def client(demo_url):
     with httpx.Client(base_url=demo_url, timeout=120) as c:
         yield c
-
-
-@pytest.fixture
-def receiver():
-    """A local webhook receiver: the requests it got, as (lower-cased headers, body bytes)."""
-    got: list[tuple[dict[str, str], bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            got.append((headers, self.rfile.read(int(headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", WEBHOOK_PORT), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", got
-    server.shutdown()
 
 
 def _wait(client: httpx.Client, task_id: str, timeout_s: float = 120) -> dict:
