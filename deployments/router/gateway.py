@@ -194,7 +194,7 @@ class Gateway:
             raise RequestValidationError("`refiner` runs on the direct generation routes only (not streamed, not as "
                                          "a task)", param="refiner")
         return resolve_request(body, mode.config, mode.family, current_request_id(), self.adapters,
-                               inpainting=mode.info.inpainting)
+                               inpainting=mode.info.inpainting, variant=mode.info.variant)
 
     def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:
         """The base's request of a base -> refiner generation (it stops at `switch_at` and answers latents)."""
