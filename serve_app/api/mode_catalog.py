@@ -9,8 +9,8 @@ from pathlib import Path
 from serve_app.config.mode_families import inspect_mode, with_family
 from serve_app.config.modes_file import ModeConfig, ModesFile, resolve_checkpoint
 from serve_app.core.errors import UnknownModeError, UnsupportedCheckpointError
-from serve_app.model.families import Family
 from serve_app.model.components.component_files import ComponentFile
+from serve_app.model.families import Family
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo
 
 

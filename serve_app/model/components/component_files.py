@@ -84,7 +84,7 @@ def inspect_component(path: Path, field: str = "components") -> ComponentFile:
         if kind is None:
             raise _refuse(path, field, f"a CLIP text encoder of width {width} (768 = clip_l, 1280 = clip_g)")
         fams = [f for f in Family if kind in REQUIRED_COMPONENTS[f]]
-        return ComponentFile(kind=kind, prefix=prefix, families=fams, width=width, **common)  # type: ignore[arg-type]
+        return ComponentFile(kind=kind, prefix=prefix, families=fams, width=width, **common)
     if (prefix := _prefix_of(keys, _VAE_KEY)) is not None:
         channels = tensors[prefix + _VAE_KEY].shape[1]
         fams = list(FLOW_FAMILIES) if channels == FLOW_LATENT_CHANNELS else list(UNET_FAMILIES) \

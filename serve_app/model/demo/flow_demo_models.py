@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 FLUX_FOLDER, SD3_FOLDER, FLUX_SPLIT = "tiny-flux", "tiny-sd3", "tiny-flux-schnell.safetensors"
 COMPONENTS = "components"
-CLIP_L_FILE, T5_FILE, FLUX_AE_FILE = "tiny-flux-clip-l.safetensors", "tiny-t5xxl.safetensors", "tiny-flux-ae.safetensors"
+CLIP_L_FILE, T5_FILE = "tiny-flux-clip-l.safetensors", "tiny-t5xxl.safetensors"
+FLUX_AE_FILE = "tiny-flux-ae.safetensors"
 FLUX_LORA = "tiny-flux-lora"
 _LORA_RANK = 4
 

@@ -25,7 +25,7 @@ def read_tensors(path: str | Path, prefix: str, dtype: torch.dtype) -> dict[str,
 
     out: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt") as fh:
-        for key in fh.keys():
+        for key in fh.keys():  # noqa: SIM118 (a safe_open handle is not a mapping)
             if key.startswith(prefix):
                 tensor = fh.get_tensor(key)
                 out[key[len(prefix):]] = tensor.to(dtype) if tensor.is_floating_point() else tensor
@@ -50,10 +50,9 @@ def build_text_encoder(config_dir: Path, state: dict[str, torch.Tensor], dtype: 
     from accelerate import init_empty_weights
 
     config = json.loads((config_dir / "config.json").read_text())
+    cls: Any = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
     if config.get("model_type") == "t5":
         cls = transformers.T5EncoderModel
-    else:
-        cls = transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel
     cfg = cls.config_class.from_pretrained(str(config_dir))
     with init_empty_weights():
         model = cls(cfg)
@@ -61,8 +60,9 @@ def build_text_encoder(config_dir: Path, state: dict[str, torch.Tensor], dtype: 
     for old in _TEXT_PREFIXES:
         if any(k.startswith(old) for k in state) and not any(n.startswith(old) for n in names):
             state = {k.removeprefix(old): v for k, v in state.items()}
-    if "encoder.embed_tokens.weight" in names and "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
-        state["encoder.embed_tokens.weight"] = state["shared.weight"]  # T5's tied input embedding
+    tied = "encoder.embed_tokens.weight"
+    if tied in names and tied not in state and "shared.weight" in state:
+        state[tied] = state["shared.weight"]  # T5's tied input embedding
     state = {k: v for k, v in state.items() if k in names}  # (e.g. a stored `position_ids` buffer)
     model = _assign(model, state, what, allowed_missing=("position_ids",))
     model.tie_weights()
@@ -89,7 +89,7 @@ def build_diffusers_model(cls_name: str, config_dir: Path, state: dict[str, torc
     cls = getattr(diffusers, cls_name)
     config = cls.load_config(str(config_dir))
     if original:
-        convert = {"AutoencoderKL": lambda s: sfu.convert_ldm_vae_checkpoint(s, config),
+        convert: Any = {"AutoencoderKL": lambda s: sfu.convert_ldm_vae_checkpoint(s, config),
                    "FluxTransformer2DModel": sfu.convert_flux_transformer_checkpoint_to_diffusers,
                    "SD3Transformer2DModel": sfu.convert_sd3_transformer_checkpoint_to_diffusers}[cls_name]
         state = convert(state)

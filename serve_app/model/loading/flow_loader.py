@@ -111,10 +111,11 @@ def _single_file_parts(info: CheckpointInfo, family: Family, root: Path, have: d
     for kind, attr in [("vae", "vae"), *ENCODER_ATTRIBUTES[family].items()]:
         if attr in have:
             continue
-        prefix = next((p for p in COMPONENT_PREFIXES.get(kind, ()) if any(k.startswith(p) for k in tensors)), None)
-        if prefix is None:
+        found = next((p for p in COMPONENT_PREFIXES.get(kind, ()) if any(k.startswith(p) for k in tensors)), None)
+        if found is None:
             raise UnsupportedCheckpointError(f"{info.path}: no {kind} in the file and no component file for it",
                                              param="components")
+        prefix = found
         if kind != "vae" and any(k.startswith(prefix + _TRANSFORMERS_SUFFIX) for k in tensors):
             prefix += _TRANSFORMERS_SUFFIX
         original = kind == "vae" and any(k.startswith(prefix + "encoder.down.") for k in tensors)
