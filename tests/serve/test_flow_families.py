@@ -75,7 +75,7 @@ def test_native_txt2img_img2img_and_inpaint(client, mode):
     image = _ok(client.post("/v1/img2img", json={**common, "image": _b64(_picture()), "strength": 0.6}))
     assert _pixels(image["images"][0]["b64"]).shape == (SIZE, SIZE, 3)
     painted = _ok(client.post("/v1/inpaint", json={**common, "image": _b64(_picture()), "mask": _b64(_mask()),
-                                                    "strength": 0.9}))
+                                                    "strength": 0.9, "mask_blur": 0}))
     out, source = _pixels(painted["images"][0]["b64"]).astype(int), np.asarray(_picture()).astype(int)
     keep = np.ones((SIZE, SIZE), bool)
     keep[8:56, 8:56] = False
