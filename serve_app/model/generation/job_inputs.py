@@ -60,7 +60,7 @@ def img2img_inputs(pipes: LoadedPipelines, params: GenerationRequest, job: Img2I
     if pipes.inpainting_only:
         return _full_mask(pipes, params, job.init_image, job.strength)
     inputs: dict[str, Any] = dict(image=job.init_image, strength=job.strength)
-    if "height" in inspect.signature(pipes.img2img.__call__).parameters:  # SD3 / FLUX: not the image's size
+    if "height" in inspect.signature(type(pipes.img2img).__call__).parameters:  # SD3 / FLUX: not the image's size
         inputs.update(width=params.width, height=params.height)
     return JobInputs(pipes.img2img, inputs)
 
