@@ -78,7 +78,8 @@ def test_a_t5_file_on_an_sdxl_mode_names_both_families(tmp_path: Path) -> None:
 
     write_header_file(tmp_path / "xl.safetensors", sdxl_all_in_one())
     write_header_file(tmp_path / "t5.safetensors", T5)
-    mode = ModeConfig(name="xl", checkpoint="xl.safetensors", components=ModeComponents(text_encoders=["t5.safetensors"]))
+    mode = ModeConfig(name="xl", checkpoint="xl.safetensors",
+                      components=ModeComponents(text_encoders=["t5.safetensors"]))
     with pytest.raises(ConfigError) as err:
         inspect_mode(mode, tmp_path / "xl.safetensors", tmp_path)
     assert "T5-XXL" in err.value.message and "sd3, flux" in err.value.message and "is sdxl" in err.value.message

@@ -72,7 +72,8 @@ def estimate_vram(
         cfg = 2 if info.family is Family.SD3 else 1
         unet_act = batch_size * cfg * tokens * info.unet_base_channels * TRANSFORMER_ACTIVATION_FACTOR * per
     else:
-        unet_act = batch_size * 2 * (height // 8) * (width // 8) * info.unet_base_channels * UNET_ACTIVATION_FACTOR * per
+        latents = (height // 8) * (width // 8)
+        unet_act = batch_size * 2 * latents * info.unet_base_channels * UNET_ACTIVATION_FACTOR * per
     vae_act = batch_size * height * width * info.vae_decoder_channels * VAE_ACTIVATION_FACTOR * per
     working = max(unet_act, vae_act)
     return VramEstimate(
