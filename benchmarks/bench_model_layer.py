@@ -15,6 +15,7 @@
 4. With `--full-size`: the same first / cached load of a full-size random-weight SD1.5 single file (2.1 GB
    fp16, built from the shipped family config; about a minute to build), loaded in fp16, where reading the
    bytes rather than building the pipeline is what a load costs.
+5. Cold load time of the tiny SD3 / FLUX demo checkpoints (folders, and FLUX schnell from component files).
 
 Offline; everything is written under a temporary folder that is removed afterwards (unless --keep).
 """
@@ -136,6 +137,31 @@ def write_full_size_sd15(work: Path) -> Path:
     return path
 
 
+def flow_load_times(demo: Path, runs: int) -> None:
+    """Cold load time of the tiny SD3 / FLUX demo checkpoints, as the demo modes load them."""
+    import torch
+
+    from serve_app.config.mode_families import component_paths
+    from serve_app.config.modes_file import ModeComponents, ModeConfig
+    from serve_app.model.generation.runner import ModelRunner
+
+    shared = ["components/tiny-flux-clip-l.safetensors", "components/tiny-t5xxl.safetensors"]
+    for name, checkpoint, components in (
+            ("sd3", "tiny-sd3", None), ("flux", "tiny-flux", ModeComponents(text_encoders=shared)),
+            ("flux-schnell", "tiny-flux-schnell.safetensors",
+             ModeComponents(text_encoders=shared, vae="components/tiny-flux-ae.safetensors"))):
+        mode = ModeConfig(name=name, checkpoint=checkpoint, components=components)
+        runner = ModelRunner(mode, demo / checkpoint, device=torch.device("cpu"),
+                             components=component_paths(mode, demo))
+        started = time.perf_counter()
+        runner.load()
+        first = time.perf_counter() - started
+        load_med = median_load(runner, runs, reset=runner.unload)
+        runner.unload()
+        print(f"{name} ({checkpoint}{' + component files' if components else ''}): first load {first * 1000:.0f} ms; "
+              f"later cold loads median {load_med * 1000:.0f} ms over {runs}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=1.1, help="size of the big single file (GB, 1e9 bytes)")
@@ -210,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             runner.unload()
             print(f"{name}: switch back from the RAM tier median {ram_med * 1000:.2f} ms vs {load_med * 1000:.0f} ms "
                   f"from disk: {ram_med / load_med:.4f}x (target {RAM_TARGET_RATIO}x)")
+
+        # 3. the tiny flow-matching families: SD3 and FLUX folders, and the split FLUX schnell (component files)
+        flow_load_times(work / "demo", args.load_runs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

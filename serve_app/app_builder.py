@@ -63,7 +63,8 @@ def build_app(args: dict[str, Any] | None = None):
     for mode in modes.modes:
         handles[mode.name] = serve.deployment(name=mode.name)(ModeWorkerDeployment).options(
             **options[mode.name]).bind(
-            mode.model_dump(mode="json"), str(root), registry, registry_cfg, modes.allow_absolute_paths)
+            mode.model_dump(mode="json", exclude_unset=True),  # unset defaults take the family's on the worker
+            str(root), registry, registry_cfg, modes.allow_absolute_paths)
     tasks = serve.deployment(name=TASKS_DEPLOYMENT)(TaskStore).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
         logging_config={"enable_access_log": False}).bind(a.tasks, handles, str(state_root(a.tasks, root)))

@@ -213,7 +213,7 @@ class Gateway:
             raise RequestValidationError("`refiner` runs on the direct generation routes only (not streamed, not as "
                                          "a task)", param="refiner")
         resolve = functools.partial(resolve_request, body, mode.config, mode.family, current_server_id(),
-                                    self.adapters, inpainting=mode.info.inpainting)
+                                    self.adapters, inpainting=mode.info.inpainting, variant=mode.info.variant)
         return await off_loop(resolve) if _carries_images(body) else resolve()
 
     async def _refiner_stages(self, body: Txt2ImgRequest, mode: ServedMode) -> tuple[GenerationRequest, ServedMode]:

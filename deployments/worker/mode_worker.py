@@ -38,7 +38,9 @@ from deployments.worker.progress_bridge import Cancelled, Progress, progress_str
 from deployments.worker.residency import Loaded, Residency
 from deployments.worker.shielded import finish_even_if_cancelled
 from serve_app.config.app_args import RegistryConfig
+from serve_app.config.mode_families import component_paths, with_family
 from serve_app.config.modes_file import ModeConfig, resolve_checkpoint
+from serve_app.model.components.component_files import ComponentPaths
 from serve_app.model.generation.custom_jobs import JobContext, JobRegistry
 from serve_app.model.generation.runner import ModelRunner, RunnerSettings
 from serve_app.model.inspection.vram_estimate import DTypeName, estimate_vram
@@ -49,9 +51,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _model_runner(mode: ModeConfig, checkpoint: Path) -> ModelRunner:
+def _model_runner(mode: ModeConfig, checkpoint: Path, components: ComponentPaths | None = None) -> ModelRunner:
     # a ModeConfig is the runner's settings; its Literal-typed fields read as the protocol's `str` ones
-    return ModelRunner(cast(RunnerSettings, mode), checkpoint)
+    return ModelRunner(cast(RunnerSettings, mode), checkpoint, components=components)
 
 
 class ModeWorker:
@@ -65,14 +67,17 @@ class ModeWorker:
         registry_config: dict[str, Any] | None = None,
         allow_absolute_paths: bool = False,
         *,
-        runner_factory: Callable[[ModeConfig, Path], ModelRunner] = _model_runner,
+        runner_factory: Callable[..., ModelRunner] = _model_runner,
         probe: DeviceProbe | None = None,
     ) -> None:
         self._created = time.perf_counter()
         self.mode = ModeConfig.model_validate(mode)
         checkpoint = resolve_checkpoint(self.mode.checkpoint, Path(model_root), allow_absolute=allow_absolute_paths,
                                         source=f"mode {self.mode.name}")
-        self.runner = runner_factory(self.mode, checkpoint)
+        components = component_paths(self.mode, Path(model_root), allow_absolute_paths)
+        self.runner = (runner_factory(self.mode, checkpoint) if components is None
+                       else runner_factory(self.mode, checkpoint, components))
+        self.mode = with_family(self.mode, self.runner.info)  # the family's defaults, as the router has them
         self._dtype = cast(DTypeName, dtype_name(self.runner.dtype))  # one of the names it was built from
         self.jobs = JobRegistry(self.mode.jobs)
         self.registry_config = RegistryConfig.model_validate(registry_config or {})

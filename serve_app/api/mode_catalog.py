@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve_app.config.mode_families import inspect_mode, with_family
 from serve_app.config.modes_file import ModeConfig, ModesFile, resolve_checkpoint
 from serve_app.core.errors import UnknownModeError, UnsupportedCheckpointError
+from serve_app.model.components.component_files import ComponentFile
 from serve_app.model.families import Family
-from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
+from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo
 
 
 @dataclass
@@ -36,20 +38,24 @@ class ModeCatalog:
     def __init__(self, modes: ModesFile, model_root: Path) -> None:
         """Reads every mode's checkpoint header under `model_root`."""
         infos = {}
+        self.components: dict[str, list[ComponentFile]] = {}
+        configs = []
         for m in modes.modes:
             path = resolve_checkpoint(m.checkpoint, model_root, allow_absolute=modes.allow_absolute_paths,
                                       source=f"mode {m.name}")
-            info = inspect_checkpoint(path)
+            info, self.components[m.name] = inspect_mode(m, path, model_root, modes.allow_absolute_paths)
             if info.serving_refusal is not None:  # a mode the operator named that cannot be served
                 raise UnsupportedCheckpointError(f"mode {m.name}: {info.path}: {info.serving_refusal}",
                                                  param="checkpoint")
             infos[m.name] = info
-        self._fill(modes, infos)
+            configs.append(with_family(m, info))
+        self._fill(modes.model_copy(update={"modes": configs}), infos)
 
     @classmethod
     def of(cls, modes: ModesFile, infos: Mapping[str, CheckpointInfo]) -> ModeCatalog:
         """A catalog of checkpoints already inspected (`infos`: mode name -> its checkpoint's facts)."""
         catalog = cls.__new__(cls)
+        catalog.components = {}
         catalog._fill(modes, infos)
         return catalog
 

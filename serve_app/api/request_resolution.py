@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
+from serve_app.api.family_rules import check_family_request
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
@@ -126,7 +127,8 @@ def _check_size(field: str, value: int, limit: int, from_image: bool = False) ->
 
 
 def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, request_id: str = "-",
-                    adapters: AdapterCatalog = NO_ADAPTERS, *, inpainting: bool = False) -> GenerationRequest:
+                    adapters: AdapterCatalog = NO_ADAPTERS, *, inpainting: bool = False,
+                    variant: str = "") -> GenerationRequest:
     """Fill defaults from `mode` and check every value against its limits (adapters against `adapters`), and
     the job against the checkpoint's facts (`family`; `inpainting`: a 9-channel UNet, which has no second
     pass). The kind of job follows the body's type: `InpaintRequest`, `Img2ImgRequest`, else txt2img."""
@@ -173,6 +175,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         raise _invalid(name("seed"), seed, f"must be between 0 and {MAX_SEED - num_images + 1}{room}")
     loras = adapters.resolve_loras(req.loras, mode, family, name) if req.loras else []
     negative_prompt = d.negative_prompt if req.negative_prompt is None else req.negative_prompt
+    check_family_request(req, mode, family, variant, negative_prompt, adapters, name)
     embeddings = adapters.resolve_embeddings(family, req.prompt, negative_prompt)
     vae = adapters.resolve_vae(req.vae, mode, name("vae")) if req.vae is not None else None
     job: Job
@@ -192,8 +195,9 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         seeds=[seed + i for i in range(num_images)],
         scheduler=scheduler_key(req.scheduler or mode.scheduler,
                                 req.schedule_type or ("automatic" if req.scheduler else mode.schedule_type),
-                                name("schedule_type")),
+                                name("schedule_type"), family, mode.name, name("scheduler")),
         clip_skip=req.clip_skip or d.clip_skip,
+        true_cfg_scale=req.true_cfg_scale,
         prompt_syntax=mode.prompt_syntax,
         output_format=req.output_format,
         request_id=request_id,

@@ -94,6 +94,18 @@ class ModeDeploymentOptions(StrictModel):
     ray_actor_options: dict[str, Any] | None = Field(None, description="E.g. {num_gpus: 0.5, num_cpus: 1}.")
 
 
+class ModeComponents(StrictModel):
+    """Component files of a mode (relative to MODEL_ROOT), for a checkpoint that lacks them (a transformer-only
+    FLUX file) or to replace its own; each is checked against the mode's family from its tensors."""
+
+    text_encoders: list[str] = Field(default_factory=list, description="Text encoder files (clip_l, clip_g, t5xxl).")
+    vae: str | None = Field(None, description="VAE file (original or diffusers layout).")
+    transformer: str | None = Field(None, description="Transformer file (SD3 / FLUX denoiser).")
+    unet: str | None = Field(None, description="UNet file (SD 1.x / 2.x / SDXL denoiser).")
+    config: str | None = Field(None, description="A diffusers folder of the family (configs and tokenizers; no "
+                               "weights needed) for single files that do not carry Dream Lab's embedded configs.")
+
+
 class ModeConfig(StrictModel):
     """One served mode: a checkpoint plus how it is run."""
 
@@ -114,7 +126,11 @@ class ModeConfig(StrictModel):
     zero_terminal_snr: bool | None = Field(
         None, description="Override of the checkpoint's `ztsnr` marker: true samples with rescaled zero-terminal-SNR "
         "betas and trailing timesteps (v-prediction models trained that way), false without the rescaled betas.")
-    defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults.")
+    components: ModeComponents | None = Field(None, description="Separate component files (text encoders, VAE, "
+                                              "denoiser) under MODEL_ROOT; an all-in-one checkpoint needs none.")
+    defaults: ModeDefaults = Field(default_factory=ModeDefaults, description="Request defaults (unset ones take "
+                                   "the family's: FLUX 1024px 28 steps guidance 3.5, schnell 4 steps guidance 0, "
+                                   "SD3 1024px 28 steps guidance 4.5).")
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     lora_cache_bytes: int = Field(512 * 1024**2, ge=0, description="LoRA weights a replica keeps loaded for the "
                                   "next request (least recently used out first); they count in its footprint.")

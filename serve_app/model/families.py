@@ -26,6 +26,11 @@ class Family(str, Enum):
         return self in (Family.SDXL, Family.SDXL_REFINER)
 
     @property
+    def flow(self) -> bool:
+        """A flow-matching transformer family (SD3, FLUX): T5 prompts, flow-matching schedulers, no clip skip."""
+        return self in FLOW_FAMILIES
+
+    @property
     def denoiser(self) -> str:
         """The pipeline attribute of the denoiser: a UNet, or a (MMDiT / FLUX) transformer."""
         return "unet" if self in UNET_FAMILIES else "transformer"
@@ -37,9 +42,9 @@ class Family(str, Enum):
                 f"`mode` {mode_name!r} is an {self.value} checkpoint, which only does img2img", param="mode")
 
 
-# The families Dream Lab serves today (UNet denoisers); SD3 and FLUX are detected and reported, not served yet.
 UNET_FAMILIES: tuple[Family, ...] = (Family.SD1, Family.SD2, Family.SDXL, Family.SDXL_REFINER)
-SERVED_FAMILIES: tuple[Family, ...] = UNET_FAMILIES
+FLOW_FAMILIES: tuple[Family, ...] = (Family.SD3, Family.FLUX)
+SERVED_FAMILIES: tuple[Family, ...] = UNET_FAMILIES + FLOW_FAMILIES
 
 # diffusers pipeline classes per family: (txt2img, img2img, inpaint); None where diffusers has none.
 PIPELINE_CLASS_NAMES: dict[Family, tuple[str | None, str, str]] = {
@@ -51,6 +56,8 @@ PIPELINE_CLASS_NAMES: dict[Family, tuple[str | None, str, str]] = {
     Family.FLUX: ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
 }
 FLUX_FILL_PIPELINE = "FluxFillPipeline"
+# Variants detected but not served: FLUX.1 Canny/Depth take a control image diffusers' FluxControlPipeline reads.
+UNSERVED_VARIANTS: dict[str, str] = {"flux-control": "FluxControlPipeline (a control image input) is not served"}
 
 # The components each family's pipeline needs (names as `family_detection` reports them).
 REQUIRED_COMPONENTS: dict[Family, tuple[str, ...]] = {

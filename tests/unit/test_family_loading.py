@@ -60,11 +60,11 @@ def test_v_prediction_and_ztsnr_markers_set_the_scheduler(tmp_path: Path, demo_m
     assert float(plain.base.scheduler.alphas_cumprod[-1]) > 1e-3
 
 
-def test_flux_file_is_refused_at_load_with_the_reason(tmp_path: Path) -> None:
+def test_flux_single_file_without_configs_is_refused_at_load_saying_what_to_add(tmp_path: Path) -> None:
     info = inspect_checkpoint(write_header_file(tmp_path / "flux1-dev.safetensors", flux_comfy_all_in_one()))
     with pytest.raises(UnsupportedCheckpointError) as err:
         load_pipelines(info, info.family, torch.float32, CPU)
-    assert "flux-dev" in err.value.message and "FluxPipeline" in err.value.message
+    assert "flux-dev" in err.value.message and "`components: {config: <folder>}`" in err.value.message
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "ddim", "dpmpp_2m", "unipc", "euler_a"])

@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES_FILES = sorted((REPO_ROOT / "configs").glob("*modes*.yaml"))
 DEMO_CHECKPOINTS = sorted([
     *(f"tiny-{family}{suffix}" for family in ("sd1", "sd2", "sdxl", "sdxl-refiner") for suffix in ("", ".safetensors")),
-    "tiny-sd1-inpainting"])
+    "tiny-sd1-inpainting", "tiny-flux", "tiny-sd3"])
 
 
 def test_the_shipped_modes_files_are_found() -> None:
@@ -50,11 +50,13 @@ def test_every_modes_yaml_parses(path: Path) -> None:
 
 def test_demo_modes_resolve_against_the_demo_checkpoints(demo_models_dir: Path) -> None:
     modes = load_modes_file(REPO_ROOT / "configs" / "demo_modes.yaml")
-    from serve_app.model.inspection.checkpoint_inspect import inspect_checkpoint
+    from serve_app.config.mode_families import inspect_mode
 
     for mode in modes.modes:
         path = resolve_checkpoint(mode.checkpoint, demo_models_dir)
-        assert inspect_checkpoint(path).family.value == mode.name  # the demo modes are named after their family
+        info, _ = inspect_mode(mode, path, demo_models_dir)
+        # the demo modes are named after their family (or variant), and every one is servable
+        assert mode.name in (info.family.value, info.variant) and info.serving_refusal is None
 
 
 # -- errors name file, field path and value ------------------------------------------------------------
@@ -203,8 +205,12 @@ def test_discovery_finds_every_demo_checkpoint(monkeypatch: pytest.MonkeyPatch, 
     assert root == demo_models_dir
     assert sorted(m.checkpoint for m in modes.modes) == DEMO_CHECKPOINTS
     names = [m.name for m in modes.modes]
-    assert len(set(names)) == len(names) == 9  # folder and file of a family both stay servable
+    assert len(set(names)) == len(names) == 11  # folder and file of a family both stay servable
     assert "tiny-sd1" in names
+    # the transformer-only FLUX file cannot be served alone: listed with what it lacks, the rest served
+    (problem,) = modes.problems
+    assert problem.path == "tiny-flux-schnell.safetensors" and problem.variant == "flux-schnell"
+    assert "T5-XXL" in problem.message and "components:" in problem.message
     # the discovered set is a valid modes file (unique names, checkpoints inside the root)
     reparsed = ModesFile.model_validate(modes.model_dump())
     for m in reparsed.modes:
@@ -218,7 +224,7 @@ def test_modes_file_with_discover_adds_the_rest(monkeypatch: pytest.MonkeyPatch,
                                                          "aliases": ["main"]}]})
     modes, _ = modes_from_environment(path)
     assert modes.modes[0].aliases == ["main"]  # the explicit mode wins over the discovered one of that name
-    assert len(modes.modes) == 9 and modes.discover is False
+    assert len(modes.modes) == 11 and modes.discover is False
 
 
 def test_nothing_found_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ from serve_app.api.schemas.native import (
     Txt2ImgRequest,
     generation_response,
 )
-from serve_app.model.generation.schedulers import SCHEDULER_NAMES, schedule_types_for
+from serve_app.model.families import Family
+from serve_app.model.generation.schedulers import samplers_for, schedule_types_for
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,9 @@ async def run_job(gw: GatewayDep, job_type: str, body: JobRequest) -> JobRespons
     return JobResponse(request_id=current_request_id(), mode=mode.name, job_type=job_type, result=result)
 
 
-SAMPLERS = {name: list(schedule_types_for(name)) for name in SCHEDULER_NAMES}
+def family_samplers(family: Family) -> dict[str, list[str]]:
+    """The samplers a family takes, each with its schedule types (SD3 / FLUX: flow-matching euler only)."""
+    return {name: list(schedule_types_for(name, family)) for name in samplers_for(family)}
 READYZ_MAX_AGE_S = 1.0  # probes answer from the router's view at most this old: a probe flood is no registry load
 
 
@@ -196,7 +199,7 @@ async def _modes(gw: Gateway, max_age_s: float = 0.0) -> ModesResponse:
             estimated_bytes=mode.estimate_bytes(), scheduler=mode.config.scheduler,
             defaults=mode.config.defaults.model_dump(), limits=mode.config.limits.model_dump(),
             jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
-            queued=gw.queues[name].waiting(), samplers=SAMPLERS))
+            queued=gw.queues[name].waiting(), samplers=family_samplers(mode.family)))
     return ModesResponse(default_mode=gw.current_default, modes=out, problems=gw.catalog.problems)
 
 

@@ -53,7 +53,10 @@ class Txt2ImgRequest(StrictModel):
     width: int | None = Field(None, description="Width in pixels, a multiple of 8 within the mode's limit.")
     height: int | None = Field(None, description="Height in pixels, a multiple of 8 within the mode's limit.")
     steps: int | None = Field(None, description="Denoising steps.")
-    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale (0-50).")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale (0-50); on FLUX the "
+                                         "embedded (distilled) guidance, which takes no negative prompt.")
+    true_cfg_scale: float | None = Field(None, description="FLUX only: true classifier-free guidance (> 1 runs the "
+                                         "negative prompt too, at twice the cost); a negative prompt on FLUX needs it.")
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
     num_images: int | None = Field(None, description="Images to make (default 1).")
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")

@@ -45,12 +45,16 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = UNET
         if not inpainting.is_dir():
             build_demo_pipeline(Family.SD1, inpainting=True).save_pretrained(inpainting, safe_serialization=True)
         written.append(inpainting)
-    return written + write_demo_adapters(out)
+    from serve_app.model.demo.flow_demo_models import write_flow_demo_models
+
+    return written + write_demo_adapters(out) + write_flow_demo_models(out)
 
 
 def demo_models_present(directory: str | Path) -> bool:
+    from serve_app.model.demo.flow_demo_models import flow_demo_models_present
+
     out = Path(directory)
-    return (out / DEMO_INPAINTING).is_dir() and all(
+    return (out / DEMO_INPAINTING).is_dir() and flow_demo_models_present(out) and all(
         (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in UNET_FAMILIES
     )
 

@@ -4,6 +4,7 @@ A1111's `enable_hr` does. Latent upscaling keeps the first pass's latents and sk
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -33,4 +34,6 @@ def second_pass(pipe: Any, first: Any, hires: HiresPass, call: dict[str, Any]) -
     """Denoise the upscaled first pass again with `pipe` (img2img); `call` holds the first pass's arguments."""
     call = {k: v for k, v in call.items() if k not in ("width", "height", "output_type")}
     call.update(image=upscale(first, hires), strength=hires.strength, num_inference_steps=hires.steps)
+    if "height" in inspect.signature(pipe.__call__).parameters:  # SD3 / FLUX img2img: the size is not the image's
+        call.update(width=hires.width, height=hires.height)
     return pipe(**call).images

@@ -9,6 +9,7 @@ queue (`resolve_request`), and a hand-built request reaching the runner is refus
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,10 @@ def txt2img_inputs(pipes: LoadedPipelines, params: GenerationRequest, job: Txt2I
 def img2img_inputs(pipes: LoadedPipelines, params: GenerationRequest, job: Img2Img) -> JobInputs:
     if pipes.inpainting_only:
         return _full_mask(pipes, params, job.init_image, job.strength)
-    return JobInputs(pipes.img2img, dict(image=job.init_image, strength=job.strength))
+    inputs: dict[str, Any] = dict(image=job.init_image, strength=job.strength)
+    if "height" in inspect.signature(type(pipes.img2img).__call__).parameters:  # SD3 / FLUX: not the image's size
+        inputs.update(width=params.width, height=params.height)
+    return JobInputs(pipes.img2img, inputs)
 
 
 def inpaint_inputs(pipes: LoadedPipelines, params: GenerationRequest, job: Inpaint) -> JobInputs:

@@ -32,6 +32,8 @@ from serve_app.core.errors import DreamLabError, GenerationCancelledError, Model
 from serve_app.model.adapters.embedding_set import EmbeddingSet
 from serve_app.model.adapters.lora_set import LoraSet
 from serve_app.model.adapters.vae_set import VaeSet
+from serve_app.model.components.component_files import ComponentPaths
+from serve_app.model.components.mode_components import mode_components
 from serve_app.model.families import Family
 from serve_app.model.generation.hires_fix import second_pass, second_pass_steps
 from serve_app.model.generation.infotext import generation_infotext, png_with_infotext
@@ -60,6 +62,7 @@ from serve_app.model.loading.pipeline_loader import (
 )
 from serve_app.model.model_state import ModelState, Tier
 from serve_app.model.prompts.encoding import encode_prompts
+from serve_app.model.prompts.flow_prompts import flow_prompt_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +108,11 @@ class ModelRunner:
         *,
         device: torch.device | None = None,
         loader: Loader = load_pipelines,
+        components: ComponentPaths | None = None,
     ) -> None:
         self.mode = mode
-        self.info = inspect_checkpoint(checkpoint)
+        self.info, self.component_files = mode_components(inspect_checkpoint(checkpoint), components, mode.name,
+                                                          mode.family)
         self.family = mode.family or self.info.family
         self.device = device or pick_device()
         self.dtype = torch_dtype_for(mode.dtype, self.device)
@@ -263,12 +268,22 @@ class ModelRunner:
     def scheduler(self, name: str) -> Any:
         """The named scheduler, configured for this checkpoint (call under `exclusive`: instances are reused)."""
         if name not in self._schedulers:  # building one costs 2-8 ms: build each once
-            self._schedulers[name] = make_scheduler(name, self._scheduler_config)
+            self._schedulers[name] = make_scheduler(name, self._scheduler_config, flow=self.family.flow)
         return self._schedulers[name]
 
     def self_check(self, request_id: str = "-") -> bool:
         """A minimal real generation; False when the pipeline is broken (see `self_check`)."""
         return run_self_check(self, request_id)
+
+    def _prompt_kwargs(self, pipe: Any, params: GenerationRequest, images: int) -> dict[str, Any]:
+        """The pipeline's prompt arguments: A1111-weighted CLIP embeddings (UNet families), plain text (SD3, FLUX:
+        see `flow_prompts`)."""
+        if self.family.flow:
+            return flow_prompt_kwargs(pipe, self.family, params.prompt, params.negative_prompt, params.prompt_syntax,
+                                      images, params.true_cfg_scale)
+        return encode_prompts(pipe, self.family, self.embeddings.in_prompt(params.prompt, params.embeddings),
+                              self.embeddings.in_prompt(params.negative_prompt, params.embeddings),
+                              params.clip_skip, params.prompt_syntax, images=images).call_kwargs()
 
     def generate(self, params: GenerationRequest, progress: ProgressFn | None = None,
                  cancelled: CancelFn | None = None) -> GenerationResult:
@@ -295,9 +310,7 @@ class ModelRunner:
                 return kwargs
 
             call: dict[str, Any] = dict(
-                **encode_prompts(pipe, self.family, self.embeddings.in_prompt(params.prompt, params.embeddings),
-                                 self.embeddings.in_prompt(params.negative_prompt, params.embeddings),
-                                 params.clip_skip, params.prompt_syntax, images=n).call_kwargs(),
+                **self._prompt_kwargs(pipe, params, n),
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],

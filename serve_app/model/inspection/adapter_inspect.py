@@ -47,6 +47,7 @@ class AdapterFormat(str, Enum):
     #                          embedding: one token -> vectors; VAE: encoder.down_blocks.* (diffusers' own layout)
     A1111 = "a1111"  # embedding: emb_params, or clip_l + clip_g for SDXL
     ORIGINAL = "original"  # VAE: encoder.down.* (the original LDM layout of single files)
+    COMFY = "comfy"  # LoRA of FLUX / SD3: diffusion_model.double_blocks.* (ComfyUI / BFL keys)
 
 
 class AdapterInfo(StrictModel):
@@ -73,10 +74,12 @@ def _lora(path: Path, tensors: dict[str, TensorHeader]) -> dict:
     if lycoris is not None:
         raise AdapterFileError(f"{path}: a LyCORIS (LoHa/LoKr/OFT) adapter ({lycoris!r}); only LoRA files "
                                "(kohya or diffusers/PEFT layout) are served", param="lora")
-    if (transformer := transformer_lora_family(keys)) is not None:
+    if (transformer := transformer_lora_family(keys)) is not None:  # FLUX / SD3: diffusers' loaders convert
         made_for, layout = transformer
-        raise AdapterFileError(f"{path}: a {made_for.value} LoRA ({layout} layout): {made_for.value} checkpoints are "
-                               "recognised but not served yet, so neither are their LoRAs", param="lora")
+        down = next((k for k in keys if k.endswith((".lora_A.weight", ".lora_down.weight", ".lora.down.weight"))),
+                    None)
+        return dict(format=AdapterFormat(layout), family=made_for, rank=tensors[down].shape[0] if down else None,
+                    text_encoders=int(any(k.startswith(("lora_te1_", "lora_te_", "text_encoder.")) for k in keys)))
     down_suffixes: tuple[str, ...]
     if any(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         fmt, down_suffixes, unet, to_k = AdapterFormat.KOHYA, (".lora_down.weight",), "lora_unet_", "attn2_to_k"

@@ -72,6 +72,10 @@ class CheckpointInfo(StrictModel):
     missing_components: list[str] = Field(default_factory=list, description="Components its family needs that it "
                                           "lacks.")
     serving_refusal: str | None = Field(None, description="Why Dream Lab cannot serve it (None: servable).")
+    component_files: dict[str, str] = Field(default_factory=dict, description="Components its mode takes from "
+                                            "separate files: component -> absolute path.")
+    config_folder: str | None = Field(None, description="A diffusers folder its mode takes configs and tokenizers "
+                                      "from (single files without Dream Lab's embedded configs).")
 
 
 def pickle_refusal(path: Path, param: str = "checkpoint") -> PickleCheckpointError:

@@ -8,6 +8,15 @@ Formula (bytes):
     working  = max(unet_act, vae_act)          # the UNet loop and the VAE decode do not overlap
     total    = weights + working + ALLOCATOR_SLACK
 
+SD3 and FLUX (transformer denoisers) replace `unet_act` by the transformer's:
+
+    tokens   = (H/16) * (W/16) + TEXT_TOKENS      # 2x2 patches of the 1/8 latents, plus the T5 tokens
+    dit_act  = batch * cfg * tokens * width * TRANSFORMER_ACTIVATION_FACTOR * bytes_per(dtype)
+
+with cfg 2 for SD3 (classifier-free guidance) and 1 for FLUX (embedded guidance). The weights include every
+component the mode loads, its component files too: a T5-XXL encoder alone is 4.76 B parameters, ~9.5 GB in
+fp16. fp8 files are counted in the dtype they will have on the device (they are upcast on load).
+
 `unet_base_channels` is the UNet's first-level width (320 for SD/SDXL), `vae_decoder_channels` the VAE
 decoder's full-resolution width (128). The factors are conservative counts of the live activation tensors
 at the peak of each stage with PyTorch's memory-efficient attention (no H*W x H*W attention matrix); they
@@ -30,6 +39,8 @@ BYTES_PER_DTYPE: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2}
 UNET_ACTIVATION_FACTOR = 24
 VAE_ACTIVATION_FACTOR = 4
 ALLOCATOR_SLACK = 64 * 1024 * 1024
+TRANSFORMER_ACTIVATION_FACTOR = 16
+TEXT_TOKENS = {Family.SD3: 333, Family.FLUX: 512}  # SD3: 77 CLIP + 256 T5; FLUX: 512 T5
 DEFAULT_RESOLUTION: dict[Family, int] = {Family.SD1: 512, Family.SD2: 768, Family.SDXL: 1024, Family.SDXL_REFINER: 1024,
                                          Family.SD3: 1024, Family.FLUX: 1024}
 
@@ -56,7 +67,13 @@ def estimate_vram(
     width, height = width or side, height or side
     per = BYTES_PER_DTYPE[dtype]
     weights = info.param_count * per
-    unet_act = batch_size * 2 * (height // 8) * (width // 8) * info.unet_base_channels * UNET_ACTIVATION_FACTOR * per
+    if info.family.flow:
+        tokens = (height // 16) * (width // 16) + TEXT_TOKENS[info.family]
+        cfg = 2 if info.family is Family.SD3 else 1
+        unet_act = batch_size * cfg * tokens * info.unet_base_channels * TRANSFORMER_ACTIVATION_FACTOR * per
+    else:
+        latents = (height // 8) * (width // 8)
+        unet_act = batch_size * 2 * latents * info.unet_base_channels * UNET_ACTIVATION_FACTOR * per
     vae_act = batch_size * height * width * info.vae_decoder_channels * VAE_ACTIVATION_FACTOR * per
     working = max(unet_act, vae_act)
     return VramEstimate(

@@ -10,13 +10,8 @@ Nothing is ever downloaded (`local_files_only=True`).
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +19,7 @@ from typing import Any
 import torch
 
 from serve_app.core.errors import CheckpointNotFoundError, UnsupportedCheckpointError
-from serve_app.model.families import PIPELINE_CLASS_NAMES, SERVED_FAMILIES, Family
+from serve_app.model.families import FLUX_FILL_PIPELINE, PIPELINE_CLASS_NAMES, SERVED_FAMILIES, Family
 from serve_app.model.inspection.checkpoint_inspect import CheckpointFormat, CheckpointInfo
 from serve_app.model.inspection.safetensors_header import read_safetensors_header
 from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CONFIG
@@ -107,21 +102,9 @@ def _config_dir(info: CheckpointInfo, family: Family) -> Path:
     embedded = info.metadata.get(METADATA_DIFFUSERS_CONFIG)
     if embedded is None:
         return Path(config_dir(family))
-    from serve_app.model.loading.single_file_writer import materialize_config_dir
+    from serve_app.model.loading.single_file_writer import embedded_config_dir
 
-    digest = hashlib.sha256(embedded.encode()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / f"dreamlab-configs-{os.getuid()}" / digest
-    if not (target / "model_index.json").is_file():
-        # written aside and renamed: a concurrent loader never converts with (or caches) a half-written folder
-        partial = target.with_name(f"{digest}.partial-{uuid.uuid4().hex[:8]}")
-        materialize_config_dir(embedded, partial)
-        try:
-            os.rename(partial, target)
-        except OSError:  # another loader materialised it first (or a crashed one left a partial folder)
-            shutil.rmtree(partial, ignore_errors=True)
-            if not (target / "model_index.json").is_file():
-                materialize_config_dir(embedded, target)
-    return target
+    return embedded_config_dir(embedded)
 
 
 def _conversion_dtype(path: Path) -> torch.dtype | None:
@@ -216,21 +199,30 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     main_cls, img2img_cls, inpaint_cls = _pipeline_classes(family)
     load_cls = main_cls or img2img_cls
     if info.inpainting:
-        if info.format is CheckpointFormat.SINGLE_FILE:
+        if info.format is CheckpointFormat.SINGLE_FILE and not family.flow:
             raise UnsupportedCheckpointError(
                 f"{info.path}: inpainting single files (unet in_channels 9) are not served yet; save it as a "
                 "diffusers folder (diffusers' from_single_file + save_pretrained)", param="checkpoint")
+        if family is Family.FLUX:  # FLUX.1 Fill: its own pipeline, which inpaints only
+            import diffusers
+
+            inpaint_cls = getattr(diffusers, FLUX_FILL_PIPELINE)
         main_cls, img2img_cls, load_cls = None, None, inpaint_cls
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if family in (Family.SD1, Family.SD2):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    if info.format is CheckpointFormat.SINGLE_FILE:
+    if family.flow:
+        from serve_app.model.loading.flow_loader import load_flow_pipeline
+
+        pipe = load_flow_pipeline(load_cls, info, family, dtype)
+    elif info.format is CheckpointFormat.SINGLE_FILE:
         pipe = _load_single_file(load_cls, info, family, kwargs, cache_dir)
     else:
         pipe = load_cls.from_pretrained(info.path, **kwargs)
     if device.type != "cpu":  # weights load on the CPU; .to() there is a no-op that only warns
         pipe = pipe.to(device)
-    apply_noise_schedule(pipe, noise_schedule_overrides(info.prediction_type, info.zero_terminal_snr))
+    if not family.flow:  # (flow matching has no prediction type nor betas to rescale)
+        apply_noise_schedule(pipe, noise_schedule_overrides(info.prediction_type, info.zero_terminal_snr))
     if info.inpainting:
         pipe.set_progress_bar_config(disable=True)
         return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=None, inpaint=pipe)

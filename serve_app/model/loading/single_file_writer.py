@@ -258,6 +258,28 @@ def write_single_file(pipe: Any, family: Family, path: Path, dtype: torch.dtype 
     logger.info("single file %s written: %d tensors, family %s", path, len(tensors), family.value)
 
 
+def embedded_config_dir(embedded: str) -> Path:
+    """A folder holding the config files stored in a file's `dreamlab.diffusers_config` metadata (written once
+    per content, in the temp folder)."""
+    import hashlib
+    import shutil
+    import uuid
+
+    digest = hashlib.sha256(embedded.encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"dreamlab-configs-{os.getuid()}" / digest
+    if not any(target.iterdir() if target.is_dir() else ()):
+        # written aside and renamed: a concurrent loader never converts with (or caches) a half-written folder
+        partial = target.with_name(f"{digest}.partial-{uuid.uuid4().hex[:8]}")
+        materialize_config_dir(embedded, partial)
+        try:
+            os.rename(partial, target)
+        except OSError:  # another loader materialised it first (or a crashed one left a partial folder)
+            shutil.rmtree(partial, ignore_errors=True)
+            if not any(target.iterdir() if target.is_dir() else ()):
+                materialize_config_dir(embedded, target)
+    return target
+
+
 def materialize_config_dir(metadata_json: str, directory: Path) -> Path:
     """Write the config folder stored under `dreamlab.diffusers_config` into `directory`; return it."""
     files: dict[str, str] = json.loads(metadata_json)

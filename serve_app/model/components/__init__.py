@@ -1,0 +1,1 @@
+"""Component files: text encoders, VAEs and denoisers kept in their own files, named by a mode."""
