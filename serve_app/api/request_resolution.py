@@ -173,6 +173,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     if not 0 <= seed <= MAX_SEED - num_images + 1:
         room = "" if num_images == 1 else f" (image i uses seed + i, for {num_images} images)"
         raise _invalid(name("seed"), seed, f"must be between 0 and {MAX_SEED - num_images + 1}{room}")
+    subseeds = _variation_seeds(req, family, num_images, name) if req.subseed_strength > 0 else []
     loras = adapters.resolve_loras(req.loras, mode, family, name) if req.loras else []
     negative_prompt = d.negative_prompt if req.negative_prompt is None else req.negative_prompt
     check_family_request(req, mode, family, variant, negative_prompt, adapters, name)
@@ -197,6 +198,8 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
                                 req.schedule_type or ("automatic" if req.scheduler else mode.schedule_type),
                                 name("schedule_type"), family, mode.name, name("scheduler")),
         clip_skip=req.clip_skip or d.clip_skip,
+        subseeds=subseeds,
+        subseed_strength=req.subseed_strength if subseeds else 0.0,
         true_cfg_scale=req.true_cfg_scale,
         prompt_syntax=mode.prompt_syntax,
         output_format=req.output_format,
@@ -205,6 +208,21 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         embeddings=embeddings,
         vae=vae,
     )
+
+
+def _variation_seeds(req: Txt2ImgRequest, family: Family, num_images: int, name: Callable[[str], str]) -> list[int]:
+    """Image i's variation seed (subseed + i); variation noise starts a txt2img of a UNet family only."""
+    if isinstance(req, Img2ImgRequest):
+        raise _invalid(name("subseed_strength"), req.subseed_strength, "is served on txt2img only (an edit starts "
+                       "from its init image, not from noise)")
+    if family.flow:
+        raise _invalid(name("subseed_strength"), req.subseed_strength, f"is not served for family {family.value} "
+                       "(its noise is packed differently)")
+    subseed = random_seed(num_images) if req.subseed is None else req.subseed
+    if not 0 <= subseed <= MAX_SEED - num_images + 1:
+        room = "" if num_images == 1 else f" (image i uses subseed + i, for {num_images} images)"
+        raise _invalid(name("subseed"), subseed, f"must be between 0 and {MAX_SEED - num_images + 1}{room}")
+    return [subseed + i for i in range(num_images)]
 
 
 def _image_job(req: Img2ImgRequest, init_image: Image.Image, size: tuple[int, int], default_strength: float,

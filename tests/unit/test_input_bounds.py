@@ -170,7 +170,6 @@ def test_a1111_errors_name_the_a1111_fields() -> None:
      "alwayson_scripts.ADetailer"),
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),
-    ({"subseed_strength": 0.3}, "subseed_strength"),
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"styles": ["cinematic"]}, "styles"),
 ])

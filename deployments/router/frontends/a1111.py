@@ -128,11 +128,11 @@ def _a1111_mode(gw: Gateway, checkpoint: str | None, param: str = CHECKPOINT_PAR
 
 
 async def _run_with_progress(gw: Gateway, board: ProgressBoard, mode: ServedMode, body: A1111Txt2ImgRequest,
-                             seed: int) -> GenerationResult | None:
+                             seed: int, subseed: int) -> GenerationResult | None:
     """Run one batch through the streaming generation, recording its steps for /sdapi/v1/progress; None when
     the caller skipped it (/sdapi/v1/skip). Leaving the stream stops the replica at its next step."""
     native = body.to_native(mode.name)
-    native.seed = seed
+    native.seed, native.subseed = seed, subseed
     if native.refiner is not None:  # two stages on two modes: not streamed, no live progress
         return (await gw.generate(native, mode)).result
     request = await gw.resolve(native, mode)
@@ -158,13 +158,16 @@ async def _run_with_progress(gw: Gateway, board: ProgressBoard, mode: ServedMode
 async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgRequest) -> A1111GenerationResponse:
     async with gw.accepting():
         mode = _a1111_mode(gw, body.checkpoint())
-        first_seed = body.seed if body.seed != -1 else random_seed(body.batch_size * body.n_iter)
+        count = body.batch_size * body.n_iter
+        first_seed = body.seed if body.seed != -1 else random_seed(count)
+        first_subseed = body.subseed if body.subseed != -1 else random_seed(count)
         images: list[str] = []
         infotexts: list[str] = []
         seeds: list[int] = []
         result = None
         for batch in range(body.n_iter):
-            made = await _run_with_progress(gw, board, mode, body, first_seed + batch * body.batch_size)
+            made = await _run_with_progress(gw, board, mode, body, first_seed + batch * body.batch_size,
+                                            first_subseed + batch * body.batch_size)
             if made is None:  # skipped: on to the next batch
                 continue
             result = made
@@ -176,6 +179,8 @@ async def _a1111_generate(gw: Gateway, board: ProgressBoard, body: A1111Txt2ImgR
     info = {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "", "seed": seeds[0],
         "all_seeds": seeds, "all_prompts": [body.prompt] * len(seeds), "width": result.width,
+        "subseed": first_subseed, "all_subseeds": [first_subseed + i for i in range(len(seeds))],
+        "subseed_strength": body.subseed_strength,
         "height": result.height, "steps": result.steps, "sampler_name": body.sampler_name or result.scheduler,
         "cfg_scale": body.cfg_scale, "batch_size": body.batch_size, "n_iter": body.n_iter,
         "sd_model_name": mode.name, "sd_model_hash": result.model_hash,

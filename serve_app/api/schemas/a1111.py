@@ -119,13 +119,14 @@ class A1111Txt2ImgRequest(BaseModel):
     script_name: str | None = Field(None, description="Not served: a script is a 422.")
     restore_faces: bool | None = Field(None, description="Not served: true is a 422.")
     tiling: bool | None = Field(None, description="Not served: true is a 422.")
-    subseed_strength: float | None = Field(None, description="Variation seeds are not served: above 0 is a 422.")
+    subseed: int = Field(-1, description="Variation seed; -1 = random.")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="Variation strength (txt2img).")
     styles: list[str] | None = Field(None, description="Not served: saved styles are a 422.")
 
     @model_validator(mode="after")
     def _nothing_dropped_that_changes_the_image(self) -> A1111Txt2ImgRequest:
         for name, asked in (("restore_faces", bool(self.restore_faces)), ("tiling", bool(self.tiling)),
-                            ("subseed_strength", bool(self.subseed_strength)), ("styles", bool(self.styles)),
+                            ("styles", bool(self.styles)),
                             ("script_name", bool(self.script_name))):
             if asked:
                 raise FieldError((name,), getattr(self, name), "is not served by this server (it would change "
@@ -156,6 +157,9 @@ class A1111Txt2ImgRequest(BaseModel):
             room = "" if count == 1 else f" (image i uses seed + i, for batch_size * n_iter = {count} images)"
             raise FieldError(("seed",), self.seed, f"must be -1 (random) or between 0 and {MAX_SEED - count + 1}"
                                                    f"{room}")
+        if self.subseed != -1 and not 0 <= self.subseed <= MAX_SEED - count + 1:
+            raise FieldError(("subseed",), self.subseed, "must be -1 (random) or between 0 and "
+                                                         f"{MAX_SEED - count + 1}")
         return self
 
     def native_fields(self, checkpoint_param: str = "override_settings.sd_model_checkpoint") -> dict[str, Any]:
@@ -165,6 +169,7 @@ class A1111Txt2ImgRequest(BaseModel):
         prompt, loras = split_lora_tags(self.prompt)
         return dict(prompt=prompt, loras=loras, negative_prompt=self.negative_prompt, vae=self.vae(),
                     seed=None if self.seed == -1 else self.seed, steps=self.steps, guidance_scale=self.cfg_scale,
+                    subseed=None if self.subseed == -1 else self.subseed, subseed_strength=self.subseed_strength,
                     width=self.width, height=self.height, num_images=self.batch_size,
                     clip_skip=self.clip_skip_value(),
                     scheduler=scheduler, schedule_type=schedule_type)

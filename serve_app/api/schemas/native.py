@@ -58,6 +58,11 @@ class Txt2ImgRequest(StrictModel):
     true_cfg_scale: float | None = Field(None, description="FLUX only: true classifier-free guidance (> 1 runs the "
                                          "negative prompt too, at twice the cost); a negative prompt on FLUX needs it.")
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; image i uses seed+i. Random when left out.")
+    subseed: int | None = Field(None, description=f"Variation seed, 0..{MAX_SEED}; image i uses subseed+i. Random "
+                                "when left out (and `subseed_strength` is above 0).")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0, description="How far each image's starting noise moves "
+                                    "towards its variation seed's (0: none; 1: the variation seed's image). "
+                                    "txt2img only.")
     num_images: int | None = Field(None, description="Images to make (default 1).")
     scheduler: SchedulerName | None = Field(None, description="Sampler; the mode's default when left out.")
     schedule_type: ScheduleType | None = Field(None, description="Noise schedule of the sampler (karras, "

@@ -95,6 +95,8 @@ def generation_infotext(params: GenerationRequest, seed: int, model: str, model_
     return format_infotext(params.prompt, params.negative_prompt, {
         "Steps": params.steps, "Sampler": sampler, "Schedule type": schedule, "CFG scale": params.guidance_scale,
         "Seed": seed, "Size": f"{params.width}x{params.height}", "Model hash": model_hash, "Model": model,
+        "Variation seed": params.subseeds[params.seeds.index(seed)] if params.subseeds else None,
+        "Variation seed strength": params.subseed_strength if params.subseeds else None,
         "Denoising strength": strength,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
         "Hires upscale": round(hires.width / params.width, 4) if hires else None,

@@ -126,6 +126,8 @@ class GenerationRequest:
     scheduler: str
     output_format: OutputFormat
     clip_skip: int = 1  # A1111's CLIP_stop_at_last_layers: 1 = the text encoder's last layer
+    subseeds: list[int] = field(default_factory=list)  # variation seeds, one per image (empty: none)
+    subseed_strength: float = 0.0
     true_cfg_scale: float | None = None  # FLUX: true CFG with the negative prompt (None: embedded guidance only)
     prompt_syntax: PromptSyntax = "a1111"  # plain: brackets and BREAK are literal text
     request_id: str = "-"

@@ -46,10 +46,12 @@ from serve_app.model.generation.job import (
     GenerationResult,
     GenerationTimings,
     LoraUse,
+    Txt2Img,
 )
 from serve_app.model.generation.job_inputs import job_inputs
 from serve_app.model.generation.schedulers import make_scheduler
 from serve_app.model.generation.self_check import self_check as run_self_check
+from serve_app.model.generation.variation_noise import variation_latents
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.inspection.model_hashes import hash_in_background, short_hash
 from serve_app.model.loading.noise_schedule import mode_schedule_overrides
@@ -316,6 +318,11 @@ class ModelRunner:
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
                 callback_on_step_end=on_step_end,
             )
+            if params.subseeds and isinstance(params.job, Txt2Img):  # (resolution: a UNet family's txt2img only)
+                shape = (pipe.vae.config.latent_channels, params.height // pipe.vae_scale_factor,
+                         params.width // pipe.vae_scale_factor)
+                call["latents"] = variation_latents(params.seeds, params.subseeds, params.subseed_strength, shape,
+                                                    pipe.unet.dtype)
             if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
                 inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
             call.update(inputs)
