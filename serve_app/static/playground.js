@@ -7,7 +7,6 @@ import { ResultCell, clearGrid } from "./results.js";
 import { VramPanel } from "./vram.js";
 
 const MAX_SEED = 4294967295;
-const FALLBACK_SCHEDULERS = ["euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "heun", "lms", "pndm", "unipc"];
 const SELECTED = "dreamlab.selectedModes";
 const $ = (id) => document.getElementById(id);
 
@@ -173,22 +172,33 @@ function applyLimits() {
   $("guidance").placeholder = String(common(modes, (m) => m.defaults.guidance_scale) ?? "per mode");
   const scheduler = common(modes, (m) => m.scheduler);
   $("scheduler").options[0].textContent = scheduler ? `default (${scheduler})` : "the mode's default";
+  drawSamplers();
   const n = modes.length;
   $("compare").textContent = n > 1 ? `Compare ${n} modes` : "Generate";
   $("compare").dataset.count = String(n);
   drawLoras();
 }
 
-async function loadSchedulers() {
-  let names = FALLBACK_SCHEDULERS;
-  try { // the server's own list, from its schema
-    const schema = await api("openapi.json");
-    const prop = schema.components.schemas.Txt2ImgRequest.properties.scheduler;
-    const found = [prop, ...(prop.anyOf || [])].find((p) => Array.isArray(p.enum));
-    if (found) names = found.enum;
-  } catch { /* the fallback list */ }
-  const select = $("scheduler");
-  for (const name of names) select.append(new Option(name, name));
+function keepOnly(select, values) { // the select's options after its first become `values`, keeping the choice
+  const kept = select.value;
+  while (select.options.length > 1) select.remove(1);
+  for (const value of values) select.append(new Option(value, value));
+  select.value = values.includes(kept) ? kept : "";
+}
+
+function drawSamplers() { // the samplers every selected mode serves (`/v1/modes`), and the chosen one's types
+  const lists = selectedModes().map((m) => m.samplers || {});
+  const names = lists.length ? Object.keys(lists[0]).filter((n) => lists.every((l) => n in l)) : [];
+  keepOnly($("scheduler"), names);
+  drawScheduleTypes();
+}
+
+function drawScheduleTypes() {
+  const sampler = $("scheduler").value;
+  const lists = selectedModes().map((m) => (m.samplers || {})[sampler] || []);
+  const types = sampler && lists.length ? lists[0].filter((t) => lists.every((l) => l.includes(t))) : [];
+  keepOnly($("schedule-type"), types);
+  $("schedule-type").disabled = !types.length;
 }
 
 // -- LoRAs -----------------------------------------------------------------------------------------------
@@ -257,6 +267,7 @@ function requestBody() {
     if (v !== undefined) body[field] = v;
   }
   if ($("scheduler").value) body.scheduler = $("scheduler").value;
+  if ($("schedule-type").value) body.schedule_type = $("schedule-type").value;
   const seed = number("seed");
   body.seed = seed === undefined ? Math.floor(Math.random() * MAX_SEED) : seed; // one seed for every mode
   return body;
@@ -361,7 +372,7 @@ function wire() {
 }
 
 wire();
-loadSchedulers();
+$("scheduler").addEventListener("change", drawScheduleTypes);
 refreshModes().then(loadAdapters);
 vram.start();
 document.body.dataset.ready = "true";

@@ -193,6 +193,19 @@ def test_compare_two_modes_with_live_progress_vram_and_history(demo_url: str, cl
     d.find_element(By.ID, "prompt").send_keys("a lighthouse at dusk")
     d.find_element(By.ID, "seed").send_keys("4242")
     d.find_element(By.ID, "steps").send_keys("5")
+    # the samplers both modes serve, as /v1/modes lists them, and the chosen one's schedule types
+    from selenium.webdriver.support.ui import Select
+
+    listed = {m["name"]: m["samplers"] for m in client.get("/v1/modes").json()["modes"]}
+    both = [name for name in listed["sd1"] if name in listed["sdxl"]]
+
+    def options(select_id: str) -> list[str]:
+        return [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, f"#{select_id} option")][1:]
+
+    wait_for(d, lambda _: options("scheduler") == both, 10, "the samplers of /v1/modes")
+    Select(d.find_element(By.ID, "scheduler")).select_by_value("dpmpp_2m")
+    wait_for(d, lambda _: options("schedule-type") == listed["sd1"]["dpmpp_2m"], 10, "dpmpp_2m's schedule types")
+    Select(d.find_element(By.ID, "schedule-type")).select_by_value("karras")
 
     def lora_set(_: Any) -> bool:  # goes to the sdxl mode only (its family)
         box = d.find_element(By.ID, "lora-tiny-sdxl-lora")
@@ -225,14 +238,15 @@ def test_compare_two_modes_with_live_progress_vram_and_history(demo_url: str, cl
         assert "total" in cell.find_element(By.CSS_SELECTOR, ".timings").text
         # the same prompt and seed went to both modes: each image is what the API makes for them
         loras = [{"name": "tiny-sdxl-lora", "weight": 0.8}] if mode == "sdxl" else []
+        sampler = {"scheduler": "dpmpp_2m", "schedule_type": "karras"}
         same = client.post("/v1/txt2img", json={"prompt": "a lighthouse at dusk", "mode": mode, "seed": 4242,
-                                                 "steps": 5, "loras": loras})
+                                                 "steps": 5, "loras": loras, **sampler})
         assert same.status_code == 200, same.text
         shown = cell_image_b64(d, mode)
         assert shown == same.json()["images"][0]["b64"], mode
         if loras:  # and the LoRA made a difference, so the page did send it to this mode
             plain = client.post("/v1/txt2img", json={"prompt": "a lighthouse at dusk", "mode": mode, "seed": 4242,
-                                                      "steps": 5})
+                                                      "steps": 5, **sampler})
             assert plain.status_code == 200
             assert pixels(base64.b64decode(plain.json()["images"][0]["b64"])) != pixels(base64.b64decode(shown))
 
