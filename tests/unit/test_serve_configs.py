@@ -13,7 +13,8 @@ from serve_app.config.modes_file import load_modes_file
 from serve_app.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-KUBERNETES = [REPO / "configs" / "rayservice.yaml", REPO / "configs" / "networkpolicy.yaml"]
+KUBERNETES = [REPO / "configs" / "rayservice.yaml", REPO / "configs" / "networkpolicy.yaml",
+              REPO / "configs" / "front-proxy.yaml"]
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p not in KUBERNETES)
 SERVE_CONFIGS = [p for p in CONFIGS if "applications" in (yaml.safe_load(p.read_text()) or {})]
 
@@ -82,14 +83,42 @@ def test_the_rayservice_serves_gpu_yaml_on_gpu_workers_with_the_models_volume():
 
 
 def test_the_network_policy_keeps_ray_ports_to_the_cluster():
-    """Every pod of the RayService is selected; only 8000 is open to all; the dashboard only to the operator."""
+    """Every pod of the RayService is selected; nothing is open to all; 8000 to the front proxy's pods; the
+    dashboard only to the operator."""
     policy = yaml.safe_load(KUBERNETES[1].read_text())
     service = yaml.safe_load(KUBERNETES[0].read_text())["spec"]["rayClusterConfig"]
     selected = policy["spec"]["podSelector"]["matchLabels"]
     templates = [service["headGroupSpec"]["template"]] + [g["template"] for g in service["workerGroupSpecs"]]
     assert all(selected.items() <= t["metadata"]["labels"].items() for t in templates)
-    open_to_all = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
-    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == [8000]
+    assert all("from" in rule for rule in policy["spec"]["ingress"])  # nothing open to everyone
+    proxy_pods = next(d for d in yaml.safe_load_all(KUBERNETES[2].read_text()) if d["kind"] == "Deployment")
+    proxy_labels = proxy_pods["spec"]["template"]["metadata"]["labels"]
+    (to_serve,) = [r for r in policy["spec"]["ingress"] if any("podSelector" in s and s["podSelector"][
+        "matchLabels"].items() <= proxy_labels.items() for s in r["from"])]
+    assert [p["port"] for p in to_serve["ports"]] == [8000]
     for rule in policy["spec"]["ingress"]:
         if any(p["port"] == 8265 for p in rule.get("ports", [])):
             assert all("namespaceSelector" in source or "podSelector" in source for source in rule["from"])
+
+
+def test_the_front_proxy_bounds_bodies_like_the_router_and_reaches_the_serve_service():
+    """The front proxy reads a body whole (bounded in size and in the gap between reads, like the router's
+    `http` limits) before Serve sees it, names the client itself, and points at the RayService's Serve service."""
+    from serve_app.config.app_args import HttpLimitsConfig, WorkerTimeoutsConfig
+
+    documents = {d["kind"]: d for d in yaml.safe_load_all(KUBERNETES[2].read_text())}
+    conf = documents["ConfigMap"]["data"]["nginx.conf"]
+    statements = [line.split("#")[0].strip() for line in conf.splitlines()]
+    settings = dict(s.rstrip(";").split(None, 1) for s in statements if s.endswith(";") and "{" not in s)
+    limits = HttpLimitsConfig()
+    assert settings["client_max_body_size"] == f"{limits.max_body_bytes // 2**20}m"
+    assert settings["client_body_timeout"] == f"{limits.body_idle_timeout_s:g}s"
+    assert settings["proxy_request_buffering"] == "on" and settings["proxy_buffering"] == "off"
+    assert int(settings["proxy_read_timeout"].rstrip("s")) > WorkerTimeoutsConfig().generate_s
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf  # replaced, never appended to
+    service = yaml.safe_load(KUBERNETES[0].read_text())
+    assert f"server {service['metadata']['name']}-serve-svc:8000" in conf  # KubeRay's Serve service
+    selector = documents["Service"]["spec"]["selector"]
+    assert selector.items() <= documents["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+    gpu = yaml.safe_load((REPO / "configs" / "gpu.yaml").read_text())
+    assert gpu["applications"][0]["args"]["access"]["trusted_proxies"]  # X-Forwarded-For honoured from it
