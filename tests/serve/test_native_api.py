@@ -127,7 +127,8 @@ def test_modes_registry_health_and_docs(client):
     by_name = {m["name"]: m for m in modes["modes"]}
     assert modes["default_mode"] == "sd1"
     assert {m: by_name[m]["family"] for m in by_name} == {
-        "sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner"}
+        "sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner", "sd3": "sd3", "flux": "flux",
+        "flux-schnell": "flux"}
     assert by_name["sd1"]["state"] == "ready" and by_name["sd1"]["measured_bytes"] > 0
     assert all(m["estimated_bytes"] > 0 for m in by_name.values())
     reg = client.get("/v1/registry").json()
