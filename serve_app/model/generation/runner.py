@@ -29,9 +29,12 @@ from PIL import Image
 
 from serve_app import __version__
 from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
+from serve_app.model.adapters.control_set import ControlSet
 from serve_app.model.adapters.embedding_set import EmbeddingSet
 from serve_app.model.adapters.lora_set import LoraSet
 from serve_app.model.adapters.vae_set import VaeSet
+from serve_app.model.control.control_image import prepare_control_image
+from serve_app.model.control.control_pipelines import controlled_pipeline
 from serve_app.model.families import Family
 from serve_app.model.generation.hires_fix import second_pass, second_pass_steps
 from serve_app.model.generation.infotext import generation_infotext, png_with_infotext
@@ -64,6 +67,7 @@ from serve_app.model.prompts.encoding import encode_prompts
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEFAULT_CONTROL_CACHE_BYTES = 4 * 1024**3
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
@@ -120,6 +124,8 @@ class ModelRunner:
         self.loras = LoraSet(mode.lora_cache_bytes)
         self.embeddings = EmbeddingSet()
         self.vaes = VaeSet()
+        self.controls = ControlSet(getattr(mode, "control_cache_bytes", DEFAULT_CONTROL_CACHE_BYTES), self.dtype,
+                                   self.device)
         self.state = ModelState.COLD
         self.tier = Tier.DISK
         self.loaded_from: Tier | None = None  # where the last load came from
@@ -185,6 +191,7 @@ class ModelRunner:
             if self.tier is not Tier.VRAM or self._pipes is None:
                 return False
             self.vaes.reset(self._pipes)  # only the checkpoint's own modules move to the RAM tier
+            self.controls.clear()
             if self.device.type != "cpu":
                 self._pipes.move_to(torch.device("cpu"))
                 free_device_memory(self.device)
@@ -202,6 +209,7 @@ class ModelRunner:
             self._pipes = None
             self.loras.clear()
             self.embeddings.clear()
+            self.controls.clear()
             free_device_memory(self.device)
             self.tier = Tier.DISK
             self.state = ModelState.COLD
@@ -218,17 +226,18 @@ class ModelRunner:
 
     def adapter_bytes(self) -> int:
         """Bytes of the adapters held loaded (counted in the replica's footprint)."""
-        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes
+        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes + self.controls.bytes
 
     def adapter_bytes_to_load(self, params: GenerationRequest) -> int:
         """Bytes the request's adapter files not held yet would add (reserved before they are loaded)."""
         embeddings = [e for e in params.embeddings if self.embeddings.loaded.get(e.name.lower()) != e]
         return (self.loras.missing_bytes(params.loras) + sum(e.file_bytes for e in embeddings)
-                + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0))
+                + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0)
+                + self.controls.missing_bytes(params.controls))
 
     def adapter_loads(self) -> int:
         """Adapter files read from disk so far."""
-        return self.loras.loads + self.embeddings.loads + self.vaes.loads
+        return self.loras.loads + self.embeddings.loads + self.vaes.loads + self.controls.loads
 
     def adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
               vae: AdapterFile | None) -> int:
@@ -275,11 +284,20 @@ class ModelRunner:
         """Run one resolved request; same params and seeds give the same image bytes."""
         self.family.check_job(params.kind, self.mode.name)
         hires = params.hires
+        control_images = [prepare_control_image(c.image, c.preprocessor, (params.width, params.height), c.resize,
+                                                c.processor_res, c.threshold_a, c.threshold_b)
+                          for c in params.controls]  # (outside the lock: the device waits for none of it)
         with self._lock:
             pipes = self.pipelines()
             built = job_inputs(pipes, params, self.mode.name)
             pipe, inputs = built.pipe, built.inputs
             adapter_loads = self.adapt(pipes, params.loras, params.embeddings, params.vae)
+            control_call: dict[str, Any] = {}
+            if params.controls:
+                before = self.controls.loads
+                models = self.controls.models(params.controls, cfg=params.guidance_scale > 1)
+                adapter_loads += self.controls.loads - before
+                pipe, control_call = controlled_pipeline(pipes, pipe, models, params.controls, control_images)
             pipe.scheduler = self.scheduler(params.scheduler)
             n = len(params.seeds)
 
@@ -303,9 +321,10 @@ class ModelRunner:
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
                 callback_on_step_end=on_step_end,
             )
-            if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
+            if built.pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
                 inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
             call.update(inputs)
+            call.update(control_call)
             if hires is not None:
                 call["output_type"] = "latent" if hires.upscaler in LATENT_UPSCALERS else "pil"
             started = time.perf_counter()
