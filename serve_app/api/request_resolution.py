@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
+from serve_app.api.control_resolution import resolve_controls
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeLimits
@@ -175,6 +176,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     negative_prompt = d.negative_prompt if req.negative_prompt is None else req.negative_prompt
     embeddings = adapters.resolve_embeddings(family, req.prompt, negative_prompt)
     vae = adapters.resolve_vae(req.vae, mode, name("vae")) if req.vae is not None else None
+    controls = resolve_controls(req.controls, adapters, mode, family, decode_image, name) if req.controls else []
     job: Job
     if isinstance(req, Img2ImgRequest):
         assert init_image is not None
@@ -200,6 +202,7 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         loras=loras,
         embeddings=embeddings,
         vae=vae,
+        controls=controls,
     )
 
 
@@ -233,8 +236,9 @@ def resolve_refiner_base(req: Txt2ImgRequest, base: ServedMode, refiner: ServedM
             f"`refiner.mode` {refiner.name!r} is {what[refiner.name]}, mode {base.name!r} is {what[base.name]}: "
             "a refiner pass needs an sdxl mode and an sdxl-refiner mode (neither an inpainting checkpoint)",
             param="refiner.mode")
-    if isinstance(req, Img2ImgRequest) or req.hires is not None:
-        raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
+    if isinstance(req, Img2ImgRequest) or req.hires is not None or req.controls:
+        raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires, no controls)",
+                                     param="refiner")
     request = resolve_request(req.model_copy(update={"refiner": None}), base.config, base.family, request_id,
                               adapters, inpainting=base.info.inpainting)
     request.job = Txt2Img(denoising_end=req.refiner.switch_at)

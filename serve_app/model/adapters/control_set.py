@@ -30,6 +30,7 @@ from serve_app.model.control.control_inspect import (
     read_controlnet_header,
 )
 from serve_app.model.generation.job import ControlMode, ControlUse
+from serve_app.model.inspection.model_hashes import hash_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def apply_mode(mode: ControlMode, cfg: bool, down: list[torch.Tensor], mid: torc
 
 
 def _mode_hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+    mode: ControlMode
     mode, cfg = getattr(module, "_dreamlab_mode", ("balanced", False))
     if mode == "balanced":
         return output
@@ -133,6 +135,7 @@ class ControlSet:
             raise AdapterFileError(f"ControlNet {control.name!r} cannot be loaded: {type(exc).__name__}: "
                                    f"{str(exc)[:200]}", param="controls") from exc
         model.register_forward_hook(_mode_hook, with_kwargs=True)
+        hash_in_background(control.path)  # A1111's `name [hash]` titles (`/controlnet/model_list`, infotexts)
         self.loaded[key] = (control, model)
         self.loads += 1
         logger.info("ControlNet %s loaded (%d bytes; %d held)", control.name, self._size(control), self.bytes)
