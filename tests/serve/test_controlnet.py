@@ -59,12 +59,13 @@ def test_controlnets_are_listed_as_adapters_with_their_family(client):
 
 def test_one_and_two_units_change_the_image_and_are_deterministic(client):
     canny = {"model": "tiny-sd1-controlnet", "image": SHAPE, "preprocessor": "canny"}
+    inverted = {**canny, "preprocessor": "invert", "weight": 0.6, "mode": "control"}
     plain = _image(client)
     one = _image(client, controls=[canny])
-    two = _image(client, controls=[canny, {**canny, "preprocessor": "invert", "weight": 0.6, "mode": "control"}])
+    two = _image(client, controls=[canny, inverted])
     assert len({plain, one, two}) == 3
     assert _image(client, controls=[canny]) == one
-    assert _image(client, controls=[canny, {**canny, "preprocessor": "invert", "weight": 0.6, "mode": "control"}]) == two
+    assert _image(client, controls=[canny, inverted]) == two
     assert _image(client) == plain  # nothing stays applied for the next request
     r = client.post("/v1/txt2img", json={**REQ, "controls": [canny]})
     assert 'ControlNet 0: "Module: canny, Model: tiny-sd1-controlnet' in r.json()["images"][0]["infotext"]

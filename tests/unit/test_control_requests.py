@@ -1,0 +1,139 @@
+"""ControlNet units in requests: native `controls` checked against the ControlNets under MODEL_ROOT and the
+mode (family, preprocessor, image, weights, start/end), the A1111 extension's units mapped onto them (titles
+with hashes, modes by number or name, disabled units and model `None` skipped, the init image as default), and
+errors naming the client's own field."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from serve_app.api.adapter_catalog import AdapterCatalog
+from serve_app.api.request_resolution import resolve_request
+from serve_app.api.schemas.a1111 import A1111Img2ImgRequest, A1111Txt2ImgRequest
+from serve_app.api.schemas.native import Txt2ImgRequest
+from serve_app.config.modes_file import ModeConfig
+from serve_app.core.errors import RequestValidationError, UnknownAdapterError
+from serve_app.model.demo.demo_controlnets import write_demo_controlnets
+from serve_app.model.families import Family
+
+SD1 = ModeConfig(name="sd1", checkpoint="tiny-sd1")
+
+
+def _b64(size: tuple[int, int] = (64, 64)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, "white").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+IMAGE = _b64()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> AdapterCatalog:
+    root = tmp_path_factory.mktemp("root")
+    write_demo_controlnets(root)
+    return AdapterCatalog(root)
+
+
+def _resolve(catalog: AdapterCatalog, req: Txt2ImgRequest, family: Family = Family.SD1):
+    return resolve_request(req, SD1, family, adapters=catalog)
+
+
+def test_native_units_resolve_to_their_files_and_settings(catalog: AdapterCatalog) -> None:
+    req = Txt2ImgRequest(prompt="x", controls=[
+        {"model": "tiny-sd1-controlnet", "image": IMAGE, "preprocessor": "Canny", "weight": 0.5, "start": 0.2,
+         "mode": "control", "resize": "fill"},
+        {"model": "tiny-sd1-controlnet [0123abcd]", "image": IMAGE}])
+    request = _resolve(catalog, req)
+    first, second = request.controls
+    assert (first.preprocessor, first.weight, first.start, first.end, first.mode, first.resize) == (
+        "canny", 0.5, 0.2, 1.0, "control", "fill")
+    assert second.path == first.path and second.preprocessor == "none" and first.image.size == (64, 64)
+    assert request.adapter_set_id()  # the ControlNets are part of the affinity set (weights and images are not)
+    assert _resolve(catalog, Txt2ImgRequest(prompt="x")).adapter_set_id() == ""
+    same_net = Txt2ImgRequest(prompt="y", controls=[{"model": "tiny-sd1-controlnet", "image": _b64((32, 32))}])
+    assert _resolve(catalog, same_net).adapter_set_id() == request.adapter_set_id()
+
+
+@pytest.mark.parametrize(("unit", "status", "param", "words"), [
+    ({"model": "tiny-sdxl-controlnet"}, 422, "controls[0].model", ("sdxl", "sd1")),
+    ({"model": "nope"}, 404, "controls[0].model", ("tiny-sd1-controlnet",)),
+    ({"model": "tiny-sd1-controlnet", "preprocessor": "openpose"}, 422, "controls[0].preprocessor",
+     ("openpose", "canny", "shuffle")),
+    ({"model": "tiny-sd1-controlnet", "image": "not base64!"}, 422, "controls[0].image", ("base64",)),
+])
+def test_bad_units_name_the_field(catalog: AdapterCatalog, unit: dict, status: int, param: str,
+                                  words: tuple[str, ...]) -> None:
+    with pytest.raises((RequestValidationError, UnknownAdapterError)) as err:
+        _resolve(catalog, Txt2ImgRequest(prompt="x", controls=[{"image": IMAGE, **unit}]))
+    assert err.value.status_code == status and err.value.param == param
+    assert all(w in err.value.message for w in words), err.value.message
+
+
+def test_schema_bounds() -> None:
+    with pytest.raises(ValueError, match="end"):
+        Txt2ImgRequest(prompt="x", controls=[{"model": "m", "image": IMAGE, "start": 0.6, "end": 0.5}])
+    with pytest.raises(ValueError, match="weight"):
+        Txt2ImgRequest(prompt="x", controls=[{"model": "m", "image": IMAGE, "weight": 3}])
+    with pytest.raises(ValueError, match="controls"):
+        Txt2ImgRequest(prompt="x", controls=[{"model": "m", "image": IMAGE}] * 5)
+
+
+def _a1111(units: list, cls=A1111Txt2ImgRequest, **more):
+    return cls(prompt="x", alwayson_scripts={"ControlNet": {"args": units}}, **more)
+
+
+def test_a1111_units_map_onto_native_ones(catalog: AdapterCatalog) -> None:
+    body = _a1111([
+        {"enabled": True, "module": "canny", "model": "tiny-sd1-controlnet [d14c016b]", "weight": 0.8,
+         "image": IMAGE, "resize_mode": "Resize and Fill", "control_mode": "ControlNet is more important",
+         "guidance_start": 0.1, "guidance_end": 0.9, "pixel_perfect": False, "processor_res": 256,
+         "threshold_a": 50, "threshold_b": -1},
+        {"enabled": False, "model": "tiny-sd1-controlnet", "image": IMAGE},
+        {"module": "canny", "model": "None", "image": IMAGE},
+        {"model": "tiny-sd1-controlnet", "image": {"image": IMAGE, "mask": None}, "control_mode": 1,
+         "resize_mode": 0, "pixel_perfect": True}])
+    native = body.to_native("sd1")
+    (a, b) = native.controls
+    assert (a.model, a.preprocessor, a.weight, a.mode, a.resize, a.start, a.end, a.processor_res, a.threshold_a,
+            a.threshold_b) == ("tiny-sd1-controlnet [d14c016b]", "canny", 0.8, "control", "fill", 0.1, 0.9, 256, 50,
+                               None)
+    assert (b.mode, b.resize, b.processor_res, b.image) == ("prompt", "just_resize", None, IMAGE)
+    assert len(resolve_request(native, SD1, Family.SD1, adapters=catalog).controls) == 2
+
+
+def test_a1111_img2img_units_default_to_the_init_image() -> None:
+    init = _b64((32, 32))
+    body = _a1111([{"model": "tiny-sd1-controlnet", "module": "none"}], A1111Img2ImgRequest, init_images=[init])
+    assert body.to_native("sd1").controls[0].image == init
+
+
+@pytest.mark.parametrize(("unit", "param"), [
+    ({"model": "tiny-sd1-controlnet"}, "alwayson_scripts.controlnet.args[0].image"),
+    ({"model": "tiny-sd1-controlnet", "image": IMAGE, "control_mode": 7}, "alwayson_scripts.controlnet.args[0]."
+                                                                        "control_mode"),
+    ({"model": "tiny-sd1-controlnet", "image": IMAGE, "weight": 9}, "alwayson_scripts.controlnet.args[0].weight"),
+    ({"model": "tiny-sd1-controlnet", "image": IMAGE, "guidance_end": 0}, "alwayson_scripts.controlnet.args[0]."
+                                                                          "guidance_end"),
+    ("not a unit", "alwayson_scripts.controlnet.args[0]"),
+])
+def test_bad_a1111_units_name_the_a1111_field(unit: object, param: str) -> None:
+    with pytest.raises(RequestValidationError) as err:
+        _a1111([unit]).to_native("sd1")
+    assert err.value.param == param, err.value.message
+
+
+def test_a1111_resolution_errors_name_the_a1111_field(catalog: AdapterCatalog) -> None:
+    native = _a1111([{"model": "tiny-sdxl-controlnet", "image": IMAGE}]).to_native("sd1")
+    with pytest.raises(RequestValidationError) as err:
+        resolve_request(native, SD1, Family.SD1, adapters=catalog)
+    assert err.value.param == "alwayson_scripts.controlnet.args[0].model"
+
+
+def test_other_scripts_are_still_refused() -> None:
+    with pytest.raises(ValueError, match="is not served"):
+        A1111Txt2ImgRequest(prompt="x", alwayson_scripts={"ADetailer": {"args": [{"ad_model": "face"}]}})
