@@ -1,0 +1,69 @@
+"""ControlNets load offline in every layout (a diffusers folder, a diffusers-keyed file, an original-layout
+file converted by diffusers' own converter) and give the same weights; the per-replica cache keeps them within
+its bytes (least recently used out, the request's own kept) and the control modes weight the residuals as A1111
+does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from serve_app.model.adapters.control_set import ControlSet, apply_mode, load_controlnet, soft_weights
+from serve_app.model.demo.demo_controlnets import write_demo_controlnets
+from serve_app.model.generation.job import ControlUse
+from serve_app.model.inspection.adapter_inspect import AdapterFormat, AdapterKind, inspect_adapter
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cn")
+    write_demo_controlnets(root)
+    return root
+
+
+def _use(root: Path, name: str) -> ControlUse:
+    info = inspect_adapter(root / "controlnet" / name, AdapterKind.CONTROLNET)
+    return ControlUse(name=info.name, path=info.path, file_bytes=info.file_bytes, parameters=info.parameters or 0,
+                      image=Image.new("RGB", (8, 8)))
+
+
+def test_every_layout_loads_the_same_weights(root: Path) -> None:
+    original = inspect_adapter(root / "controlnet" / "tiny-sd1-controlnet-original.safetensors",
+                               AdapterKind.CONTROLNET)
+    assert original.format is AdapterFormat.ORIGINAL
+    folder = load_controlnet(_use(root, "tiny-sd1-controlnet"), torch.float32, CPU).state_dict()
+    single = load_controlnet(_use(root, "tiny-sd1-controlnet-original.safetensors"), torch.float32, CPU).state_dict()
+    assert folder.keys() == single.keys() and all(torch.equal(folder[k], single[k]) for k in folder)
+    sdxl = load_controlnet(_use(root, "tiny-sdxl-controlnet.safetensors"), torch.float16, CPU)
+    assert next(sdxl.parameters()).dtype == torch.float16
+
+
+def test_the_cache_keeps_its_bytes_and_the_requests_own(root: Path) -> None:
+    a, b = _use(root, "tiny-sd1-controlnet"), _use(root, "tiny-sdxl-controlnet.safetensors")
+    cache = ControlSet(max_bytes=a.parameters * 4 + 1, dtype=torch.float32, device=CPU)
+    assert cache.missing_bytes([a, a]) == a.parameters * 4
+    cache.models([a], cfg=True)
+    assert cache.bytes == a.parameters * 4 and cache.missing_bytes([a]) == 0 and cache.loads == 1
+    cache.models([a], cfg=True)
+    assert cache.loads == 1  # held: not read again
+    cache.models([b], cfg=False)  # over the budget: `a` goes
+    assert list(cache.loaded) == [b.file_key] and cache.loads == 2
+    cache.models([a, b], cfg=False)  # both asked for: both kept, even past the budget
+    assert len(cache.loaded) == 2
+
+
+def test_control_modes_weight_the_residuals() -> None:
+    down, mid = [torch.ones(2, 1) for _ in range(3)], torch.ones(2, 1)
+    assert apply_mode("balanced", True, down, mid) == (down, mid)
+    soft, soft_mid = apply_mode("prompt", True, down, mid)
+    assert [float(r[0, 0]) for r in [*soft, soft_mid]] == pytest.approx(soft_weights(4))
+    assert soft_weights(4)[-1] == 1.0 and soft_weights(4)[0] == pytest.approx(0.825**3)
+    _, strong_mid = apply_mode("control", True, down, mid)
+    assert float(strong_mid[0, 0]) == 0 and float(strong_mid[1, 0]) == 1  # the unconditional half: none
+    alone, _ = apply_mode("control", False, down, mid)  # no CFG batch: nothing to split
+    assert float(alone[0][0, 0]) == pytest.approx(0.825**3)
