@@ -29,8 +29,8 @@ def check_module(module: str, field: str = "controlnet_module") -> str:
 
 
 def detect(body: ControlNetDetectRequest, limits: ModeLimits) -> list[str]:
-    """The control map of each image, base64 PNGs (the preprocessor at `controlnet_processor_res`, the map at the
-    image's own size)."""
+    """The control map of each image, base64 PNGs, at the resolution the preprocessor ran at (the image scaled
+    so that its shorter side is `controlnet_processor_res`), as the extension answers."""
     module = check_module(body.controlnet_module)
     field = "controlnet_images" if body.controlnet_images else "controlnet_input_images"
     images = body.controlnet_images or body.controlnet_input_images
@@ -41,7 +41,9 @@ def detect(body: ControlNetDetectRequest, limits: ModeLimits) -> list[str]:
         image = decode_image(data, f"{field}[{i}]", limits)
         a = None if body.controlnet_threshold_a == -1 else body.controlnet_threshold_a
         b = None if body.controlnet_threshold_b == -1 else body.controlnet_threshold_b
-        detected = prepare_control_image(image, module, image.size, "just_resize", body.controlnet_processor_res, a, b)
+        factor = body.controlnet_processor_res / min(image.size)
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        detected = prepare_control_image(image, module, size, "just_resize", body.controlnet_processor_res, a, b)
         buf = io.BytesIO()
         detected.save(buf, format="PNG")
         out.append(png_b64(buf.getvalue()))

@@ -119,11 +119,14 @@ def _png(img: Image.Image) -> bytes:
 
 def test_detect_with_canny_returns_an_edge_map(client):
     r = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [SHAPE],
-                                                "controlnet_threshold_a": 100, "controlnet_threshold_b": 200})
+                                                "controlnet_processor_res": SIZE, "controlnet_threshold_a": 100,
+                                                "controlnet_threshold_b": 200})
     assert r.status_code == 200, r.text
     edges = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("L"))
-    assert edges.shape == (SIZE, SIZE)
+    assert edges.shape == (SIZE, SIZE) and set(np.unique(edges)) == {0, 255}
     assert edges[30, 30] == 0 and edges[2, 2] == 0  # inside the shape and outside it: no edge
-    assert edges[16, 12:51].max() == 255 and 0 < (edges > 0).mean() < 0.3  # its border: edges
+    assert edges[15:18, 20:44].max(axis=0).min() == 255 and (edges > 0).mean() < 0.3  # its top border: an edge
+    r = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_images": [SHAPE]})
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (512, 512)  # at processor_res
     r = client.post("/controlnet/detect", json={"controlnet_module": "depth_midas", "controlnet_images": [SHAPE]})
     assert r.status_code == 422 and "canny" in r.json()["detail"], r.text
