@@ -13,6 +13,7 @@ from pathlib import Path
 from serve_app.model.demo.architectures import DEMO_INPAINTING, build_demo_pipeline, demo_name
 from serve_app.model.demo.demo_adapters import write_demo_adapters
 from serve_app.model.demo.demo_controlnets import demo_controlnets_present, write_demo_controlnets
+from serve_app.model.demo.demo_ipadapters import demo_ipadapter_paths, write_demo_ipadapters
 from serve_app.model.families import UNET_FAMILIES, Family
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,13 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = UNET
         if not inpainting.is_dir():
             build_demo_pipeline(Family.SD1, inpainting=True).save_pretrained(inpainting, safe_serialization=True)
         written.append(inpainting)
-    return written + write_demo_adapters(out) + write_demo_controlnets(out)
+    return written + write_demo_adapters(out) + write_demo_controlnets(out) + write_demo_ipadapters(out)
 
 
 def demo_models_present(directory: str | Path) -> bool:
     out = Path(directory)
     return (out / DEMO_INPAINTING).is_dir() and demo_controlnets_present(out) and all(
+        p.exists() for p in demo_ipadapter_paths(out)) and all(
         (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in UNET_FAMILIES
     )
 

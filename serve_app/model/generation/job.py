@@ -82,6 +82,25 @@ class ControlUse:
 
 
 @dataclass(frozen=True)
+class IpAdapterUse:
+    """One IP-Adapter of a generation (an image as prompt): its file (MODEL_ROOT's `ipadapter/`), the CLIP image
+    encoder it reads the image with (`clip_vision/`), the image and its weight."""
+
+    name: str
+    path: str
+    file_bytes: int
+    parameters: int
+    encoder_path: str
+    encoder_parameters: int
+    image: Image.Image
+    weight: float = 1.0
+
+    @property
+    def file_key(self) -> str:
+        return f"{self.path}:{self.file_bytes}"
+
+
+@dataclass(frozen=True)
 class HiresPass:
     """The second pass of a hires fix: the size it upscales to, how, and how much it denoises again."""
 
@@ -161,6 +180,7 @@ class GenerationRequest:
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use
     vae: AdapterFile | None = None  # None: the checkpoint's own
     controls: list[ControlUse] = field(default_factory=list)  # ControlNet units (several: MultiControlNet)
+    ip_adapters: list[IpAdapterUse] = field(default_factory=list)
 
     @property
     def kind(self) -> JobKind:
@@ -186,6 +206,7 @@ class GenerationRequest:
         weights); "" when it has none. Requests with the same id prefer the same replicas."""
         files = sorted(f"{lora.path}:{lora.file_bytes}" for lora in self.loras)
         files += sorted({f"control={c.file_key}" for c in self.controls})
+        files += sorted({f"ip={ip.file_key}" for ip in self.ip_adapters})
         if self.vae is not None:
             files.append(f"vae={self.vae.path}:{self.vae.file_bytes}")
         return "adapters-" + hashlib.sha1("|".join(files).encode()).hexdigest()[:16] if files else ""
@@ -196,7 +217,7 @@ class GenerationRequest:
         if not isinstance(self.job, Txt2Img) or self.job.denoising_end is None or latents is None:
             raise ValueError("only a txt2img job that stops at `denoising_end` hands latents to a refiner")
         return replace(self, job=RefinerFinish(latents, self.job.denoising_end), loras=[], embeddings=[], vae=None,
-                       controls=[])
+                       controls=[], ip_adapters=[])
 
 
 @dataclass

@@ -31,6 +31,7 @@ from serve_app import __version__
 from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
 from serve_app.model.adapters.control_set import ControlSet
 from serve_app.model.adapters.embedding_set import EmbeddingSet
+from serve_app.model.adapters.ipadapter_set import IpAdapterSet
 from serve_app.model.adapters.lora_set import LoraSet
 from serve_app.model.adapters.vae_set import VaeSet
 from serve_app.model.control.control_image import prepare_control_image
@@ -124,8 +125,9 @@ class ModelRunner:
         self.loras = LoraSet(mode.lora_cache_bytes)
         self.embeddings = EmbeddingSet()
         self.vaes = VaeSet()
-        self.controls = ControlSet(getattr(mode, "control_cache_bytes", DEFAULT_CONTROL_CACHE_BYTES), self.dtype,
-                                   self.device)
+        control_bytes = getattr(mode, "control_cache_bytes", DEFAULT_CONTROL_CACHE_BYTES)
+        self.controls = ControlSet(control_bytes, self.dtype, self.device)
+        self.ips = IpAdapterSet(control_bytes, self.dtype, self.device)
         self.state = ModelState.COLD
         self.tier = Tier.DISK
         self.loaded_from: Tier | None = None  # where the last load came from
@@ -192,6 +194,7 @@ class ModelRunner:
                 return False
             self.vaes.reset(self._pipes)  # only the checkpoint's own modules move to the RAM tier
             self.controls.clear()
+            self.ips.clear()
             if self.device.type != "cpu":
                 self._pipes.move_to(torch.device("cpu"))
                 free_device_memory(self.device)
@@ -210,6 +213,7 @@ class ModelRunner:
             self.loras.clear()
             self.embeddings.clear()
             self.controls.clear()
+            self.ips.clear()
             free_device_memory(self.device)
             self.tier = Tier.DISK
             self.state = ModelState.COLD
@@ -226,18 +230,18 @@ class ModelRunner:
 
     def adapter_bytes(self) -> int:
         """Bytes of the adapters held loaded (counted in the replica's footprint)."""
-        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes + self.controls.bytes
+        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes + self.controls.bytes + self.ips.bytes
 
     def adapter_bytes_to_load(self, params: GenerationRequest) -> int:
         """Bytes the request's adapter files not held yet would add (reserved before they are loaded)."""
         embeddings = [e for e in params.embeddings if self.embeddings.loaded.get(e.name.lower()) != e]
         return (self.loras.missing_bytes(params.loras) + sum(e.file_bytes for e in embeddings)
                 + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0)
-                + self.controls.missing_bytes(params.controls))
+                + self.controls.missing_bytes(params.controls) + self.ips.missing_bytes(params.ip_adapters))
 
     def adapter_loads(self) -> int:
         """Adapter files read from disk so far."""
-        return self.loras.loads + self.embeddings.loads + self.vaes.loads + self.controls.loads
+        return self.loras.loads + self.embeddings.loads + self.vaes.loads + self.controls.loads + self.ips.loads
 
     def adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
               vae: AdapterFile | None) -> int:
@@ -298,6 +302,14 @@ class ModelRunner:
                 models = self.controls.models(params.controls, cfg=params.guidance_scale > 1)
                 adapter_loads += self.controls.loads - before
                 pipe, control_call = controlled_pipeline(pipes, pipe, models, params.controls, control_images)
+            if params.ip_adapters:
+                before = self.ips.loads
+                try:
+                    control_call.update(self.ips.attach(pipe, params.ip_adapters))
+                except BaseException:
+                    self.ips.detach(pipe)
+                    raise
+                adapter_loads += self.ips.loads - before
             pipe.scheduler = self.scheduler(params.scheduler)
             n = len(params.seeds)
 
@@ -339,6 +351,9 @@ class ModelRunner:
             except Exception:
                 self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
                 raise
+            finally:
+                if params.ip_adapters:
+                    self.ips.detach(pipe)
             if built.overlay is not None:  # unmasked pixels come back exactly as sent
                 images = [composite(img, *built.overlay) for img in images]
             inference_s = time.perf_counter() - started
