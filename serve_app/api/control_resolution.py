@@ -12,13 +12,13 @@ from collections.abc import Callable, Sequence
 from PIL import Image
 
 from serve_app.api.adapter_catalog import AdapterCatalog
-from serve_app.api.schemas.controlnet import ControlUnit
+from serve_app.api.schemas.controlnet import ControlUnit, IpAdapterUnit
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.core.errors import RequestValidationError, UnknownAdapterError
 from serve_app.core.strict_model import quote
 from serve_app.model.control.preprocessors import PREPROCESSORS, preprocessor_name
 from serve_app.model.families import Family
-from serve_app.model.generation.job import ControlUse
+from serve_app.model.generation.job import ControlUse, IpAdapterUse
 from serve_app.model.inspection.adapter_inspect import AdapterInfo, AdapterKind
 from serve_app.model.inspection.model_hashes import cached_sha256
 
@@ -75,4 +75,50 @@ def resolve_controls(units: Sequence[ControlUnit], adapters: AdapterCatalog, mod
             preprocessor=preprocessor, weight=unit.weight, start=unit.start, end=unit.end, mode=unit.mode,
             resize=unit.resize, processor_res=unit.processor_res, threshold_a=unit.threshold_a,
             threshold_b=unit.threshold_b, title=control_title(net)))
+    return used
+
+
+def split_ip_adapter_units(units: Sequence[ControlUnit], adapters: AdapterCatalog
+                           ) -> tuple[list[ControlUnit], list[IpAdapterUnit]]:
+    """ControlNet units whose model is an IP-Adapter (the A1111 extension runs IP-Adapters as its units) apart
+    from the others."""
+    ips = {a.name for a in adapters.of_kind(AdapterKind.IPADAPTER)}
+    nets = {a.name for a in adapters.of_kind(AdapterKind.CONTROLNET)}
+    moved = [u for u in units if control_model_name(u.model) in ips and control_model_name(u.model) not in nets]
+    return ([u for u in units if u not in moved],
+            [IpAdapterUnit(model=u.model, image=u.image, weight=min(u.weight, 2.0)) for u in moved])
+
+
+def _encoder_for(ip: AdapterInfo, adapters: AdapterCatalog, field: str) -> AdapterInfo:
+    """The image encoder under `clip_vision/` that gives what `ip` takes."""
+    for enc in adapters.of_kind(AdapterKind.CLIP_VISION):
+        if (ip.embed_dim is not None and enc.embed_dim == ip.embed_dim) or (
+                ip.hidden_dim is not None and enc.hidden_dim == ip.hidden_dim):
+            return enc
+    needs = f"projection dim {ip.embed_dim}" if ip.embed_dim is not None else f"hidden size {ip.hidden_dim}"
+    raise RequestValidationError(f"`{field}`: IP-Adapter {quote(ip.name)} needs an image encoder of {needs} under "
+                                 "clip_vision/; none there fits", param=field)
+
+
+def resolve_ip_adapters(units: Sequence[IpAdapterUnit], adapters: AdapterCatalog, mode: ModeConfig, family: Family,
+                        decode: Decode, name: Callable[[str], str] = lambda f: f) -> list[IpAdapterUse]:
+    """A request's IP-Adapters: each found by name, made for the mode's family, with its image encoder."""
+    prefix = name("ip_adapters")
+    found = {a.name: a for a in adapters.of_kind(AdapterKind.IPADAPTER)}
+    used: list[IpAdapterUse] = []
+    for i, unit in enumerate(units):
+        field = f"{prefix}[{i}].model"
+        ip = found.get(control_model_name(unit.model))
+        if ip is None:
+            mine = sorted(n for n, a in found.items() if a.family is family)
+            raise UnknownAdapterError(f"IP-Adapter {quote(unit.model)} not found; IP-Adapters for {family.value}: "
+                                      f"{', '.join(mine) or 'none'}", param=field)
+        if ip.family is not family:
+            made_for = ip.family.value if ip.family else "another family"
+            raise RequestValidationError(f"`{field}`: IP-Adapter {quote(ip.name)} is made for {made_for}; mode "
+                                         f"{mode.name!r} is {family.value}", param=field)
+        encoder = _encoder_for(ip, adapters, field)
+        used.append(IpAdapterUse(name=ip.name, path=ip.path, file_bytes=ip.file_bytes, parameters=ip.parameters or 0,
+                                 encoder_path=encoder.path, encoder_parameters=encoder.parameters or 0,
+                                 image=decode(unit.image, f"{prefix}[{i}].image", mode.limits), weight=unit.weight))
     return used

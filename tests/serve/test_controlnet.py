@@ -130,3 +130,23 @@ def test_detect_with_canny_returns_an_edge_map(client):
     assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (512, 512)  # at processor_res
     r = client.post("/controlnet/detect", json={"controlnet_module": "depth_midas", "controlnet_images": [SHAPE]})
     assert r.status_code == 422 and "canny" in r.json()["detail"], r.text
+
+
+def test_an_ip_adapter_changes_the_image_natively_and_as_an_a1111_unit(demo_url, client):
+    body = client.get("/v1/adapters").json()
+    kinds = {a["name"]: (a["kind"], a["family"]) for a in body["adapters"]}
+    assert kinds["tiny-sd1-ipadapter"] == ("ipadapter", "sd1") and kinds["tiny-clip-vision"] == ("clip_vision", None)
+    ip = {"model": "tiny-sd1-ipadapter", "image": SHAPE}
+    plain = _image(client)
+    with_image = _image(client, ip_adapters=[ip])
+    assert with_image != plain and _image(client, ip_adapters=[ip]) == with_image
+    assert _image(client) == plain  # taken out again after the generation
+    assert _image(client, ip_adapters=[{**ip, "weight": 0.4}]) not in (plain, with_image)
+    r = client.post("/v1/txt2img", json={**REQ, "mode": "sdxl", "ip_adapters": [ip]})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "ip_adapters[0].model", r.text
+    api = webuiapi.WebUIApi(baseurl=f"{demo_url}/sdapi/v1")  # the extension sends IP-Adapters as its units
+    api.util_set_model("sd1")
+    unit = webuiapi.ControlNetUnit(image=_shape(), module="ip-adapter_clip_sd15", model="tiny-sd1-ipadapter")
+    args = dict(prompt="a red fox", seed=5, steps=2, width=SIZE, height=SIZE, sampler_name="Euler")
+    a1111 = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
+    assert pixels(_png(a1111.image)) != pixels(_png(api.txt2img(alwayson_scripts={}, **args).image))

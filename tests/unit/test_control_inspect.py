@@ -67,3 +67,18 @@ def test_what_is_not_a_served_controlnet_is_a_problem_naming_the_file(tmp_path: 
     assert "config.json" in why["empty-folder"] and "pickle" in why["old.pth"].lower()
     with pytest.raises(AdapterFileError, match="a-lora"):
         inspect_adapter(root / "controlnet" / "a-lora.safetensors", AdapterKind.CONTROLNET)
+
+
+def test_ip_adapters_and_image_encoders_are_recognised(tmp_path: Path) -> None:
+    from serve_app.model.demo.demo_ipadapters import write_demo_ipadapters
+
+    write_demo_ipadapters(tmp_path)
+    _file(tmp_path / "ipadapter" / "faceid.safetensors", {"image_proj.proj.0.weight": (4, 4),
+                                                          "ip_adapter.1.to_k_ip.weight": (64, 768)})
+    found, problems = discover_adapters(tmp_path)
+    by_name = {a.name: a for a in found}
+    ip, encoder = by_name["tiny-sd1-ipadapter"], by_name["tiny-clip-vision"]
+    assert (ip.kind, ip.family, ip.embed_dim, ip.hidden_dim) == (AdapterKind.IPADAPTER, Family.SD1, 32, None)
+    assert (encoder.kind, encoder.family, encoder.embed_dim, encoder.hidden_dim) == (
+        AdapterKind.CLIP_VISION, None, 32, 32)
+    assert [Path(p.path).name for p in problems] == ["faceid.safetensors"] and "not served" in problems[0].error

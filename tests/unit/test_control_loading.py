@@ -67,3 +67,22 @@ def test_control_modes_weight_the_residuals() -> None:
     assert float(strong_mid[0, 0]) == 0 and float(strong_mid[1, 0]) == 1  # the unconditional half: none
     alone, _ = apply_mode("control", False, down, mid)  # no CFG batch: nothing to split
     assert float(alone[0][0, 0]) == pytest.approx(0.825**3)
+
+
+def test_an_image_encoder_loads_from_a_folder_and_from_a_single_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from serve_app.model.adapters.ipadapter_set import _load_encoder
+    from serve_app.model.demo.demo_ipadapters import demo_image_encoder, demo_ipadapter_paths, write_demo_ipadapters
+
+    write_demo_ipadapters(tmp_path)
+    folder = _load_encoder(demo_ipadapter_paths(tmp_path)[1], torch.float32, CPU)
+    expected = demo_image_encoder().state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in folder.state_dict().items())
+    single = tmp_path / "clip_vision" / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in expected.items()}, str(single))
+    loaded = _load_encoder(single, torch.float16, CPU)
+    config = loaded.config
+    assert (config.hidden_size, config.projection_dim, config.image_size, config.patch_size,
+            config.num_hidden_layers, config.intermediate_size) == (32, 32, 32, 8, 2, 37)
+    assert next(loaded.parameters()).dtype == torch.float16

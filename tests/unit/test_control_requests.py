@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -137,3 +138,43 @@ def test_a1111_resolution_errors_name_the_a1111_field(catalog: AdapterCatalog) -
 def test_other_scripts_are_still_refused() -> None:
     with pytest.raises(ValueError, match="is not served"):
         A1111Txt2ImgRequest(prompt="x", alwayson_scripts={"ADetailer": {"args": [{"ad_model": "face"}]}})
+
+
+@pytest.fixture(scope="module")
+def ip_catalog(tmp_path_factory) -> AdapterCatalog:
+    from serve_app.model.demo.demo_ipadapters import write_demo_ipadapters
+
+    root = tmp_path_factory.mktemp("ip")
+    write_demo_controlnets(root)
+    write_demo_ipadapters(root)
+    return AdapterCatalog(root)
+
+
+def test_ip_adapters_resolve_with_their_image_encoder(ip_catalog: AdapterCatalog) -> None:
+    request = _resolve(ip_catalog, Txt2ImgRequest(prompt="x", ip_adapters=[
+        {"model": "tiny-sd1-ipadapter", "image": IMAGE, "weight": 0.5}]))
+    (ip,) = request.ip_adapters
+    assert ip.weight == 0.5 and ip.encoder_path.endswith("clip_vision/tiny-clip-vision") and ip.parameters > 0
+    assert request.adapter_set_id()
+    # as the A1111 extension sends it: a ControlNet unit naming an IP-Adapter
+    a1111 = _a1111([{"model": "tiny-sd1-ipadapter [abc123]", "module": "ip-adapter_clip_sd15", "image": IMAGE},
+                    {"model": "tiny-sd1-controlnet", "module": "canny", "image": IMAGE}]).to_native("sd1")
+    both = resolve_request(a1111, SD1, Family.SD1, adapters=ip_catalog)
+    assert [c.name for c in both.controls] == ["tiny-sd1-controlnet"]
+    assert [i.name for i in both.ip_adapters] == ["tiny-sd1-ipadapter"]
+
+
+def test_bad_ip_adapters_name_the_field(ip_catalog: AdapterCatalog, tmp_path: Path) -> None:
+    with pytest.raises(RequestValidationError) as err:
+        _resolve(ip_catalog, Txt2ImgRequest(prompt="x", ip_adapters=[{"model": "tiny-sd1-ipadapter", "image": IMAGE}]),
+                 Family.SDXL)
+    assert err.value.param == "ip_adapters[0].model" and "sd1" in err.value.message
+    with pytest.raises(UnknownAdapterError):
+        _resolve(ip_catalog, Txt2ImgRequest(prompt="x", ip_adapters=[{"model": "nope", "image": IMAGE}]))
+    with pytest.raises(RequestValidationError, match="hires"):
+        _resolve(ip_catalog, Txt2ImgRequest(prompt="x", hires={"scale": 2},
+                                            ip_adapters=[{"model": "tiny-sd1-ipadapter", "image": IMAGE}]))
+    no_encoder = AdapterCatalog(ip_catalog.root)
+    no_encoder.adapters = [a for a in no_encoder.adapters if a.kind.value != "clip_vision"]
+    with pytest.raises(RequestValidationError, match="projection dim 32"):
+        _resolve(no_encoder, Txt2ImgRequest(prompt="x", ip_adapters=[{"model": "tiny-sd1-ipadapter", "image": IMAGE}]))

@@ -34,7 +34,7 @@ A1111_FIELD_NAMES: dict[str, str] = {
     "hires.scale": "hr_scale", "hires.width": "hr_resize_x", "hires.height": "hr_resize_y",
     "hires.steps": "hr_second_pass_steps", "refiner.mode": "refiner_checkpoint", "scheduler": "sampler_name",
     "schedule_type": "scheduler", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
-    "controls": UNITS_FIELD,
+    "controls": UNITS_FIELD, "ip_adapters": UNITS_FIELD,
 }
 # A1111 hires upscaler -> Dream Lab's (`None` in A1111 is a plain Lanczos resize)
 A1111_HR_UPSCALERS: dict[str, str] = {

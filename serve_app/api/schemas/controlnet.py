@@ -45,3 +45,16 @@ class ControlUnit(StrictModel):
             raise FieldError(("end",), self.end, f"must be after `start` ({self.start})")
         return self
 
+
+
+MAX_IP_ADAPTERS = 2
+
+
+class IpAdapterUnit(StrictModel):
+    """An IP-Adapter: an image as (part of) the prompt."""
+
+    model: str = Field(max_length=160, description="An IP-Adapter from MODEL_ROOT's `ipadapter/` (see `GET "
+                       "/v1/adapters`, kind `ipadapter`), made for the mode's family; its image encoder is the one "
+                       "under `clip_vision/` whose width it takes.")
+    image: str = Field(description="The image, base64 (PNG/JPEG/WebP), data URL allowed.")
+    weight: float = Field(1.0, ge=0.0, le=MAX_CONTROL_WEIGHT, description="How much the image counts.")

@@ -35,7 +35,7 @@ def _load_encoder(path: Path, dtype: torch.dtype, device: torch.device) -> Any:
         config = CLIPVisionConfig(**json.loads((path / "config.json").read_text()))
     else:
         config = CLIPVisionConfig(**encoder_config(tensors))
-    model = CLIPVisionModelWithProjection(config)
+    model: Any = CLIPVisionModelWithProjection(config)
     state = {k.removeprefix("model."): v for k, v in load_file(str(weights)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if [k for k in missing if "position_ids" not in k] or unexpected:
