@@ -178,3 +178,18 @@ def test_bad_ip_adapters_name_the_field(ip_catalog: AdapterCatalog, tmp_path: Pa
     no_encoder.adapters = [a for a in no_encoder.adapters if a.kind.value != "clip_vision"]
     with pytest.raises(RequestValidationError, match="projection dim 32"):
         _resolve(no_encoder, Txt2ImgRequest(prompt="x", ip_adapters=[{"model": "tiny-sd1-ipadapter", "image": IMAGE}]))
+
+
+def test_the_infotext_records_each_unit_as_a1111_writes_it(ip_catalog: AdapterCatalog) -> None:
+    from serve_app.model.generation.infotext import generation_infotext, parse_infotext
+
+    request = _resolve(ip_catalog, Txt2ImgRequest(prompt="x", controls=[
+        {"model": "tiny-sd1-controlnet", "image": IMAGE, "preprocessor": "canny", "weight": 0.5, "mode": "prompt",
+         "threshold_a": 90}], ip_adapters=[{"model": "tiny-sd1-ipadapter", "image": IMAGE}]))
+    text = generation_infotext(request, 1, "sd1", None, "v")
+    assert ('ControlNet 0: "Module: canny, Model: tiny-sd1-controlnet, Weight: 0.5, Resize Mode: Crop and Resize, '
+            'Processor Res: 512, Threshold A: 90.0, Guidance Start: 0, Guidance End: 1, Pixel Perfect: True, '
+            'Control Mode: My prompt is more important"') in text
+    fields = parse_infotext(text)
+    assert fields["ControlNet 1"] == "Module: ip-adapter, Model: tiny-sd1-ipadapter, Weight: 1"
+    assert fields["ControlNet 0"].startswith("Module: canny")

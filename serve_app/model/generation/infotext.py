@@ -105,6 +105,8 @@ def generation_infotext(params: GenerationRequest, seed: int, model: str, model_
         "Lora weights": ", ".join(f"{lora.name}: {lora.weight:g}" for lora in params.loras) or None,
         "VAE": params.vae.name if params.vae else None,
         **{f"ControlNet {i}": control_unit_text(c) for i, c in enumerate(params.controls)},
+        **{f"ControlNet {len(params.controls) + i}": f"Module: ip-adapter, Model: {ip.name}, Weight: {ip.weight:g}"
+           for i, ip in enumerate(params.ip_adapters)},  # (the A1111 extension runs IP-Adapters as its units)
         "Version": version,
     })
 
