@@ -64,3 +64,12 @@ def test_resize_modes_fit_the_output_size() -> None:
     control = prepare_control_image(wide, "canny", (64, 64), "crop")
     assert control.size == (64, 64) and _gray(control).max() == 255
     assert prepare_control_image(wide, "none", (32, 16), "just_resize", processor_res=256).size == (32, 16)
+
+
+def test_numbers_are_kept_within_the_sliders() -> None:
+    img = _shape()
+    widest = run_preprocessor("blur_gaussian", img, 64).tobytes()
+    assert run_preprocessor("blur_gaussian", img, 1e300).tobytes() == widest
+    assert run_preprocessor("blur_gaussian", img, -5).size == img.size
+    assert run_preprocessor("canny", img, float("nan"), float("inf")).tobytes() == run_preprocessor(
+        "canny", img, 100, 255).tobytes()

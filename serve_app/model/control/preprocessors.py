@@ -2,13 +2,15 @@
 
 Only those that need no downloaded model, written with numpy, PIL and scipy (already dependencies): their
 names are the A1111 ControlNet extension's modules, so `/controlnet/module_list` and A1111 payloads use them
-as is. Each takes up to two numbers (`threshold_a`, `threshold_b`: the extension's slider values) and fills
-in its own defaults when they are not given. Pure functions of their inputs (shuffle is seeded), so the
-same request gives the same map; they hold no lock and can run in any thread.
+as is. Each takes up to two numbers (`threshold_a`, `threshold_b`: the extension's slider values), kept
+within its sliders' ranges, and fills in its own defaults when they are not given. Pure functions of their
+inputs (shuffle is seeded), so the same request gives the same map; they hold no lock and can run in any
+thread.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,10 +131,12 @@ class Preprocessor:
 
     def __call__(self, image: Image.Image, threshold_a: float | None = None,
                  threshold_b: float | None = None) -> Image.Image:
-        a = threshold_a if threshold_a is not None and len(self.sliders) > 0 else None
-        b = threshold_b if threshold_b is not None and len(self.sliders) > 1 else None
-        defaults = [s.value for s in self.sliders] + [0.0, 0.0]
-        return self.run(image, defaults[0] if a is None else a, defaults[1] if b is None else b)
+        values = [0.0, 0.0]
+        for i, (given, slider) in enumerate(zip((threshold_a, threshold_b), self.sliders)):
+            # within the slider's range, as the extension's UI keeps it (a sigma of 1e300 would never finish)
+            values[i] = slider.value if given is None or not math.isfinite(given) else min(max(given, slider.min),
+                                                                                            slider.max)
+        return self.run(image, values[0], values[1])
 
 
 PREPROCESSORS: dict[str, Preprocessor] = {
