@@ -86,3 +86,17 @@ def test_an_image_encoder_loads_from_a_folder_and_from_a_single_file(tmp_path: P
     assert (config.hidden_size, config.projection_dim, config.image_size, config.patch_size,
             config.num_hidden_layers, config.intermediate_size) == (32, 32, 32, 8, 2, 37)
     assert next(loaded.parameters()).dtype == torch.float16
+
+
+def test_a_model_used_by_two_units_takes_their_modes_in_turn(root: Path) -> None:
+    from dataclasses import replace
+
+    from serve_app.model.adapters.control_set import _mode_hook
+
+    a = _use(root, "tiny-sd1-controlnet")
+    cache = ControlSet(max_bytes=2**30, dtype=torch.float32, device=CPU)
+    first, second = cache.models([replace(a, mode="prompt"), replace(a, mode="balanced")], cfg=False)
+    assert first is second
+    output = ([torch.ones(1, 1), torch.ones(1, 1)], torch.ones(1, 1))
+    per_call = [float(_mode_hook(first, (), {}, output)[0][0][0, 0]) for _ in range(4)]
+    assert per_call == pytest.approx([0.825**2, 1.0, 0.825**2, 1.0])  # unit 0 (prompt), unit 1, next step ...

@@ -59,12 +59,15 @@ def apply_mode(mode: ControlMode, cfg: bool, down: list[torch.Tensor], mid: torc
 
 
 def _mode_hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
-    mode: ControlMode
-    mode, cfg = getattr(module, "_dreamlab_mode", ("balanced", False))
+    """Applies the control mode of the unit this call is for: a module used by several units of one request is
+    called once per unit per step, in the units' order, so its modes are taken in turn."""
+    modes: list[ControlMode] = getattr(module, "_dreamlab_modes", ["balanced"])
+    calls: int = getattr(module, "_dreamlab_calls", 0)
+    module._dreamlab_calls = calls + 1  # type: ignore[assignment]
+    mode = modes[calls % len(modes)]
     if mode == "balanced":
         return output
-    down, mid = output[0], output[1]
-    down, mid = apply_mode(mode, cfg, list(down), mid)
+    down, mid = apply_mode(mode, getattr(module, "_dreamlab_cfg", False), list(output[0]), output[1])
     return (down, mid) if isinstance(output, tuple) else type(output)(down, mid)
 
 
@@ -114,11 +117,11 @@ class ControlSet:
     def models(self, controls: list[ControlUse], cfg: bool) -> list[torch.nn.Module]:
         """The loaded model of each unit (loading what is missing), each set to its unit's control mode."""
         keep = {c.file_key for c in controls}
-        models = []
-        for control in controls:
-            model = self._ensure(control, keep)
-            model._dreamlab_mode = (control.mode, cfg)  # type: ignore[assignment]
-            models.append(model)
+        models = [self._ensure(control, keep) for control in controls]
+        for model in models:
+            model._dreamlab_modes = [c.mode for c, m in zip(controls, models) if m is model]  # type: ignore[assignment]
+            model._dreamlab_calls = 0  # type: ignore[assignment]
+            model._dreamlab_cfg = cfg  # type: ignore[assignment]
         return models
 
     def _ensure(self, control: ControlUse, keep: set[str]) -> torch.nn.Module:
