@@ -302,14 +302,6 @@ class ModelRunner:
                 models = self.controls.models(params.controls, cfg=params.guidance_scale > 1)
                 adapter_loads += self.controls.loads - before
                 pipe, control_call = controlled_pipeline(pipes, pipe, models, params.controls, control_images)
-            if params.ip_adapters:
-                before = self.ips.loads
-                try:
-                    control_call.update(self.ips.attach(pipe, params.ip_adapters))
-                except BaseException:
-                    self.ips.detach(pipe)
-                    raise
-                adapter_loads += self.ips.loads - before
             pipe.scheduler = self.scheduler(params.scheduler)
             n = len(params.seeds)
 
@@ -340,7 +332,10 @@ class ModelRunner:
             if hires is not None:
                 call["output_type"] = "latent" if hires.upscaler in LATENT_UPSCALERS else "pil"
             started = time.perf_counter()
+            ip_loads = self.ips.loads
             try:
+                if params.ip_adapters:  # (in the UNet for this generation only: `finally` takes them out)
+                    call.update(self.ips.attach(pipe, params.ip_adapters))
                 with torch.inference_mode():
                     images = pipe(**call).images
                     if hires is not None:
@@ -354,6 +349,7 @@ class ModelRunner:
             finally:
                 if params.ip_adapters:
                     self.ips.detach(pipe)
+            adapter_loads += self.ips.loads - ip_loads
             if built.overlay is not None:  # unmasked pixels come back exactly as sent
                 images = [composite(img, *built.overlay) for img in images]
             inference_s = time.perf_counter() - started
