@@ -1,13 +1,16 @@
-"""LoRA benchmark (a script, not a test): `python benchmarks/bench_adapters.py [--runs 10]`.
+"""LoRA and ControlNet benchmark (a script, not a test): `python benchmarks/bench_adapters.py [--runs 10]`.
 
 On the tiny demo models, in process: the cost of applying an already loaded LoRA set (the request's
 inference time with the set vs without it; target <= 5%), the time to load a LoRA from disk vs the mode's
-own load (target <= 0.2x), and that a LoRA at weight 0 gives the same image as none (same seed).
+own load (target <= 0.2x), and that a LoRA at weight 0 gives the same image as none (same seed). ControlNets:
+a load from disk vs the mode's load, and the per-step cost of one and two units vs none (the fastest inference
+time of the runs / steps, the ControlNets already loaded; the control image's preprocessing is outside it).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import statistics
@@ -31,6 +34,7 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
 
     import torch
+    from PIL import Image
 
     from serve_app.api.request_resolution import resolve_request
     from serve_app.api.schemas.native import Txt2ImgRequest
@@ -57,9 +61,10 @@ def main() -> int:
                                  runner.mode, runner.family)
 
         def run(loras: list[LoraUse]) -> tuple[float, bytes]:
+            """Inference time and the image's pixels (its PNG's infotext names the LoRAs, weight 0 too)."""
             params.loras = loras
             result = runner.generate(params)
-            return result.timings.inference_s, result.images[0].data
+            return result.timings.inference_s, Image.open(io.BytesIO(result.images[0].data)).tobytes()
 
         def apply(loras: list[LoraUse]) -> float:
             started = time.perf_counter()
@@ -79,8 +84,39 @@ def main() -> int:
               f"{mode_load * 1000:.0f} ms: {lora_load / mode_load:.2f}x (target {LOAD_TARGET}x); "
               f"weight 0 == no LoRA: {zero_same}")
         ok &= zero_same
+        bench_controlnets(runner, root, params, mode_load, args.runs)
         runner.unload()
     return 0 if ok else 1
+
+
+def bench_controlnets(runner, root: Path, params, mode_load: float, runs: int) -> None:
+    from PIL import Image, ImageDraw
+
+    from serve_app.model.generation.job import ControlUse
+    from serve_app.model.inspection.adapter_inspect import AdapterKind, discover_adapters
+
+    net = next(a for a in discover_adapters(root)[0] if a.kind is AdapterKind.CONTROLNET and a.family is runner.family)
+    image = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(image).rectangle((12, 16, 50, 44), fill="white")
+    unit = ControlUse(name=net.name, path=net.path, file_bytes=net.file_bytes, parameters=net.parameters or 0,
+                      image=image, preprocessor="canny")
+    params.loras = []
+    runner.controls.clear()
+    started = time.perf_counter()
+    runner.run_exclusive(lambda: runner.controls.models([unit], cfg=True))
+    load = time.perf_counter() - started
+
+    def per_step(controls: list) -> float:
+        params.controls = controls
+        runner.generate(params)  # warm-up (first calls of a pipeline class pay one-off costs)
+        times = [runner.generate(params).timings.inference_s for _ in range(runs)]
+        return min(times) / params.steps  # the fastest: the least disturbed by other processes
+
+    none, one, two = per_step([]), per_step([unit]), per_step([unit, unit])
+    params.controls = []
+    print(f"{runner.mode.name}: ControlNet load from disk {load * 1000:.0f} ms vs mode load {mode_load * 1000:.0f} ms: "
+          f"{load / mode_load:.2f}x; per step: none {none * 1000:.1f} ms, one unit {one * 1000:.1f} ms "
+          f"({one / none:.2f}x), two units {two * 1000:.1f} ms ({two / none:.2f}x)")
 
 
 if __name__ == "__main__":

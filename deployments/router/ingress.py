@@ -19,7 +19,7 @@ from ray import serve
 
 import serve_app
 from deployments.registry.client import RegistryClient
-from deployments.router.frontends import a1111, native, openai, playground, tasks
+from deployments.router.frontends import a1111, controlnet, native, openai, playground, tasks
 from deployments.router.gateway import Gateway
 from deployments.router.http_app import install_error_path
 from deployments.router.image_urls import ImageUrls
@@ -48,7 +48,7 @@ def create_http_app(gateway: Gateway, http: HttpLimitsConfig | None = None) -> F
     app.state.image_store = ImageUrls(gateway.task_store)  # OpenAI `response_format: url`
     app.state.a1111_progress = {}  # the A1111 generations running here, for /sdapi/v1/progress
     install_error_path(app, http, policy=lambda: gateway.access)
-    for front_end in (native, tasks, openai, a1111, playground):
+    for front_end in (native, tasks, openai, a1111, controlnet, playground):
         app.include_router(front_end.router)
     return app
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from PIL import Image, ImageOps
 
 from serve_app.api.adapter_catalog import NO_ADAPTERS, AdapterCatalog
+from serve_app.api.control_resolution import resolve_controls, resolve_ip_adapters, split_ip_adapter_units
 from serve_app.api.family_rules import check_family_request
 from serve_app.api.mode_catalog import ServedMode
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
@@ -179,6 +180,12 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     check_family_request(req, mode, family, variant, negative_prompt, adapters, name)
     embeddings = adapters.resolve_embeddings(family, req.prompt, negative_prompt)
     vae = adapters.resolve_vae(req.vae, mode, name("vae")) if req.vae is not None else None
+    units, ip_units = split_ip_adapter_units(req.controls, adapters)
+    ip_units += req.ip_adapters
+    if ip_units and req.hires is not None:
+        raise _invalid(name("ip_adapters"), ip_units[0].model, "does not go with a hires fix (`hires`)")
+    controls = resolve_controls(units, adapters, mode, family, decode_image, name) if units else []
+    ips = resolve_ip_adapters(ip_units, adapters, mode, family, decode_image, name) if ip_units else []
     job: Job
     if isinstance(req, Img2ImgRequest):
         assert init_image is not None
@@ -207,6 +214,8 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         loras=loras,
         embeddings=embeddings,
         vae=vae,
+        controls=controls,
+        ip_adapters=ips,
     )
 
 
@@ -255,8 +264,9 @@ def resolve_refiner_base(req: Txt2ImgRequest, base: ServedMode, refiner: ServedM
             f"`refiner.mode` {refiner.name!r} is {what[refiner.name]}, mode {base.name!r} is {what[base.name]}: "
             "a refiner pass needs an sdxl mode and an sdxl-refiner mode (neither an inpainting checkpoint)",
             param="refiner.mode")
-    if isinstance(req, Img2ImgRequest) or req.hires is not None:
-        raise RequestValidationError("`refiner` goes with a plain txt2img (no image, no hires)", param="refiner")
+    if isinstance(req, Img2ImgRequest) or req.hires is not None or req.controls or req.ip_adapters:
+        raise RequestValidationError("`refiner` goes with a plain txt2img (no image, hires, controls, IP-Adapters)",
+                                     param="refiner")
     request = resolve_request(req.model_copy(update={"refiner": None}), base.config, base.family, request_id,
                               adapters, inpainting=base.info.inpainting)
     request.job = Txt2Img(denoising_end=req.refiner.switch_at)

@@ -134,6 +134,9 @@ class ModeConfig(StrictModel):
     limits: ModeLimits = Field(default_factory=ModeLimits, description="Request limits.")
     lora_cache_bytes: int = Field(512 * 1024**2, ge=0, description="LoRA weights a replica keeps loaded for the "
                                   "next request (least recently used out first); they count in its footprint.")
+    control_cache_bytes: int = Field(4 * 1024**3, ge=0, description="ControlNet weights (in the mode's dtype) a "
+                                     "replica keeps loaded for the next request (least recently used out first; a "
+                                     "request's own are kept); they count in its footprint.")
     vaes: list[str] = Field(default_factory=list, description="VAEs (from MODEL_ROOT's `vae/`) a request may "
                             "choose with `vae` instead of the checkpoint's own; none when empty.")
     adapter_sets_per_replica: int = Field(8, ge=1, description="LoRA sets a replica advertises to Serve's "

@@ -2,6 +2,7 @@
 // (one prompt and seed streamed to every selected mode at once), Cancel, history and the VRAM panel.
 
 import { api, describeError, keys, streamTxt2img } from "./api.js";
+import { ControlPanel } from "./control.js";
 import { History } from "./history.js";
 import { ResultCell, clearGrid } from "./results.js";
 import { VramPanel } from "./vram.js";
@@ -201,11 +202,14 @@ function drawScheduleTypes() {
   $("schedule-type").disabled = !types.length;
 }
 
+const control = new ControlPanel();
+
 // -- LoRAs -----------------------------------------------------------------------------------------------
 async function loadAdapters() {
   try {
     const answer = await api("v1/adapters");
     state.loras = answer.adapters.filter((a) => a.kind === "lora");
+    await control.load(answer.adapters);
   } catch (err) {
     apiFailed("GET v1/adapters", err);
   }
@@ -243,6 +247,7 @@ function drawLoras() {
     if (limits.length) { weight.max = String(Math.min(...limits)); weight.min = String(-Math.min(...limits)); }
     row.querySelector(".note").textContent = families.has(lora.family) ? "" : `no selected ${lora.family} mode`;
   }
+  control.draw(families);
 }
 
 function lorasFor(mode) {
@@ -280,6 +285,8 @@ async function runOne(grid, mode, base) {
   const body = { ...base, mode: mode.name };
   const loras = lorasFor(mode);
   if (loras.length) body.loras = loras;
+  const unit = control.unitFor(mode);
+  if (unit) body.controls = [unit];
   try {
     const response = await streamTxt2img(body, { signal: controller.signal, onProgress: (ev) => cell.progress(ev) });
     cell.done(response, body.prompt);

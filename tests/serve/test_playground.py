@@ -327,3 +327,46 @@ def test_api_errors_are_shown_as_the_api_says_them(demo_url: str, client: httpx.
                     "the error")
     status = cell.find_element(By.CSS_SELECTOR, ".status").text
     assert status == f"422 {error['type']}: {error['message']} (param: {error['param']})"
+
+
+def test_the_control_panel_sends_a_controlnet_unit_to_its_familys_modes(demo_url: str, client: httpx.Client,
+                                                                         browser: Any, tmp_path: Path) -> None:
+    from PIL import Image, ImageDraw
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    shape = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(shape).rectangle((12, 16, 50, 44), fill="white")
+    upload = tmp_path / "edges.png"
+    shape.save(upload)
+    d = browser
+    open_page(d, demo_url)
+    pick_modes(d, {"sd1", "sdxl"})
+    d.find_element(By.ID, "prompt").send_keys("a castle")
+    d.find_element(By.ID, "seed").send_keys("77")
+    d.find_element(By.ID, "steps").send_keys("2")
+    wait_for(d, lambda _: not d.find_element(By.ID, "control-box").get_attribute("hidden"), 30, "the control panel")
+    d.find_element(By.ID, "control-image").send_keys(str(upload))
+    wait_for(d, lambda _: d.find_element(By.ID, "control-image").get_attribute("data-ready") == "1", 10, "the upload")
+    Select(d.find_element(By.ID, "control-model")).select_by_value("tiny-sd1-controlnet")
+    wait_for(d, lambda _: len(Select(d.find_element(By.ID, "control-preprocessor")).options) > 1, 10, "modules")
+    Select(d.find_element(By.ID, "control-preprocessor")).select_by_value("canny")
+    weight = d.find_element(By.ID, "control-weight")
+    weight.clear()
+    weight.send_keys("0.8")
+    d.find_element(By.ID, "compare").click()
+    results = d.find_element(By.ID, "results")
+    wait_for(d, lambda _: results.get_attribute("data-state") == "done", 300, "both images")
+
+    image = base64.b64encode(upload.read_bytes()).decode()
+    unit = {"model": "tiny-sd1-controlnet", "image": image, "preprocessor": "canny", "weight": 0.8}
+    for mode, controls in (("sd1", [unit]), ("sdxl", [])):  # the SD1 ControlNet goes to the sd1 mode only
+        same = client.post("/v1/txt2img", json={"prompt": "a castle", "mode": mode, "seed": 77, "steps": 2,
+                                                 "controls": controls})
+        assert same.status_code == 200, same.text
+        # pixels: the infotext names the ControlNet with its hash once a replica has hashed it
+        shown = pixels(base64.b64decode(cell_image_b64(d, mode)))
+        assert shown == pixels(base64.b64decode(same.json()["images"][0]["b64"])), mode
+    plain = client.post("/v1/txt2img", json={"prompt": "a castle", "mode": "sd1", "seed": 77, "steps": 2})
+    assert pixels(base64.b64decode(plain.json()["images"][0]["b64"])) != pixels(
+        base64.b64decode(cell_image_b64(d, "sd1")))

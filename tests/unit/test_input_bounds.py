@@ -164,8 +164,8 @@ def test_a1111_errors_name_the_a1111_fields() -> None:
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "module": "canny"}]}}},
-     "alwayson_scripts.controlnet"),
+    ({"alwayson_scripts": {"Regional Prompter": {"args": [True, "Matrix"]}}},
+     "alwayson_scripts.Regional Prompter"),
     ({"alwayson_scripts": {"ADetailer": {"args": [True, {"ad_model": "face_yolov8n.pt"}]}}},
      "alwayson_scripts.ADetailer"),
     ({"restore_faces": True}, "restore_faces"),

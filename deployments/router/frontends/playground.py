@@ -30,6 +30,7 @@ STATIC_FILES: dict[str, str] = {
     "history.js": "text/javascript; charset=utf-8",
     "vram.js": "text/javascript; charset=utf-8",
     "results.js": "text/javascript; charset=utf-8",
+    "control.js": "text/javascript; charset=utf-8",
     "playground.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.api.a1111_prompt_tags import split_lora_tags
+from serve_app.api.schemas.a1111_controlnet import UNITS_FIELD, controlnet_units, is_controlnet_script
 from serve_app.api.schemas.native import HiresFix, Img2ImgRequest, InpaintRequest, RefinerPass, Txt2ImgRequest
 from serve_app.core.errors import RequestValidationError
 from serve_app.core.strict_model import FieldError, describe_error, quote
@@ -33,6 +34,7 @@ A1111_FIELD_NAMES: dict[str, str] = {
     "hires.scale": "hr_scale", "hires.width": "hr_resize_x", "hires.height": "hr_resize_y",
     "hires.steps": "hr_second_pass_steps", "refiner.mode": "refiner_checkpoint", "scheduler": "sampler_name",
     "schedule_type": "scheduler", "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "controls": UNITS_FIELD, "ip_adapters": UNITS_FIELD,
 }
 # A1111 hires upscaler -> Dream Lab's (`None` in A1111 is a plain Lanczos resize)
 A1111_HR_UPSCALERS: dict[str, str] = {
@@ -114,8 +116,9 @@ class A1111Txt2ImgRequest(BaseModel):
     clip_skip: int | None = Field(None, ge=1, le=12, description="Clip skip, as some A1111-compatible clients send "
                                   "it; `override_settings.CLIP_stop_at_last_layers` wins.")
     # Fields that would change the image and are not served: refused (422) rather than silently dropped.
-    alwayson_scripts: dict[str, Any] | None = Field(None, description="Not served: an entry that asks for "
-                                                    "something (ControlNet, ADetailer, ...) is a 422.")
+    alwayson_scripts: dict[str, Any] | None = Field(None, description="`controlnet`: the ControlNet extension's "
+                                                    "units; any other entry that asks for something (ADetailer, "
+                                                    "...) is not served: a 422.")
     script_name: str | None = Field(None, description="Not served: a script is a 422.")
     restore_faces: bool | None = Field(None, description="Not served: true is a 422.")
     tiling: bool | None = Field(None, description="Not served: true is a 422.")
@@ -132,7 +135,7 @@ class A1111Txt2ImgRequest(BaseModel):
                 raise FieldError((name,), getattr(self, name), "is not served by this server (it would change "
                                  "the image); leave it out")
         for script, entry in (self.alwayson_scripts or {}).items():
-            if _script_asks(entry):
+            if not is_controlnet_script(script) and _script_asks(entry):
                 raise FieldError(("alwayson_scripts", script), script, "is not served by this server (it would "
                                  "change the image); leave it out or disable its units")
         return self
@@ -172,7 +175,12 @@ class A1111Txt2ImgRequest(BaseModel):
                     subseed=None if self.subseed == -1 else self.subseed, subseed_strength=self.subseed_strength,
                     width=self.width, height=self.height, num_images=self.batch_size,
                     clip_skip=self.clip_skip_value(),
-                    scheduler=scheduler, schedule_type=schedule_type)
+                    scheduler=scheduler, schedule_type=schedule_type,
+                    controls=controlnet_units(self.alwayson_scripts, self.init_image()))
+
+    def init_image(self) -> str | None:
+        """The img2img init image (a ControlNet unit without an image uses it); None on txt2img."""
+        return None
 
     def clip_skip_value(self) -> int | None:
         """`override_settings.CLIP_stop_at_last_layers`, else `clip_skip`; None keeps the mode's."""
@@ -233,6 +241,9 @@ class A1111Img2ImgRequest(A1111Txt2ImgRequest):
     inpaint_full_res: bool = Field(True, description="Inpaint the masked area only, at full resolution.")
     inpaint_full_res_padding: int = Field(0, ge=0, le=256, description="Margin around it, pixels.")
     inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint where the mask is black.")
+
+    def init_image(self) -> str | None:
+        return self.init_images[0] if self.init_images else None
 
     def to_native(self, mode: str | None) -> Img2ImgRequest:
         if not self.init_images:

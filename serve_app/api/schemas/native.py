@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, ValidatorFunctionWrapHandler, model_validator
 
+from serve_app.api.schemas.controlnet import MAX_CONTROLS, MAX_IP_ADAPTERS, ControlUnit, IpAdapterUnit
 from serve_app.api.schemas.error_paths import inner, relocated
 from serve_app.config.modes_file import MAX_LORAS_PER_REQUEST, ModeDefaults, ModeLimits
 from serve_app.core.strict_model import StrictModel
@@ -81,6 +82,12 @@ class Txt2ImgRequest(StrictModel):
     hires: HiresFix | None = Field(None, description="txt2img only: a second, larger pass (hires fix).")
     refiner: RefinerPass | None = Field(None, description="txt2img on an sdxl mode only: hand the latents to a "
                                         "refiner mode at `switch_at` (not streamed).")
+    controls: list[ControlUnit] = Field(default_factory=list, max_length=MAX_CONTROLS,
+                                        description="ControlNet units (several: MultiControlNet); a hires fix's "
+                                        "second pass runs without them. A unit whose `model` is an IP-Adapter "
+                                        "is one of `ip_adapters` (A1111 sends them so).")
+    ip_adapters: list[IpAdapterUnit] = Field(default_factory=list, max_length=MAX_IP_ADAPTERS,
+                                             description="IP-Adapters: images as prompts (not with a hires fix).")
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -228,8 +235,8 @@ class ModeOut(BaseModel):
 
 
 class AdaptersResponse(BaseModel):
-    adapters: list[AdapterInfo] = Field(description="LoRAs, embeddings and VAEs under MODEL_ROOT, with the family "
-                                        "each is made for.")
+    adapters: list[AdapterInfo] = Field(description="LoRAs, embeddings, VAEs and ControlNets under MODEL_ROOT, "
+                                        "with the family each is made for.")
     problems: list[AdapterProblem] = Field(description="Files there that cannot be used, and why.")
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from serve_app.model.demo.architectures import DEMO_INPAINTING, build_demo_pipeline, demo_name
 from serve_app.model.demo.demo_adapters import write_demo_adapters
+from serve_app.model.demo.demo_controlnets import demo_controlnets_present, write_demo_controlnets
+from serve_app.model.demo.demo_ipadapters import demo_ipadapter_paths, write_demo_ipadapters
 from serve_app.model.families import UNET_FAMILIES, Family
 
 logger = logging.getLogger(__name__)
@@ -47,14 +49,16 @@ def write_demo_models(directory: str | Path, families: tuple[Family, ...] = UNET
         written.append(inpainting)
     from serve_app.model.demo.flow_demo_models import write_flow_demo_models
 
-    return written + write_demo_adapters(out) + write_flow_demo_models(out)
+    return (written + write_demo_adapters(out) + write_demo_controlnets(out) + write_demo_ipadapters(out)
+            + write_flow_demo_models(out))
 
 
 def demo_models_present(directory: str | Path) -> bool:
     from serve_app.model.demo.flow_demo_models import flow_demo_models_present
 
     out = Path(directory)
-    return (out / DEMO_INPAINTING).is_dir() and flow_demo_models_present(out) and all(
+    return (out / DEMO_INPAINTING).is_dir() and flow_demo_models_present(out) and demo_controlnets_present(out) and all(
+        p.exists() for p in demo_ipadapter_paths(out)) and all(
         (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in UNET_FAMILIES
     )
 

@@ -21,7 +21,7 @@ from PIL.PngImagePlugin import PngInfo
 from serve_app.model.generation.a1111_samplers import a1111_names
 
 if TYPE_CHECKING:
-    from serve_app.model.generation.job import GenerationRequest
+    from serve_app.model.generation.job import ControlUse, GenerationRequest
 
 PNG_KEY = "parameters"
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -106,5 +106,23 @@ def generation_infotext(params: GenerationRequest, seed: int, model: str, model_
         "Denoising strength (hires)": hires.strength if hires else None,
         "Lora weights": ", ".join(f"{lora.name}: {lora.weight:g}" for lora in params.loras) or None,
         "VAE": params.vae.name if params.vae else None,
+        **{f"ControlNet {i}": control_unit_text(c) for i, c in enumerate(params.controls)},
+        **{f"ControlNet {len(params.controls) + i}": f"Module: ip-adapter, Model: {ip.name}, Weight: {ip.weight:g}"
+           for i, ip in enumerate(params.ip_adapters)},  # (the A1111 extension runs IP-Adapters as its units)
         "Version": version,
     })
+
+
+_A1111_RESIZE = {"just_resize": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
+_A1111_CONTROL_MODE = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                       "control": "ControlNet is more important"}
+
+
+def control_unit_text(c: ControlUse) -> str:
+    """One ControlNet unit as the A1111 extension writes it into the infotext (JSON-quoted there as a whole)."""
+    fields = {"Module": c.preprocessor, "Model": c.title or c.name, "Weight": f"{c.weight:g}",
+              "Resize Mode": _A1111_RESIZE[c.resize], "Processor Res": c.processor_res or 512,
+              "Threshold A": c.threshold_a, "Threshold B": c.threshold_b, "Guidance Start": f"{c.start:g}",
+              "Guidance End": f"{c.end:g}", "Pixel Perfect": c.processor_res is None,
+              "Control Mode": _A1111_CONTROL_MODE[c.mode]}
+    return ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)

@@ -52,6 +52,54 @@ class LoraUse:
     file_bytes: int
 
 
+ControlMode = Literal["balanced", "prompt", "control"]
+
+
+@dataclass(frozen=True)
+class ControlUse:
+    """One ControlNet unit of a generation: its model file (from MODEL_ROOT's `controlnet/`), the image (decoded,
+    not yet preprocessed: the replica prepares it, see `control.control_image`) and how it steers."""
+
+    name: str
+    path: str
+    file_bytes: int
+    parameters: int  # weights: its loaded size is this times the dtype's width
+    image: Image.Image
+    preprocessor: str = "none"
+    weight: float = 1.0
+    start: float = 0.0  # fraction of the steps at which the unit starts
+    end: float = 1.0  # ... and stops
+    mode: ControlMode = "balanced"  # prompt: "My prompt is more important"; control: "ControlNet is more important"
+    resize: Literal["just_resize", "crop", "fill"] = "crop"
+    processor_res: int | None = None  # None: "pixel perfect" (at the output's scale)
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+    title: str = ""  # A1111's `name [hash]`, for the infotext
+
+    @property
+    def file_key(self) -> str:
+        return f"{self.path}:{self.file_bytes}"
+
+
+@dataclass(frozen=True)
+class IpAdapterUse:
+    """One IP-Adapter of a generation (an image as prompt): its file (MODEL_ROOT's `ipadapter/`), the CLIP image
+    encoder it reads the image with (`clip_vision/`), the image and its weight."""
+
+    name: str
+    path: str
+    file_bytes: int
+    parameters: int
+    encoder_path: str
+    encoder_parameters: int
+    image: Image.Image
+    weight: float = 1.0
+
+    @property
+    def file_key(self) -> str:
+        return f"{self.path}:{self.file_bytes}"
+
+
 @dataclass(frozen=True)
 class HiresPass:
     """The second pass of a hires fix: the size it upscales to, how, and how much it denoises again."""
@@ -134,6 +182,8 @@ class GenerationRequest:
     loras: list[LoraUse] = field(default_factory=list)
     embeddings: list[AdapterFile] = field(default_factory=list)  # those whose names the prompts use
     vae: AdapterFile | None = None  # None: the checkpoint's own
+    controls: list[ControlUse] = field(default_factory=list)  # ControlNet units (several: MultiControlNet)
+    ip_adapters: list[IpAdapterUse] = field(default_factory=list)
 
     @property
     def kind(self) -> JobKind:
@@ -158,6 +208,8 @@ class GenerationRequest:
         """Names the adapter files a replica must hold for this request (its LoRAs and VAE, not their
         weights); "" when it has none. Requests with the same id prefer the same replicas."""
         files = sorted(f"{lora.path}:{lora.file_bytes}" for lora in self.loras)
+        files += sorted({f"control={c.file_key}" for c in self.controls})
+        files += sorted({f"ip={ip.file_key}" for ip in self.ip_adapters})
         if self.vae is not None:
             files.append(f"vae={self.vae.path}:{self.vae.file_bytes}")
         return "adapters-" + hashlib.sha1("|".join(files).encode()).hexdigest()[:16] if files else ""
@@ -167,7 +219,8 @@ class GenerationRequest:
         the refiner runs without the base's adapters)."""
         if not isinstance(self.job, Txt2Img) or self.job.denoising_end is None or latents is None:
             raise ValueError("only a txt2img job that stops at `denoising_end` hands latents to a refiner")
-        return replace(self, job=RefinerFinish(latents, self.job.denoising_end), loras=[], embeddings=[], vae=None)
+        return replace(self, job=RefinerFinish(latents, self.job.denoising_end), loras=[], embeddings=[], vae=None,
+                       controls=[], ip_adapters=[])
 
 
 @dataclass

@@ -29,11 +29,15 @@ from PIL import Image
 
 from serve_app import __version__
 from serve_app.core.errors import DreamLabError, GenerationCancelledError, ModelNotReadyError
+from serve_app.model.adapters.control_set import ControlSet
 from serve_app.model.adapters.embedding_set import EmbeddingSet
+from serve_app.model.adapters.ipadapter_set import IpAdapterSet
 from serve_app.model.adapters.lora_set import LoraSet
 from serve_app.model.adapters.vae_set import VaeSet
 from serve_app.model.components.component_files import ComponentPaths
 from serve_app.model.components.mode_components import mode_components
+from serve_app.model.control.control_image import prepare_control_image
+from serve_app.model.control.control_pipelines import controlled_pipeline
 from serve_app.model.families import Family
 from serve_app.model.generation.hires_fix import second_pass, second_pass_steps
 from serve_app.model.generation.infotext import generation_infotext, png_with_infotext
@@ -69,6 +73,7 @@ from serve_app.model.prompts.flow_prompts import flow_prompt_kwargs
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DEFAULT_CONTROL_CACHE_BYTES = 4 * 1024**3
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 Loader = Callable[[CheckpointInfo, Family, torch.dtype, torch.device], LoadedPipelines]
@@ -127,6 +132,9 @@ class ModelRunner:
         self.loras = LoraSet(mode.lora_cache_bytes)
         self.embeddings = EmbeddingSet()
         self.vaes = VaeSet()
+        control_bytes = getattr(mode, "control_cache_bytes", DEFAULT_CONTROL_CACHE_BYTES)
+        self.controls = ControlSet(control_bytes, self.dtype, self.device)
+        self.ips = IpAdapterSet(control_bytes, self.dtype, self.device)
         self.state = ModelState.COLD
         self.tier = Tier.DISK
         self.loaded_from: Tier | None = None  # where the last load came from
@@ -192,6 +200,8 @@ class ModelRunner:
             if self.tier is not Tier.VRAM or self._pipes is None:
                 return False
             self.vaes.reset(self._pipes)  # only the checkpoint's own modules move to the RAM tier
+            self.controls.clear()
+            self.ips.clear()
             if self.device.type != "cpu":
                 self._pipes.move_to(torch.device("cpu"))
                 free_device_memory(self.device)
@@ -209,6 +219,8 @@ class ModelRunner:
             self._pipes = None
             self.loras.clear()
             self.embeddings.clear()
+            self.controls.clear()
+            self.ips.clear()
             free_device_memory(self.device)
             self.tier = Tier.DISK
             self.state = ModelState.COLD
@@ -225,17 +237,18 @@ class ModelRunner:
 
     def adapter_bytes(self) -> int:
         """Bytes of the adapters held loaded (counted in the replica's footprint)."""
-        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes
+        return self.loras.bytes + self.embeddings.bytes + self.vaes.bytes + self.controls.bytes + self.ips.bytes
 
     def adapter_bytes_to_load(self, params: GenerationRequest) -> int:
         """Bytes the request's adapter files not held yet would add (reserved before they are loaded)."""
         embeddings = [e for e in params.embeddings if self.embeddings.loaded.get(e.name.lower()) != e]
         return (self.loras.missing_bytes(params.loras) + sum(e.file_bytes for e in embeddings)
-                + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0))
+                + (params.vae.file_bytes if params.vae is not None and params.vae not in self.vaes.held else 0)
+                + self.controls.missing_bytes(params.controls) + self.ips.missing_bytes(params.ip_adapters))
 
     def adapter_loads(self) -> int:
         """Adapter files read from disk so far."""
-        return self.loras.loads + self.embeddings.loads + self.vaes.loads
+        return self.loras.loads + self.embeddings.loads + self.vaes.loads + self.controls.loads + self.ips.loads
 
     def adapt(self, pipes: LoadedPipelines, loras: list[LoraUse], embeddings: list[AdapterFile],
               vae: AdapterFile | None) -> int:
@@ -292,11 +305,20 @@ class ModelRunner:
         """Run one resolved request; same params and seeds give the same image bytes."""
         self.family.check_job(params.kind, self.mode.name)
         hires = params.hires
+        control_images = [prepare_control_image(c.image, c.preprocessor, (params.width, params.height), c.resize,
+                                                c.processor_res, c.threshold_a, c.threshold_b)
+                          for c in params.controls]  # (outside the lock: the device waits for none of it)
         with self._lock:
             pipes = self.pipelines()
             built = job_inputs(pipes, params, self.mode.name)
             pipe, inputs = built.pipe, built.inputs
             adapter_loads = self.adapt(pipes, params.loras, params.embeddings, params.vae)
+            control_call: dict[str, Any] = {}
+            if params.controls:
+                before = self.controls.loads
+                models = self.controls.models(params.controls, cfg=params.guidance_scale > 1)
+                adapter_loads += self.controls.loads - before
+                pipe, control_call = controlled_pipeline(pipes, pipe, models, params.controls, control_images)
             pipe.scheduler = self.scheduler(params.scheduler)
             n = len(params.seeds)
 
@@ -323,13 +345,17 @@ class ModelRunner:
                          params.width // pipe.vae_scale_factor)
                 call["latents"] = variation_latents(params.seeds, params.subseeds, params.subseed_strength, shape,
                                                     pipe.unet.dtype)
-            if pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
+            if built.pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
                 inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
             call.update(inputs)
+            call.update(control_call)
             if hires is not None:
                 call["output_type"] = "latent" if hires.upscaler in LATENT_UPSCALERS else "pil"
             started = time.perf_counter()
+            ip_loads = self.ips.loads
             try:
+                if params.ip_adapters:  # (in the UNet for this generation only: `finally` takes them out)
+                    call.update(self.ips.attach(pipe, params.ip_adapters))
                 with torch.inference_mode():
                     images = pipe(**call).images
                     if hires is not None:
@@ -340,6 +366,10 @@ class ModelRunner:
             except Exception:
                 self._schedulers.pop(params.scheduler, None)  # its state may be half-stepped: the next one is fresh
                 raise
+            finally:
+                if params.ip_adapters:
+                    self.ips.detach(pipe)
+            adapter_loads += self.ips.loads - ip_loads
             if built.overlay is not None:  # unmasked pixels come back exactly as sent
                 images = [composite(img, *built.overlay) for img in images]
             inference_s = time.perf_counter() - started

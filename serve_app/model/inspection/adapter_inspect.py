@@ -8,10 +8,12 @@ The family is detected from the tensors, never from the file name:
 - an embedding's vector width is its text encoder's hidden size (768 SD1, 1024 SD2); SDXL embeddings carry
   one vector set per text encoder (`clip_l` 768 and `clip_g` 1280);
 - a VAE fits every family whose latents have its channel count (4 for all the supported ones): its family
-  is None and `latent_channels` says what it needs.
+  is None and `latent_channels` says what it needs;
+- a ControlNet (a file, or a diffusers folder) is read by `control.control_inspect`, an IP-Adapter and its
+  CLIP image encoder (`ipadapter/`, `clip_vision/`) by `control.ipadapter_inspect`.
 
-Adapters live in MODEL_ROOT's `loras/`, `embeddings/` and `vae/` folders (`discover_adapters`); pickle files
-are refused there as they are for checkpoints, and a file that cannot be used is reported with the reason
+Adapters live in MODEL_ROOT's `loras/`, `embeddings/`, `vae/` and `controlnet/` folders (`discover_adapters`);
+pickle files are refused there as they are for checkpoints, and a file that cannot be used is reported with the reason
 instead of breaking the listing.
 """
 
@@ -24,6 +26,8 @@ from pydantic import Field
 
 from serve_app.core.errors import AdapterFileError, CheckpointError, CheckpointNotFoundError
 from serve_app.core.strict_model import StrictModel
+from serve_app.model.control.control_inspect import controlnet_fields, read_controlnet_header
+from serve_app.model.control.ipadapter_inspect import clip_vision_fields, ipadapter_fields, read_encoder_header
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family, supported_dims_text
 from serve_app.model.inspection.checkpoint_inspect import PICKLE_SUFFIXES, dominant_dtype, pickle_refusal
 from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
@@ -34,9 +38,15 @@ class AdapterKind(str, Enum):
     LORA = "lora"
     EMBEDDING = "embedding"
     VAE = "vae"
+    CONTROLNET = "controlnet"
+    IPADAPTER = "ipadapter"
+    CLIP_VISION = "clip_vision"
 
 
-ADAPTER_FOLDERS = {AdapterKind.LORA: "loras", AdapterKind.EMBEDDING: "embeddings", AdapterKind.VAE: "vae"}
+ADAPTER_FOLDERS = {AdapterKind.LORA: "loras", AdapterKind.EMBEDDING: "embeddings", AdapterKind.VAE: "vae",
+                   AdapterKind.CONTROLNET: "controlnet", AdapterKind.IPADAPTER: "ipadapter",
+                   AdapterKind.CLIP_VISION: "clip_vision"}
+_FOLDER_KINDS = (AdapterKind.CONTROLNET, AdapterKind.CLIP_VISION)  # kinds that may be a folder
 EMBEDDING_FAMILY_BY_WIDTH = {768: Family.SD1, 1024: Family.SD2}
 _LYCORIS_MARKERS = ("hada_w1", "lokr_w1", ".oft_", "lora_mid")
 
@@ -63,6 +73,12 @@ class AdapterInfo(StrictModel):
     vectors: int | None = Field(None, description="Token vectors of an embedding.")
     width: int | None = Field(None, description="Vector width of an embedding (SDXL: clip_l + clip_g).")
     latent_channels: int | None = Field(None, description="Latent channels of a VAE.")
+    parameters: int | None = Field(None, description="Weights of a ControlNet (its loaded size is this times "
+                                   "the mode's dtype width).")
+    embed_dim: int | None = Field(None, description="IP-Adapter: the image embedding width it takes (plain); image "
+                                  "encoder: its projection dim.")
+    hidden_dim: int | None = Field(None, description="IP-Adapter: the encoder hidden width it takes (plus); image "
+                                   "encoder: its hidden size.")
     dtype: str
     tensors: int
     file_bytes: int
@@ -140,12 +156,46 @@ def _vae(path: Path, tensors: dict[str, TensorHeader]) -> dict:
     return dict(format=fmt, family=None, latent_channels=conv_in.shape[1])
 
 
-_INSPECTORS = {AdapterKind.LORA: _lora, AdapterKind.EMBEDDING: _embedding, AdapterKind.VAE: _vae}
+_INSPECTORS = {AdapterKind.LORA: _lora, AdapterKind.EMBEDDING: _embedding, AdapterKind.VAE: _vae,
+               AdapterKind.IPADAPTER: lambda p, t: {**ipadapter_fields(p, t), "parameters": _parameters(t)}}
+
+
+def _controlnet(p: Path) -> AdapterInfo:
+    """A ControlNet file or diffusers folder (`control_inspect`)."""
+    weights, tensors, metadata = read_controlnet_header(p)
+    size = sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else weights.stat().st_size
+    name = p.name if p.is_dir() else p.name[: -len(".safetensors")]
+    return AdapterInfo(name=name, kind=AdapterKind.CONTROLNET, path=str(p.resolve()),
+                       dtype=dominant_dtype(list(tensors.values())), tensors=len(tensors), file_bytes=size,
+                       **controlnet_fields(p, tensors, metadata))
+
+
+def _clip_vision(p: Path) -> AdapterInfo:
+    weights, tensors, _ = read_encoder_header(p)
+    size = sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else weights.stat().st_size
+    name = p.name if p.is_dir() else p.name[: -len(".safetensors")]
+    return AdapterInfo(name=name, kind=AdapterKind.CLIP_VISION, path=str(p.resolve()), tensors=len(tensors),
+                       dtype=dominant_dtype(list(tensors.values())), file_bytes=size,
+                       parameters=_parameters(tensors), **clip_vision_fields(p, tensors))
+
+
+def _parameters(tensors: dict[str, TensorHeader]) -> int:
+    total = 0
+    for t in tensors.values():
+        n = 1
+        for s in t.shape:
+            n *= s
+        total += n
+    return total
 
 
 def inspect_adapter(path: str | Path, kind: AdapterKind) -> AdapterInfo:
     """Inspect one adapter file of `kind`; raise a typed error naming the file otherwise."""
     p = Path(path).expanduser()
+    if kind is AdapterKind.CONTROLNET and p.is_dir():
+        return _controlnet(p)
+    if kind is AdapterKind.CLIP_VISION and p.is_dir():
+        return _clip_vision(p)
     if not p.is_file():
         raise CheckpointNotFoundError(f"{p}: adapter file does not exist", param=kind.value)
     if p.suffix.lower() in PICKLE_SUFFIXES:
@@ -153,6 +203,10 @@ def inspect_adapter(path: str | Path, kind: AdapterKind) -> AdapterInfo:
     if p.suffix.lower() != ".safetensors":
         raise AdapterFileError(f"{p}: not an adapter: expected a .safetensors file, got '{p.suffix or p.name}'",
                                param=kind.value)
+    if kind is AdapterKind.CONTROLNET:
+        return _controlnet(p)
+    if kind is AdapterKind.CLIP_VISION:
+        return _clip_vision(p)
     tensors, _ = read_safetensors_header(p)
     found = _INSPECTORS[kind](p, tensors)
     return AdapterInfo(name=p.name[: -len(".safetensors")], kind=kind, path=str(p.resolve()),
@@ -177,7 +231,8 @@ def discover_adapters(model_root: Path) -> tuple[list[AdapterInfo], list[Adapter
         directory = Path(model_root).expanduser() / folder
         if not directory.is_dir():
             continue
-        for path in sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for path in sorted(p for p in directory.iterdir() if not p.name.startswith(".")
+                           and (p.is_file() or (kind in _FOLDER_KINDS and p.is_dir()))):
             try:
                 found.append(inspect_adapter(path, kind))
             except CheckpointError as exc:
