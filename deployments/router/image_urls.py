@@ -1,11 +1,11 @@
 """Images served by URL (OpenAI `response_format: url`): kept by the TaskStore (files in its output store), so
 any router replica answers the URL another one handed out; a router without a TaskStore keeps them in its own
-memory (`serve_app.api.image_store.ImageStore`)."""
+memory (`serve_app.api.images.image_store.ImageStore`)."""
 
 from __future__ import annotations
 
 from deployments.tasks.client import TaskStoreClient
-from serve_app.api.image_store import ImageStore
+from serve_app.api.images.image_store import ImageStore
 
 
 class ImageUrls:

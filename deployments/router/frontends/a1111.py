@@ -27,8 +27,9 @@ from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import OffLoopJsonRoute, current_request_id
 from deployments.router.request_context import current_caller
 from serve_app.api.http_errors import FrontEnd, error_responses
+from serve_app.api.images.png_info import png_info
+from serve_app.api.images.upscaling import PIXEL_UPSCALERS, png_b64, upscale_image
 from serve_app.api.mode_catalog import ServedMode
-from serve_app.api.png_info import png_info
 from serve_app.api.schemas.a1111 import (
     A1111_HR_UPSCALERS,
     A1111_SAMPLER_ALIASES,
@@ -54,7 +55,6 @@ from serve_app.api.schemas.a1111 import (
     A1111Vae,
     without_hash,
 )
-from serve_app.api.upscaling import PIXEL_UPSCALERS, png_b64, upscale_image
 from serve_app.core.errors import GenerationCancelledError, RequestValidationError, UnknownModeError
 from serve_app.model.generation.a1111_samplers import A1111_SCHEDULE_TYPES
 from serve_app.model.generation.job import random_seed

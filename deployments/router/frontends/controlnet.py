@@ -12,9 +12,9 @@ from fastapi import APIRouter
 
 from deployments.router.access_control import CLIENT
 from deployments.router.gateway_dependency import GatewayDep
-from serve_app.api.control_detect import DETECT_WORKERS, detect
 from serve_app.api.control_resolution import control_title
 from serve_app.api.http_errors import FrontEnd, error_responses
+from serve_app.api.images.control_detect import DETECT_WORKERS, detect
 from serve_app.api.schemas.a1111_controlnet import (
     A1111_CONTROLNET_VERSION,
     ControlNetDetectRequest,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 
+from serve_app.api.images.upscaling import png_b64
 from serve_app.api.request_resolution import decode_image
 from serve_app.api.schemas.a1111_controlnet import ControlNetDetectRequest
-from serve_app.api.upscaling import png_b64
 from serve_app.config.modes_file import ModeLimits
 from serve_app.core.errors import RequestValidationError
 from serve_app.core.strict_model import quote

@@ -1,0 +1,1 @@
+"""Image work the router does for clients without a model: PNG infotext, upscaling, control maps, URL images."""
