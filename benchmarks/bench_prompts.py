@@ -207,7 +207,8 @@ def _full_size(args: argparse.Namespace) -> bool:
     torch.set_num_threads(args.threads)
     ok = True
     for family, size in ((Family.SD1, args.sd1_size), (Family.SDXL, args.sdxl_size)):
-        ok &= _full_family(family, size, args)
+        if args.only in (None, family.value):
+            ok &= _full_family(family, size, args)
         gc.collect()
     return ok
 
@@ -227,6 +228,7 @@ def main() -> int:
     parser.add_argument("--sdxl-size", type=int, default=512,
                         help="--full-size: SDXL image side (1024 is its own, 4x+ the CPU time of 512: shares at 512 "
                              "are upper bounds of those at 1024, whose steps cost more for at most the same extras)")
+    parser.add_argument("--only", choices=("sd1", "sdxl"), help="--full-size: one family")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="--full-size: weights' dtype")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
