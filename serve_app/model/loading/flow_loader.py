@@ -71,7 +71,7 @@ def _build(kind: str, attr: str, family: Family, path: str, prefix: str, origina
     """The part `kind` from `path`'s tensors under `prefix`; its weights that stay in the file's mapping (see
     `mapped_weights`) are added to `mapped`."""
     what = f"{Path(path).name} ({kind})"
-    read = read_mapped(path, prefix, dtype)
+    read = read_mapped(path, prefix, dtype, converted_layout=original and kind == "transformer")
     if kind in ENCODER_ATTRIBUTES[family]:
         model = build_text_encoder(cfg, read.state, dtype, what, projection=family is Family.SD3)
     else:

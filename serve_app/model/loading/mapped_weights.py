@@ -134,11 +134,13 @@ class MappedRead:
     region: tuple[int, int] | None
 
 
-def read_mapped(path: str | Path, prefix: str, dtype: torch.dtype, cache_dir: str | Path | None = None) -> MappedRead:
-    """The tensors of `path` under `prefix` (stripped) in `dtype`: mapped from `host_file` where possible."""
+def read_mapped(path: str | Path, prefix: str, dtype: torch.dtype, cache_dir: str | Path | None = None,
+                converted_layout: bool = False) -> MappedRead:
+    """The tensors of `path` under `prefix` (stripped) in `dtype`: mapped from `host_file` where possible.
+    `converted_layout`: the load rebuilds the tensors (fused attention weights), so no copy is written for it."""
     from safetensors import safe_open
 
-    source = host_file(path, prefix, dtype, cache_dir)
+    source = Path(path) if converted_layout else host_file(path, prefix, dtype, cache_dir)
     state: dict[str, torch.Tensor] = {}
     low, high = None, None
     with safe_open(str(source), framework="pt") as fh:
