@@ -6,7 +6,9 @@ whose text encoders (and, for schnell, VAE) come from the same component files, 
 Each process (a separate interpreter, as Serve's mode replicas are) loads its mode on the CPU, reads every
 weight once (so every page is resident) and reports its proportional set size (PSS: a page shared by k
 processes counts 1/k in each) and unique set size (USS) before and after the load. The sum of the PSS
-deltas is what the node really holds. The same run with `--private` (each process copies its mapped
+deltas is what the node really holds (it also counts the libraries each process imports while loading: a few
+MiB of noise per process); the PSS of the mappings of the component files alone, summed, is exact.
+The same run with `--private` (each process copies its mapped
 weights into its own memory, which is what a load did before component weights were mapped) is the
 one-copy-per-mode baseline; both are printed, with the bytes of the mapped component files.
 
@@ -45,6 +47,18 @@ def _runner(models: Path, mode_name: str, dtype: str) -> Any:
     return ModelRunner(mode, checkpoint, components=component_paths(mode, models))
 
 
+def _mapped_pss(inodes: set[int]) -> int:
+    """Bytes of PSS of this process's mappings of the files with these inodes (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
+            inside = fields[4].isdigit() and int(fields[4]) in inodes
+        elif inside and fields and fields[0] == "Pss:":
+            total += int(fields[1]) * 1024
+    return total
+
+
 def _child(models: str, mode_name: str, dtype: str, private: bool, out: Any, done: Any) -> None:
     import psutil
     import torch
@@ -61,7 +75,9 @@ def _child(models: str, mode_name: str, dtype: str, private: bool, out: Any, don
                 param.data = param.data.clone()
     touched = sum(float(t.detach().float().sum()) for m in runner._pipes.modules() for t in m.parameters())
     after = me.memory_full_info()
+    inodes = {int(c.identity.split(":")[1]) for c in runner.host_components()}
     out.put({"mode": mode_name, "pss": after.pss - before.pss, "uss": after.uss - before.uss,
+             "file_pss": _mapped_pss(inodes),
              "params": runner.parameter_bytes(), "mapped": sum(c.host_bytes for c in runner.host_components()),
              "components": {c.identity: c.host_bytes for c in runner.host_components()}, "touched": touched})
     done.wait()
@@ -109,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = (sum(r["pss"] for r in rows[True]) - sum(r["pss"] for r in shared)) / MiB
         print(f"mapped component files: {len(users)}, {sum(b[0] for b in users.values()) / MiB:.1f} MiB; "
               f"parameters per process: {[round(r['params'] / MiB, 1) for r in shared]} MiB")
+        print(f"PSS of the mapped files, all processes together: {sum(r['file_pss'] for r in shared) / MiB:.1f} MiB "
+              "(one copy of each file)")
         print(f"host memory saved by sharing: {saved:.1f} MiB (ideal {ideal:.1f} MiB: every copy but one of each "
               "shared file)")
     finally:
