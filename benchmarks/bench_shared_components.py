@@ -59,7 +59,7 @@ def _mapped_pss(inodes: set[int]) -> int:
     return total
 
 
-def _child(models: str, mode_name: str, dtype: str, private: bool, out: Any, done: Any) -> None:
+def _child(models: str, mode_name: str, dtype: str, private: bool, out: Any, go: Any, done: Any) -> None:
     import psutil
     import torch
 
@@ -74,6 +74,8 @@ def _child(models: str, mode_name: str, dtype: str, private: bool, out: Any, don
             for param, _ in part.tensors:
                 param.data = param.data.clone()
     touched = sum(float(t.detach().float().sum()) for m in runner._pipes.modules() for t in m.parameters())
+    out.put(None)  # loaded: PSS is read once every process has its pages (a page's share depends on all)
+    go.wait()
     after = me.memory_full_info()
     inodes = {int(c.identity.split(":")[1]) for c in runner.host_components()}
     out.put({"mode": mode_name, "pss": after.pss - before.pss, "uss": after.uss - before.uss,
@@ -85,12 +87,15 @@ def _child(models: str, mode_name: str, dtype: str, private: bool, out: Any, don
 
 def measure(models: Path, processes: int, dtype: str, private: bool) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
-    out, done = ctx.Queue(), ctx.Event()
-    children = [ctx.Process(target=_child, args=(str(models), MODES[i % 2], dtype, private, out, done))
+    out, go, done = ctx.Queue(), ctx.Event(), ctx.Event()
+    children = [ctx.Process(target=_child, args=(str(models), MODES[i % 2], dtype, private, out, go, done))
                 for i in range(processes)]
     for child in children:
         child.start()
-    results = [out.get(timeout=600) for _ in children]  # every process loaded and measured, all still alive
+    for _ in children:
+        out.get(timeout=600)  # every process loaded
+    go.set()
+    results = [out.get(timeout=600) for _ in children]  # every process measured, all still alive
     done.set()
     for child in children:
         child.join()
