@@ -19,9 +19,9 @@ from serve_app.model.model_state import ModelState, Tier
 
 __all__ = [
     "DeviceLine", "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport",
-    "InflightCounts", "LoadAnswer", "ModePlacement", "ModelState", "Offloaded", "OperatorState", "ProcessMemory",
-    "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer", "ReserveStatus", "RouterPollAnswer", "Tier",
-    "UnloadAnswer",
+    "HostComponent", "InflightCounts", "LoadAnswer", "ModePlacement", "ModelState", "Offloaded", "OperatorState",
+    "ProcessMemory", "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer", "ReserveStatus",
+    "RouterPollAnswer", "Tier", "UnloadAnswer",
 ]
 
 
@@ -42,15 +42,26 @@ class Registration(Message):
     epoch: int = Field(description="Counts the replica's loads and unloads: a stale report cannot undo a newer one.")
 
 
+class HostComponent(Message):
+    """A component file whose weights a replica holds mapped in host memory: every replica of the node that
+    maps the same file shares one copy (the page cache's), so the registry books it once per node."""
+
+    identity: str = Field(description="The mapped file (device, inode, size, mtime) and the key prefix used.")
+    path: str = Field(description="The component's file, as the mode names it.")
+    kind: str = Field(description="clip_l, clip_g, t5xxl, vae, transformer or unet.")
+    host_bytes: int = Field(description="Bytes of the weights held in the mapping.")
+
+
 class Offloaded(Message):
     """An evicted model moved from its device to its node's host memory (the RAM tier)."""
 
     replica: str
     mode: str
     device: str
-    host_bytes: int
+    host_bytes: int = Field(description="What the model holds in host memory beyond its mapped component files.")
     last_use: float
     epoch: int
+    components: list[HostComponent] = Field(default_factory=list, description="Its mapped component files.")
 
 
 class ProcessMemory(Message):
@@ -77,7 +88,10 @@ class HeartbeatReport(Message):
     device: str
     state: ModelState
     tier: Tier
-    host_bytes: int = Field(description="What the model holds in host memory (the RAM tier), else 0.")
+    host_bytes: int = Field(description="What the model holds in host memory (the RAM tier) beyond its mapped "
+                            "component files, else 0.")
+    components: list[HostComponent] = Field(default_factory=list, description="The component files the model "
+                                            "maps in host memory (held there in the RAM tier, or on a CPU device).")
     epoch: int
     inflight: int
     footprint_bytes: int
@@ -173,10 +187,24 @@ class RamModelStats(BaseModel):
     mode: str
     replica: str
     node: str
-    host_bytes: int
+    host_bytes: int = Field(description="Its own host memory (its shared component files are in `components`).")
     last_use: float
     epoch: int
     dropping: bool = Field(False, description="Pushed out of RAM for a newer offload: the replica drops it.")
+    components: list[str] = Field(default_factory=list, description="Identities of the component files it maps.")
+
+
+class SharedComponentStats(Message):
+    """A component file held mapped in a node's host memory: one copy, whichever modes use it."""
+
+    identity: str
+    path: str
+    kind: str
+    host_bytes: int
+    modes: list[str] = Field(description="The modes whose replicas hold it (in the RAM tier or on a CPU device).")
+    replicas: list[str]
+    ram_tier_modes: list[str] = Field(description="The modes holding it in the RAM tier: while any does, it is "
+                                      "counted once in the node's `ram_used_bytes`.")
 
 
 class DeviceLine(Message):
@@ -211,8 +239,11 @@ class DeviceStats(Message):
 class NodeStats(Message):
     node: str
     ram_budget_bytes: int = Field(description="Host memory the RAM tier may hold on this node.")
-    ram_used_bytes: int = Field(description="Held by offloaded models, and promised to offloads under way.")
+    ram_used_bytes: int = Field(description="Held by offloaded models, and promised to offloads under way; each "
+                                "shared component file counted once.")
     models: list[RamModelStats]
+    components: list[SharedComponentStats] = Field(default_factory=list, description="Component files held once "
+                                                   "in host memory, with the modes that share each.")
 
 
 class ReplicaStats(Message):

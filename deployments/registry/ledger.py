@@ -37,7 +37,7 @@ from deployments.protocol import (
     Tier,
 )
 from deployments.registry.device_lines import DeviceLines, ReplicaProcess, device_lines
-from deployments.registry.ram_tier import RamTier, node_of
+from deployments.registry.ram_tier import Promise, RamTier, node_of
 from deployments.registry.records import DeviceEntry, ReplicaSeen, Reservation
 from serve_app.config.app_args import RegistryConfig
 
@@ -111,7 +111,7 @@ class VramLedger:
     def _forget(self, replica: str) -> None:
         self.replicas.pop(replica, None)
         self.models.pop(replica, None)
-        self.ram.drop(replica)
+        self.ram.forget(replica)
         self.cache_returns.discard(replica)
         for key in [k for k, r in self.reservations.items() if r.replica == replica]:
             del self.reservations[key]
@@ -124,16 +124,17 @@ class VramLedger:
         return seen
 
     # -- eviction ------------------------------------------------------------------------------------
-    def _promised_to_ram(self, node: str) -> int:
-        """Host memory that evictions to RAM under way on `node` will take."""
-        return sum(m.measured_bytes for m in self.models.values()
-                   if node_of(m.device) == node and m.state is EntryState.EVICTING and m.evict_to is Tier.RAM)
+    def _promised_to_ram(self, node: str) -> list[Promise]:
+        """Host memory that evictions to RAM under way on `node` will take (their own, their component files)."""
+        return [self.ram.promise(m.replica, m.measured_bytes) for m in self.models.values()
+                if node_of(m.device) == node and m.state is EntryState.EVICTING and m.evict_to is Tier.RAM]
 
     def _evict(self, model: ModelStats, for_mode: str) -> None:
         model.state = EntryState.EVICTING
         node = node_of(model.device)
-        model.evict_to, dropped = self.ram.place(model.mode, node, model.measured_bytes, self._promised_to_ram(node),
-                                                 restoring=(r.replica for r in self.reservations.values()))
+        model.evict_to, dropped = self.ram.place(
+            model.mode, node, self.ram.promise(model.replica, model.measured_bytes), self._promised_to_ram(node),
+            restoring=(r.replica for r in self.reservations.values()))
         for replica in [model.replica, *dropped]:
             self._on_command(replica)
         logger.info("evicting mode %s (replica %s) from %s to %s for mode %s", model.mode, model.replica,
@@ -248,7 +249,7 @@ class VramLedger:
         if replica in self.replicas:
             self.replicas[replica].epoch = max(self.replicas[replica].epoch, epoch)
         self.models.pop(replica, None)
-        self.ram.drop(replica)
+        self.ram.forget(replica)
         self.reservations.pop(replica, None)
         if forget:
             self._forget(replica)
@@ -264,6 +265,7 @@ class VramLedger:
         self._device(report.device, report.total_bytes, report.reported_used_bytes)
         if report.epoch >= seen.epoch:  # else a report older than the last registration or unregistration
             self._sync_tier(replica, report)
+            self.ram.hold(replica, report.mode, report.device, report.tier, report.components)
         load = self.reservations.get(replica)  # a live replica's load is under way: keep its reservation
         if load is not None:
             load.expires = self._clock() + self.config.reservation_ttl_s
@@ -297,7 +299,8 @@ class VramLedger:
         if report.tier is Tier.RAM:
             if replica not in self.ram.models:
                 self.offloaded(Offloaded(replica=replica, mode=report.mode, device=report.device,
-                                         host_bytes=report.host_bytes, last_use=report.last_use, epoch=report.epoch))
+                                         host_bytes=report.host_bytes, last_use=report.last_use, epoch=report.epoch,
+                                         components=report.components))
         else:
             self.ram.drop(replica)
 

@@ -23,7 +23,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import torch
 
 from deployments import metrics
-from deployments.protocol import HeartbeatReport, Offloaded, Registration, Tier
+from deployments.protocol import HeartbeatReport, HostComponent, Offloaded, Registration, Tier
 from deployments.registry.client import RegistryClient
 from deployments.worker.containment import ModelUse, insufficient_vram
 from deployments.worker.device_probe import DeviceProbe
@@ -66,12 +66,18 @@ class Residency:
     def report(self) -> HeartbeatReport:
         return HeartbeatReport(
             mode=self.mode, device=self.device_id, state=self.runner.state, tier=self.runner.tier,
-            host_bytes=self.host_bytes if self.runner.tier is Tier.RAM else 0, epoch=self.epoch,
+            host_bytes=self.host_bytes if self.runner.tier is Tier.RAM else 0, components=self.host_components(),
+            epoch=self.epoch,
             inflight=self._inflight(), footprint_bytes=self.accounted_bytes(),
             measured_bytes=self.measured_bytes, estimate_bytes=self.standing.total_bytes,
             last_use=self.runner.last_used, total_bytes=self.probe.total_bytes(),
             reported_used_bytes=self.probe.used_bytes(), process=self.probe.process_memory(),
             gpu_fraction=self.probe.gpu_fraction())
+
+    def host_components(self) -> list[HostComponent]:
+        """The component files the model maps in host memory (booked once per node by the registry)."""
+        return [HostComponent(identity=c.identity, path=c.path, kind=c.kind, host_bytes=c.host_bytes)
+                for c in self.runner.host_components()]
 
     def accounted_bytes(self) -> int:
         """What this model holds: the measured load, its LoRAs and its standing working memory."""
@@ -149,7 +155,8 @@ class Residency:
                     if self.registry is not None and to is Tier.RAM:
                         await self.registry.offloaded(Offloaded(
                             replica=self.replica_id, mode=self.mode, device=self.device_id,
-                            host_bytes=self.host_bytes, last_use=self.runner.last_used, epoch=self.epoch))
+                            host_bytes=self.host_bytes, last_use=self.runner.last_used, epoch=self.epoch,
+                            components=self.host_components()))
                 if self.registry is not None and to is Tier.DISK:
                     await self.registry.unregister(self.replica_id, False, self.epoch)
         finally:
@@ -162,7 +169,7 @@ class Residency:
     def _moved(self, to: Tier) -> None:
         self.epoch += 1
         self.measured_bytes = 0
-        self.host_bytes = self.runner.parameter_bytes() if to is Tier.RAM else 0
+        self.host_bytes = self.runner.own_host_bytes() if to is Tier.RAM else 0  # its mapped files: `components`
 
     # -- the heartbeat -------------------------------------------------------------------------------------
     def start_heartbeat(self) -> None:

@@ -9,6 +9,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -77,11 +78,13 @@ def render(modes: dict[str, Any], registry: dict[str, Any], health: dict[str, An
                                                       if p["shares_card_with"] else "")
               for p in registry.get("placement", [])]
     nodes = Table(title="RAM tier (host memory)", expand=False)
-    for column in ("node", "budget", "used", "models"):
+    for column in ("node", "budget", "used", "models", "shared component files (one copy each)"):
         nodes.add_column(column)
     for n in registry.get("nodes", []):
+        shared = "; ".join(f"{Path(c['path']).name} {_gib(c['host_bytes'])}: {', '.join(c['modes'])}"
+                           for c in n.get("components", []))
         nodes.add_row(n["node"], _gib(n["ram_budget_bytes"]), _gib(n["ram_used_bytes"]),
-                      ", ".join(m["mode"] for m in n.get("models", [])) or "-")
+                      ", ".join(m["mode"] for m in n.get("models", [])) or "-", shared or "-")
     parts: list[Any] = [header, table, devices, nodes]
     if shares:
         parts.append(Text("placement: " + "; ".join(shares), style="dim"))

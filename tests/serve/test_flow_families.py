@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import io
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -142,3 +144,24 @@ def test_true_cfg_takes_the_negative_prompt_on_flux(client):
                                                           "true_cfg_scale": 3.0}))
     plain = _ok(client.post("/v1/txt2img", json=body))
     assert not np.array_equal(_pixels(with_negative["images"][0]["b64"]), _pixels(plain["images"][0]["b64"]))
+
+
+def test_flux_modes_sharing_text_encoder_files_hold_one_copy_per_node(client):
+    """flux and flux-schnell name the same clip_l / t5xxl files: with both loaded, `/v1/registry` lists each file
+    once on the node, with both modes (its weights are one mapping of the file that both replicas share)."""
+    for mode in ("flux", "flux-schnell"):
+        _ok(client.post("/v1/txt2img", json={"prompt": "a fox", "mode": mode, "steps": 1, "width": SIZE,
+                                             "height": SIZE}))
+    deadline, shared = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:  # the replicas report their mapped files with their next heartbeat
+        nodes = _ok(client.get("/v1/registry"))["nodes"]
+        entries = [c for n in nodes for c in n.get("components", [])]
+        shared = {Path(c["path"]).name: c for c in entries if {"flux", "flux-schnell"} <= set(c["modes"])}
+        if {"tiny-t5xxl.safetensors", "tiny-flux-clip-l.safetensors"} <= shared.keys():
+            break
+        time.sleep(0.5)
+    assert {"tiny-t5xxl.safetensors", "tiny-flux-clip-l.safetensors"} <= shared.keys(), nodes
+    names = [Path(c["path"]).name for c in entries]
+    assert names.count("tiny-t5xxl.safetensors") == 1 and names.count("tiny-flux-clip-l.safetensors") == 1
+    t5 = shared["tiny-t5xxl.safetensors"]
+    assert t5["kind"] == "t5xxl" and t5["host_bytes"] > 0 and len(t5["replicas"]) >= 2

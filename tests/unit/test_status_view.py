@@ -24,3 +24,15 @@ def test_status_shows_each_line_of_a_device() -> None:
     for expected in (DEVICE, "context", "cache", "unaccounted", "driver used", "0.50 GiB", "3.00 GiB", "7.50 GiB",
                      "sdxl 0.5 GPU (shares with sd15, sdxl)"):
         assert expected in out, (expected, out)
+
+
+def test_status_shows_the_component_files_a_node_holds_once_and_who_shares_them() -> None:
+    registry = {"devices": [], "placement": [], "nodes": [{
+        "node": "node-1", "ram_budget_bytes": 8 * GiB, "ram_used_bytes": 3 * GiB,
+        "models": [{"mode": "flux"}, {"mode": "flux-schnell"}],
+        "components": [{"identity": "1:2:3:4:", "path": "/models/components/t5xxl_fp16.safetensors",
+                        "kind": "t5xxl", "host_bytes": 2 * GiB, "modes": ["flux", "flux-schnell"],
+                        "replicas": ["flux-1", "flux-schnell-1"], "ram_tier_modes": ["flux", "flux-schnell"]}]}]}
+    console = Console(width=220, record=True)
+    console.print(render({"default_mode": "flux", "modes": []}, registry, {"status": "ready"}, "http://x"))
+    assert "t5xxl_fp16.safetensors 2.00 GiB: flux, flux-schnell" in console.export_text()

@@ -165,6 +165,12 @@ class FakeRunner:
     def parameter_bytes(self) -> int:
         return 0 if self.tier is Tier.DISK else PARAM_BYTES
 
+    def host_components(self) -> list:
+        return []
+
+    def own_host_bytes(self) -> int:
+        return self.parameter_bytes()
+
     def run_exclusive(self, fn: Callable[[], T]) -> T:
         assert self.loaded, "the worker ran a job while the model was not loaded"
         return fn()

@@ -58,6 +58,7 @@ from serve_app.model.generation.self_check import self_check as run_self_check
 from serve_app.model.generation.variation_noise import variation_latents
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.inspection.model_hashes import hash_in_background, short_hash
+from serve_app.model.loading.mapped_weights import MappedComponent
 from serve_app.model.loading.noise_schedule import mode_schedule_overrides
 from serve_app.model.loading.pipeline_loader import (
     LoadedPipelines,
@@ -234,6 +235,15 @@ class ModelRunner:
             return 0
         return sum(t.numel() * t.element_size() for module in self._pipes.modules()
                    for t in (*module.parameters(), *module.buffers()))
+
+    def host_components(self) -> list[MappedComponent]:
+        """The parts of the held pipeline whose host-memory weights are a mapped component file (one copy per
+        node, however many modes use it): held in host memory in the RAM tier, or on a CPU device."""
+        return [] if self._pipes is None else self._pipes.mapped_components()
+
+    def own_host_bytes(self) -> int:
+        """What the held pipeline takes in host memory beyond its mapped component files."""
+        return max(0, self.parameter_bytes() - sum(c.host_bytes for c in self.host_components()))
 
     def adapter_bytes(self) -> int:
         """Bytes of the adapters held loaded (counted in the replica's footprint)."""

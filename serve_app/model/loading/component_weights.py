@@ -19,19 +19,6 @@ from serve_app.core.errors import UnsupportedCheckpointError
 _TEXT_PREFIXES = ("text_model.",)  # ComfyUI's clip_l/clip_g files keep transformers 4's `text_model.` level
 
 
-def read_tensors(path: str | Path, prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The tensors of `path` under `prefix` (stripped), floating ones cast to `dtype`."""
-    from safetensors import safe_open
-
-    out: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as fh:
-        for key in fh.keys():  # noqa: SIM118 (a safe_open handle is not a mapping)
-            if key.startswith(prefix):
-                tensor = fh.get_tensor(key)
-                out[key[len(prefix):]] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    return out
-
-
 def _assign(model: Any, state: dict[str, torch.Tensor], what: str, allowed_missing: tuple[str, ...] = ()) -> Any:
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not k.endswith(allowed_missing)]

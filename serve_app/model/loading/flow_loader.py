@@ -25,7 +25,8 @@ from serve_app.model.inspection.checkpoint_inspect import CheckpointFormat, Chec
 from serve_app.model.inspection.family_detection import COMPONENT_PREFIXES
 from serve_app.model.inspection.safetensors_header import read_safetensors_header
 from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CONFIG
-from serve_app.model.loading.component_weights import build_diffusers_model, build_text_encoder, read_tensors
+from serve_app.model.loading.component_weights import build_diffusers_model, build_text_encoder
+from serve_app.model.loading.mapped_weights import MappedPart, mapped_part, read_mapped
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +67,24 @@ def _part_config(component_dir: Path | None, root: Path | None, attr: str, what:
 
 
 def _build(kind: str, attr: str, family: Family, path: str, prefix: str, original: bool, cfg: Path,
-           dtype: torch.dtype) -> Any:
+           dtype: torch.dtype, mapped: list[MappedPart]) -> Any:
+    """The part `kind` from `path`'s tensors under `prefix`; its weights that stay in the file's mapping (see
+    `mapped_weights`) are added to `mapped`."""
     what = f"{Path(path).name} ({kind})"
-    state = read_tensors(path, prefix, dtype)
+    read = read_mapped(path, prefix, dtype, converted_layout=original and kind == "transformer")
     if kind in ENCODER_ATTRIBUTES[family]:
-        return build_text_encoder(cfg, state, dtype, what, projection=family is Family.SD3)
-    cls = "AutoencoderKL" if kind == "vae" else _TRANSFORMER_CLASS[family]
-    return build_diffusers_model(cls, cfg, state, original, dtype, what)
+        model = build_text_encoder(cfg, read.state, dtype, what, projection=family is Family.SD3)
+    else:
+        cls = "AutoencoderKL" if kind == "vae" else _TRANSFORMER_CLASS[family]
+        model = build_diffusers_model(cls, cfg, read.state, original, dtype, what)
+    part = mapped_part(read, model, path, kind)
+    if part is not None:
+        mapped.append(part)
+    return model
 
 
 def _component_file_part(info: CheckpointInfo, family: Family, kind: str, path: str, root: Path | None,
-                         dtype: torch.dtype) -> tuple[str, Any, Any]:
+                         dtype: torch.dtype, mapped: list[MappedPart]) -> tuple[str, Any, Any]:
     """(pipeline attribute, model, its tokenizer or None) of one component file."""
     from serve_app.model.components.component_files import inspect_component
 
@@ -84,7 +92,7 @@ def _component_file_part(info: CheckpointInfo, family: Family, kind: str, path: 
     attr = ENCODER_ATTRIBUTES[family].get(kind, kind)
     own = _embedded_dir(path)
     cfg = _part_config(own / "component" if own else None, root, attr, Path(path).name)
-    model = _build(kind, attr, family, path, component.prefix, component.layout == "original", cfg, dtype)
+    model = _build(kind, attr, family, path, component.prefix, component.layout == "original", cfg, dtype, mapped)
     tokenizer = None
     if attr in _TOKENIZER and own is not None and (own / "tokenizer").is_dir():
         tokenizer = _load_tokenizer(own / "tokenizer")
@@ -99,7 +107,7 @@ def _load_tokenizer(folder: Path) -> Any:
 
 
 def _single_file_parts(info: CheckpointInfo, family: Family, root: Path, have: dict[str, Any],
-                       dtype: torch.dtype) -> dict[str, Any]:
+                       dtype: torch.dtype, mapped: list[MappedPart]) -> dict[str, Any]:
     """The parts of a single file its component files do not replace, from the file's own tensors."""
     tensors, _ = read_safetensors_header(Path(info.path))
     parts: dict[str, Any] = {}
@@ -107,7 +115,7 @@ def _single_file_parts(info: CheckpointInfo, family: Family, root: Path, have: d
         prefix = next((p for p in ("model.diffusion_model.", "diffusion_model.", "")
                        if any(k.startswith(p) for k in tensors)), "")
         parts["transformer"] = _build("transformer", "transformer", family, info.path, prefix,
-                                      info.layout == "original", root / "transformer", dtype)
+                                      info.layout == "original", root / "transformer", dtype, mapped)
     for kind, attr in [("vae", "vae"), *ENCODER_ATTRIBUTES[family].items()]:
         if attr in have:
             continue
@@ -119,16 +127,19 @@ def _single_file_parts(info: CheckpointInfo, family: Family, root: Path, have: d
         if kind != "vae" and any(k.startswith(prefix + _TRANSFORMERS_SUFFIX) for k in tensors):
             prefix += _TRANSFORMERS_SUFFIX
         original = kind == "vae" and any(k.startswith(prefix + "encoder.down.") for k in tensors)
-        parts[attr] = _build(kind, attr, family, info.path, prefix, original, root / attr, dtype)
+        parts[attr] = _build(kind, attr, family, info.path, prefix, original, root / attr, dtype, mapped)
     return parts
 
 
-def load_flow_pipeline(load_cls: Any, info: CheckpointInfo, family: Family, dtype: torch.dtype) -> Any:
-    """`load_cls` (a FLUX or SD3 pipeline class) with every part loaded in `dtype` on the CPU."""
+def load_flow_pipeline(load_cls: Any, info: CheckpointInfo, family: Family, dtype: torch.dtype,
+                       mapped: list[MappedPart] | None = None) -> Any:
+    """`load_cls` (a FLUX or SD3 pipeline class) with every part loaded in `dtype` on the CPU; the parts whose
+    weights stay mapped from their files are added to `mapped`."""
+    mapped = [] if mapped is None else mapped
     root = _config_root(info)
     parts: dict[str, Any] = {}
     for kind, path in info.component_files.items():
-        attr, model, tokenizer = _component_file_part(info, family, kind, path, root, dtype)
+        attr, model, tokenizer = _component_file_part(info, family, kind, path, root, dtype, mapped)
         parts[attr] = model
         if tokenizer is not None:
             parts[_TOKENIZER[attr]] = tokenizer
@@ -136,7 +147,7 @@ def load_flow_pipeline(load_cls: Any, info: CheckpointInfo, family: Family, dtyp
         return load_cls.from_pretrained(info.path, dtype=dtype, local_files_only=True, **parts)
     if root is None:
         raise UnsupportedCheckpointError(f"{info.path}: {info.serving_refusal or 'no configs'}", param="checkpoint")
-    parts.update(_single_file_parts(info, family, root, parts, dtype))
+    parts.update(_single_file_parts(info, family, root, parts, dtype, mapped))
     for attr, tokenizer in _TOKENIZER.items():
         if attr in parts and tokenizer not in parts:
             parts[tokenizer] = _load_tokenizer(root / tokenizer)

@@ -25,6 +25,7 @@ from serve_app.model.inspection.safetensors_header import read_safetensors_heade
 from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CONFIG
 from serve_app.model.loading.converted_cache import CacheKey, ConvertedCache, resolve_cache_dir
 from serve_app.model.loading.family_configs import config_dir
+from serve_app.model.loading.mapped_weights import MappedComponent, MappedPart, restore_mapping
 from serve_app.model.loading.noise_schedule import apply_noise_schedule, noise_schedule_overrides
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class LoadedPipelines:
     txt2img: Any | None = None
     inpaint: Any | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    mapped: list[MappedPart] = field(default_factory=list)  # parts whose host weights are a file's mapping
 
     @property
     def base(self) -> Any:
@@ -78,14 +80,26 @@ class LoadedPipelines:
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
 
+    def mapped_components(self) -> list[MappedComponent]:
+        """The parts whose host-memory weights are a mapped file, shared with every process mapping it."""
+        return [part.component for part in self.mapped]
+
     def move_to(self, device: torch.device) -> None:
         """Move every module (shared by both pipelines) to `device`; to the CPU from CUDA, into pinned memory,
-        so the copy back is a fast DMA."""
+        so the copy back is a fast DMA, except the weights of mapped parts: they point back at their file's
+        mapping (no copy; the page cache holds one copy for every replica of the node)."""
+        to_host = device.type == "cpu"
+        mapped = {id(part.module): part for part in self.mapped}
         for module in self.modules():
+            part = mapped.get(id(module))
+            if to_host and part is not None:
+                restore_mapping(part)
             module.to(device)
-            if device.type == "cpu" and torch.cuda.is_available():
+            if to_host and torch.cuda.is_available():
+                kept = {id(p) for p, _ in part.tensors} if part is not None else set()
                 for tensor in (*module.parameters(), *module.buffers()):
-                    tensor.data = tensor.data.pin_memory()
+                    if id(tensor) not in kept:
+                        tensor.data = tensor.data.pin_memory()
         self.device = device
 
 
@@ -211,10 +225,11 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if family in (Family.SD1, Family.SD2):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    mapped: list[MappedPart] = []
     if family.flow:
         from serve_app.model.loading.flow_loader import load_flow_pipeline
 
-        pipe = load_flow_pipeline(load_cls, info, family, dtype)
+        pipe = load_flow_pipeline(load_cls, info, family, dtype, mapped)
     elif info.format is CheckpointFormat.SINGLE_FILE:
         pipe = _load_single_file(load_cls, info, family, kwargs, cache_dir)
     else:
@@ -225,7 +240,7 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
         apply_noise_schedule(pipe, noise_schedule_overrides(info.prediction_type, info.zero_terminal_snr))
     if info.inpainting:
         pipe.set_progress_bar_config(disable=True)
-        return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=None, inpaint=pipe)
+        return LoadedPipelines(family=family, device=device, dtype=dtype, img2img=None, inpaint=pipe, mapped=mapped)
 
     def derived(cls: Any) -> Any:  # shares every module; from_pipe casts them to its `dtype` (fp32 if none)
         derived_pipe = pipe if isinstance(pipe, cls) else cls.from_pipe(pipe, dtype=dtype)
@@ -233,7 +248,7 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
         return derived_pipe
 
     return LoadedPipelines(family=family, device=device, dtype=dtype, txt2img=derived(main_cls) if main_cls else None,
-                           img2img=derived(img2img_cls), inpaint=derived(inpaint_cls))
+                           img2img=derived(img2img_cls), inpaint=derived(inpaint_cls), mapped=mapped)
 
 
 def free_device_memory(device: torch.device) -> None:
