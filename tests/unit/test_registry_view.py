@@ -21,3 +21,18 @@ def test_ids_are_replaced_and_numbers_kept() -> None:
     assert shown.devices[0].device == "node-1:gpu0" and shown.nodes[0].node == "node-1"
     assert sorted(shown.replicas) == ["sd1-1", "sd1-2"]
     assert shown.devices[0].free_bytes == 6 and shown.replicas["sd1-1"].inflight == 2
+
+
+def test_shared_component_files_show_their_file_name_only() -> None:
+    from deployments.protocol import SharedComponentStats
+
+    path = "/srv/private/models/components/t5xxl_fp16.safetensors"
+    identity = "2049:1234567:9787842560:1733500000:"
+    shared = SharedComponentStats(identity=identity, path=path, kind="t5xxl", host_bytes=10,
+                                  modes=["flux", "flux-schnell"], replicas=["x1y2z3"], ram_tier_modes=["flux"])
+    stats = RegistryStats(devices=[], nodes=[NodeStats(node=NODE, ram_budget_bytes=4, ram_used_bytes=10, models=[],
+                                                       components=[shared])], draining=False, replicas={})
+    shown = redacted(stats).nodes[0].components[0]
+    assert shown.path == "t5xxl_fp16.safetensors" and shown.identity == "component-1"
+    assert shown.modes == ["flux", "flux-schnell"] and shown.host_bytes == 10
+    assert "/srv/private" not in redacted(stats).model_dump_json()
