@@ -10,8 +10,9 @@ and pushes to its controller every `metrics_interval_s` (0.25 s here: the mode's
 push interval of its replicas and of the handles to it; Serve's default is 10 s), averaging over
 `look_back_period_s` (1 s here, default 30 s). The controller decides every 0.1 s and applies
 `upscale_delay_s` / `downscale_delay_s` to what `BacklogPolicy` asks for. So the second replica is decided
-within `upscale_delay_s` plus one decision interval: that path, ~1 s at these settings, given 2 s here for a
-busy 2-CPU machine whose generations compete with the event loops that carry the signal.
+within `upscale_delay_s` plus one decision interval: that path, ~1 s at these settings by the intervals, measured
+at 1.6 s to the controller's decision and 2.0 s to `serve.status()` showing the replica on this 2-CPU machine
+(its generations compete with the event loops that carry the signal); the test allows 3 s.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ DOWNSCALE_DELAY_S = 4.0
 HEARTBEAT_S = 0.25
 METRICS_INTERVAL_S = 0.25
 LOOK_BACK_S = 1.0
-# router poll (0.2 s) + heartbeat (0.25 s) + record (0.2 s) + push (0.25 s) + control loop (0.1 s), with room for
-# a busy 2-CPU machine: the time the backlog takes to reach Serve's decision after the requests arrive
-DECISION_INTERVAL_S = 2.0
+# router poll (0.2 s) + heartbeat (0.25 s) + record (0.2 s) + push (0.25 s) + control loop (0.1 s) + reading
+# serve.status(), with room for a busy 2-CPU machine: from the requests' arrival to the replica Serve shows
+DECISION_INTERVAL_S = 3.0
 BACKLOG = 16
 FAST_METRICS = {"metrics_interval_s": METRICS_INTERVAL_S, "look_back_period_s": LOOK_BACK_S}
 
