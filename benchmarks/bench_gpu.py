@@ -19,7 +19,10 @@
      before any load), and each model's measured_bytes vs its parameter bytes (target: within 5%);
    - served it/s (steps / `timings.inference_s`) over --requests requests at the mode's size;
    - RAM-tier switches: alternating the modes evicts the other one each time; the switch back answers
-     `load_tier` ram. Its load_s includes evicting the other model to host memory.
+     `load_tier` ram. Its load_s includes evicting the other model to host memory;
+   - the ledger vs the driver after that mixed workload: each device's lines from `/v1/registry` (models, the
+     replicas' CUDA contexts and allocator caches, unaccounted = other processes, reserved) and their sum against
+     the driver's used (`reported_used_bytes`).
 3. Then in this process, with Serve stopped: pinned host<->device bandwidth (a ~1 GiB tensor), and per model
    a `ModelRunner` load (parameter bytes, allocated bytes), it/s of `ModelRunner.generate` at the same request
    as served, the peak allocated memory of the largest request vs `estimate_vram`, and a RAM-tier restore
@@ -166,7 +169,9 @@ class Served:
 
 
 def serve_phase(args: argparse.Namespace, work: Path, paths: dict[str, Path], estimates: dict[str, int],
-                param_bytes: dict[str, int], cuda: bool) -> dict[str, Served]:
+                param_bytes: dict[str, int], cuda: bool) -> tuple[dict[str, Served], list[dict[str, Any]]]:
+    """The served measurements per mode, and the registry's devices after the mixed workload (the ledger's lines
+    beside the driver's used)."""
     import httpx
     import ray
     import yaml
@@ -183,6 +188,7 @@ def serve_phase(args: argparse.Namespace, work: Path, paths: dict[str, Path], es
     print(f"[serve] registry budget {settings['budget_bytes'] / GiB:.2f} GiB (estimates: "
           f"{', '.join(f'{k} {v / GiB:.2f} GiB' for k, v in estimates.items())}): one model fits, not both")
     results = {m.name: Served() for m in MODES}
+    ledger: list[dict[str, Any]] = []
     ray.init(address="local", num_gpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
@@ -228,7 +234,9 @@ def serve_phase(args: argparse.Namespace, work: Path, paths: dict[str, Path], es
                         res.switch_client_s.append(out["client_s"])
                     else:
                         res.other_tiers.append(str(t["load_tier"]))
-            nodes = registry(client).get("nodes", [])
+            time.sleep(settle_s)  # the replicas' next heartbeats carry their contexts and caches after the mix
+            after_mix = registry(client)
+            ledger, nodes = after_mix["devices"], after_mix.get("nodes", [])
             for mode in MODES:
                 res = results[mode.name]
                 print(f"[serve] {mode.name}: RAM-tier switches {[round(v, 3) for v in res.ram_loads]} s")
@@ -249,7 +257,7 @@ def serve_phase(args: argparse.Namespace, work: Path, paths: dict[str, Path], es
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
-    return results
+    return results, ledger
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -343,13 +351,13 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 print(f"[convert] {mode.name}: conversion cache ready in {time.perf_counter() - started:.1f}s")
 
-        served = serve_phase(args, work, paths, estimates, param_bytes, cuda)
+        served, ledger = serve_phase(args, work, paths, estimates, param_bytes, cuda)
         if cuda:
             props = torch.cuda.get_device_properties(0)
             print(f"device: {props.name}, {props.total_memory / GiB:.1f} GiB")
         bandwidth = copy_bandwidth(args.h2d_mib * MiB) if cuda else None
         local = in_process_phase(args, paths, cuda)
-        report(args, served, local, bandwidth)
+        report(args, served, local, bandwidth, ledger)
     finally:
         if temporary and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpu_checkpoints import MODES, GiB
 
@@ -46,8 +46,32 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def per_replica(device: dict[str, Any], key: str) -> str:
+    return ", ".join(f"{line['mode']} {fmt_gib(line[key])}" for line in device.get("lines", [])) or "none"
+
+
+def ledger_table(devices: list[dict[str, Any]]) -> None:
+    """The registry's lines of each device after the mixed workload, their sum against the driver's used."""
+    for dev in devices:
+        driver = dev.get("reported_used_bytes")
+        print(f"\n-- ledger vs driver after the mixed workload: {dev['device']}"
+              f"{' (simulated: no driver view)' if dev.get('simulated') else ''}")
+        models = ", ".join(f"{m['mode']} {fmt_gib(m['footprint_bytes'])}" for m in dev["models"]) or "none"
+        rows = [("models (used)", dev["used_bytes"], models),
+                ("CUDA contexts", dev["context_bytes"], f"per replica: {per_replica(dev, 'context_bytes')}"),
+                ("allocator caches", dev["cache_bytes"], f"per replica: {per_replica(dev, 'cache_bytes')}"),
+                ("unaccounted", dev["unaccounted_bytes"], "other processes on the card"),
+                ("= accounted", dev["accounted_bytes"], "the ledger's view"),
+                ("driver used", driver, f"accounted vs driver: {pct(dev['accounted_bytes'], driver)}"),
+                ("reserved", dev["reserved_bytes"], "loads under way, large requests' extra working memory"),
+                ("free", dev["free_bytes"], f"of a budget of {fmt_gib(dev['budget_bytes'])} (total "
+                 f"{fmt_gib(dev['total_bytes'])}): budget - max(accounted + reserved, driver used)")]
+        for name, value, note in rows:
+            print(f"  {name:<17} {fmt_gib(value):>12}  {note}")
+
+
 def report(args: argparse.Namespace, served: dict[str, Served], local: dict[str, InProcess],
-           bandwidth: tuple[float, float, float] | None) -> None:
+           bandwidth: tuple[float, float, float] | None, ledger: list[dict[str, Any]]) -> None:
     h2d, d2h = (bandwidth[0], bandwidth[2]) if bandwidth else (None, None)
     print("\n== summary ==")
     if bandwidth:
@@ -106,3 +130,4 @@ def report(args: argparse.Namespace, served: dict[str, Served], local: dict[str,
         print(f"  it/s at {size}x{size}, {args.steps} steps: served {served_its or 0:.2f}, in-process "
               f"{local_its or 0:.2f}: {ratio(served_its, local_its)}; served request wall time median "
               f"{fmt_s(median(s.request_s))}")
+    ledger_table(ledger)
