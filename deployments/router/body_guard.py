@@ -7,7 +7,8 @@ declares a body (`Content-Length` > 0 or chunked):
 
 - a route that takes no body refuses it at once (413), unread;
 - a route that needs an API key checks the key first (401/403), so an anonymous client cannot hold a slot;
-- one client may have at most `max_unread_bodies_per_client` bodies arriving at once (503 + Retry-After);
+- one client may have at most `max_unread_bodies_per_client` bodies arriving at once (503 + Retry-After); a
+  body that comes whole at once never counts, so a burst of quick requests is not refused;
 - the body must arrive within `body_timeout_s` in all, with no gap longer than `body_idle_timeout_s`
   between chunks (408), and be at most `max_body_bytes` (413: at once when `Content-Length` says so, else at
   the chunk that crosses it; what was read stays at most the cap plus that chunk).
@@ -84,6 +85,9 @@ def guarded_receive(receive: Receive, headers: Headers, limits: HttpLimitsConfig
         return message
 
     return receive_guarded
+
+
+FIRST_CHUNK_GRACE_S = 0.25  # a body whose first chunk takes longer counts for its client while it arrives
 
 
 class BodyGate:
@@ -170,13 +174,18 @@ class BodyGuardMiddleware:
         policy = self.policy()
         address = policy.client_address(client[0] if client else None, headers.get("x-forwarded-for"))
         caller = policy.caller(headers.get("authorization"), address)
-        self.gate.enter(caller.id)
-        left = False
+        counted = False
 
-        def leave() -> None:  # once the body is in (or failed), it no longer counts for the client
-            nonlocal left
-            if not left:
-                left = True
+        def count() -> None:  # the body is still arriving: it counts for its client until it is in
+            nonlocal counted
+            if not counted:
+                self.gate.enter(caller.id)
+                counted = True
+
+        def uncount() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
                 self.gate.leave(caller.id)
 
         inner = guarded_receive(receive, headers, self.limits)
@@ -185,13 +194,31 @@ class BodyGuardMiddleware:
             try:
                 message = await inner()
             except BaseException:
-                leave()
+                uncount()
                 raise
             if message["type"] != "http.request" or not message.get("more_body", False):
-                leave()
+                uncount()
             return message
 
+        # The first chunk is taken here, before the app runs. A body that comes whole at once (every body of a
+        # quick client, however many it sends together) never counts; one that does not start within the grace
+        # or comes in more chunks counts while it arrives, so one client cannot hold many slots with slow ones.
+        first_chunk = asyncio.ensure_future(inner())
         try:
-            await self.app(scope, receive_body, send)
+            if not (await asyncio.wait({first_chunk}, timeout=FIRST_CHUNK_GRACE_S))[0]:
+                count()
+            first: Message | None = await first_chunk
+            if first is not None and first["type"] == "http.request" and first.get("more_body", False):
+                count()
+
+            async def receive_app() -> Message:
+                nonlocal first
+                if first is not None:
+                    message, first = first, None
+                    return message
+                return await receive_body()
+
+            await self.app(scope, receive_app, send)
         finally:
-            leave()
+            first_chunk.cancel()
+            uncount()

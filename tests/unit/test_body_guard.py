@@ -166,7 +166,7 @@ def test_the_middleware_bounds_one_clients_arriving_bodies() -> None:
 
         headers = {"content-length": "2"}
         slow = [asyncio.create_task(guard(_scope("/v1/txt2img", headers), slow_receive, _no_send)) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.4)  # past the first-chunk grace: both count
         with pytest.raises(QueueFullError, match="bodies arriving"):
             await guard(_scope("/v1/txt2img", headers), slow_receive, _no_send)
         other, _ = _client([b"{}"])  # another client is not held up
@@ -178,6 +178,26 @@ def test_the_middleware_bounds_one_clients_arriving_bodies() -> None:
         assert taken == [b"{}"]
 
     asyncio.run(scenario())
+
+
+def test_a_burst_of_whole_bodies_from_one_client_is_never_refused() -> None:
+    """16 requests at once from one client whose bodies arrive whole: none counts past its first chunk, so none
+    is refused, however slowly the app behind gets round to them."""
+    async def slow_app(scope, receive, send) -> None:
+        await asyncio.sleep(0.05)  # routing, dependencies: the app reads the body later
+        await _read_all(receive)
+
+    limits = HttpLimitsConfig(**{**LIMITS.model_dump(), "max_unread_bodies_per_client": 2})
+    guard = BodyGuardMiddleware(slow_app, limits, routes=lambda: route_table(_routes_app.openapi()),
+                                policy=lambda: AccessPolicy(None))
+
+    async def scenario() -> list[bytes]:
+        clients = [_client([b'{"prompt": "x"}']) for _ in range(16)]
+        await asyncio.gather(*(guard(_scope("/v1/txt2img", {"content-length": "15"}), receive, _no_send)
+                               for receive, _ in clients))
+        return [b"".join(taken) for _, taken in clients]
+
+    assert asyncio.run(scenario()) == [b'{"prompt": "x"}'] * 16
 
 
 def test_a_slow_body_through_the_guard_is_a_408() -> None:
