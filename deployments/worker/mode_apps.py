@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from serve_app.config.app_args import REGISTRY_DEPLOYMENT
 from serve_app.config.modes_file import ModeConfig
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ def added_apps_of(app: str) -> list[str]:
     from ray import serve
 
     prefix = mode_app_name(app, "")
-    return [name for name in serve.status().applications if name.startswith(prefix)]
+    return [name for name, status in serve.status().applications.items()  # never a whole Dream Lab app
+            if name.startswith(prefix) and REGISTRY_DEPLOYMENT not in status.deployments]
 
 
 def mode_handle(mode: str, app: str, check_exists: bool = False) -> Any:
