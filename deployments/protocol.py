@@ -18,8 +18,9 @@ from serve_app.model.generation.job import GenerationRequest, GenerationResult, 
 from serve_app.model.model_state import ModelState, Tier
 
 __all__ = [
-    "DeviceLine", "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer", "HeartbeatReport",
-    "HostComponent", "InflightCounts", "LoadAnswer", "ModePlacement", "ModelState", "Offloaded", "OperatorState",
+    "AddedMode", "DeviceLine", "EntryState", "GenerationRequest", "GenerationResult", "HeartbeatAnswer",
+    "HeartbeatReport", "HostComponent", "InflightCounts", "LoadAnswer", "ModePlacement", "ModelState", "Offloaded",
+    "OperatorState",
     "ProcessMemory", "ProgressEvent", "Registration", "RegistryStats", "ReserveAnswer", "ReserveStatus",
     "RouterPollAnswer", "Tier", "UnloadAnswer",
 ]
@@ -135,6 +136,14 @@ class ReserveAnswer(Message):
 
 
 # -- router <-> registry ---------------------------------------------------------------------------------
+class AddedMode(Message):
+    """A mode a checkpoint refresh added at run time: one mode deployment in its own Serve application."""
+
+    name: str
+    checkpoint: str = Field(description="Its file or folder, relative to MODEL_ROOT (as discovery names it).")
+    app: str = Field(description="The Serve application that serves it (`<app>--<mode>`).")
+
+
 class OperatorState(Message):
     """What operators set at run time. The registry and every router hold a copy; each router poll sends
     its copy and gets the registry's back, and the higher `version` wins on both sides, so the state
@@ -142,6 +151,9 @@ class OperatorState(Message):
 
     default_mode: str | None = Field(None, description="Set by a switch (A1111 options); None: the configured one.")
     draining: bool = Field(False, description="`dreamlab shutdown` is draining the application.")
+    added_modes: list[AddedMode] = Field(default_factory=list, description="Modes refresh-checkpoints added.")
+    removed_modes: list[str] = Field(default_factory=list, description="Configured modes whose checkpoint left "
+                                     "MODEL_ROOT (refresh-checkpoints took them out of the catalogs).")
     version: int = Field(0, description="Grows with each change.")
 
 

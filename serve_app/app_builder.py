@@ -11,18 +11,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from deployments.worker.mode_apps import BACKLOG_POLICY, bind_mode
 from serve_app.config.app_args import (
     REGISTRY_DEPLOYMENT,
     ROUTER_DEPLOYMENT,
     TASKS_DEPLOYMENT,
     parse_app_args,
 )
-from serve_app.config.deployment_plan import gpu_fractions, mode_options
-from serve_app.config.modes_file import model_root_from_env, modes_from_environment
+from serve_app.config.deployment_plan import ModeLaunch, gpu_fractions, mode_options
+from serve_app.config.modes_file import discovers, model_root_from_env, modes_from_environment
 
 logger = logging.getLogger(__name__)
-# Modes that autoscale count the requests waiting in the routers' fair queues (see the README's autoscaling).
-BACKLOG_POLICY = {"policy_function": "deployments.worker.backlog_policy:BacklogPolicy"}
+__all__ = ["BACKLOG_POLICY", "build_app", "cluster_gpus"]
 
 
 def cluster_gpus() -> float:
@@ -39,7 +39,6 @@ def build_app(args: dict[str, Any] | None = None):
     from deployments.registry.vram_registry import VramRegistry
     from deployments.router.ingress import RouterIngress
     from deployments.tasks.store import TaskStore, state_root
-    from deployments.worker.deployment import ModeWorkerDeployment
 
     a = parse_app_args(args)
     root = Path(a.model_root).expanduser() if a.model_root else model_root_from_env()
@@ -53,18 +52,17 @@ def build_app(args: dict[str, Any] | None = None):
             write_demo_models(root)
         write_demo_adapters(root)  # cheap when present; a models folder from an older version lacks them
     modes, root = modes_from_environment(a.modes_file, root)
-    options = mode_options(modes.modes, cluster_gpus(), a.placement, BACKLOG_POLICY)
+    gpus = cluster_gpus()
+    options = mode_options(modes.modes, gpus, a.placement, BACKLOG_POLICY)
     registry_cfg = a.registry.model_dump()
     registry = serve.deployment(name=REGISTRY_DEPLOYMENT)(VramRegistry).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
         logging_config={"enable_access_log": False}).bind(  # heartbeats would flood the log
         registry_cfg, placement=gpu_fractions(options))
-    handles = {}
-    for mode in modes.modes:
-        handles[mode.name] = serve.deployment(name=mode.name)(ModeWorkerDeployment).options(
-            **options[mode.name]).bind(
-            mode.model_dump(mode="json", exclude_unset=True),  # unset defaults take the family's on the worker
-            str(root), registry, registry_cfg, modes.allow_absolute_paths)
+    handles = {mode.name: bind_mode(mode, options[mode.name], str(root), registry, registry_cfg,
+                                    modes.allow_absolute_paths) for mode in modes.modes}
+    launch = ModeLaunch(discover=discovers(a.modes_file), placement=a.placement, cluster_gpus=gpus,
+                        registry=a.registry, allow_absolute_paths=modes.allow_absolute_paths)
     tasks = serve.deployment(name=TASKS_DEPLOYMENT)(TaskStore).options(
         num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
         logging_config={"enable_access_log": False}).bind(a.tasks, handles, str(state_root(a.tasks, root)))
@@ -72,4 +70,4 @@ def build_app(args: dict[str, Any] | None = None):
         max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
         modes=modes, model_root=str(root), mode_handles=handles, registry=registry, access=a.access,
         fair_share=a.fair_share, task_store=tasks, tasks=a.tasks, http=a.http,
-        timeouts=a.timeouts)
+        timeouts=a.timeouts, launch=launch)

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from deployments.protocol import (
+    AddedMode,
     HeartbeatAnswer,
     HeartbeatReport,
     InflightCounts,
@@ -62,6 +63,11 @@ class RegistryClient:
 
     async def set_default_mode(self, mode: str) -> OperatorState:
         return await self._call("set_default_mode", mode)
+
+    async def change_modes(self, add: list[AddedMode], drop: list[str],
+                           removed: list[str]) -> tuple[OperatorState, list[str]]:
+        state, accepted = await self._call("change_modes", add, drop, removed)
+        return state, accepted
 
     async def stats(self) -> RegistryStats:
         return await self._call("stats")

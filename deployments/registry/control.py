@@ -1,5 +1,5 @@
-"""The registry's control state: the operator state (drain flag, default mode; versioned) and the routers'
-polls (each router's in-flight requests, for a drain to wait on).
+"""The registry's control state: the operator state (drain flag, default mode, the modes a checkpoint refresh
+added or took out; versioned) and the routers' polls (each router's in-flight requests, for a drain to wait on).
 
 A router keeps a copy of the operator state and gives it back in its polls: after a registry restart the
 newest copy wins, so a drain or a default-mode switch survives the restart. Like the ledger, a plain object
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from deployments.protocol import OperatorState
+from deployments.protocol import AddedMode, OperatorState
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ class ControlState:
 
     def set_default_mode(self, mode: str) -> OperatorState:
         return self._change(default_mode=mode)
+
+    def change_modes(self, add: list[AddedMode], drop: list[str],
+                     removed: list[str]) -> tuple[OperatorState, list[str]]:
+        """A checkpoint refresh: `add` modes (one already added under its name stays as it is), `drop` added
+        modes, and `removed` becomes the configured modes taken out. Answers the state and the names of
+        `add` really added: only their refresh deploys them, so two refreshes at once deploy each mode once."""
+        kept = {m.name: m for m in self.operator.added_modes if m.name not in drop}
+        accepted = [m.name for m in add if m.name not in kept]
+        kept.update({m.name: m for m in add if m.name in accepted})
+        added, removed = list(kept.values()), sorted(set(removed))
+        if added == self.operator.added_modes and removed == self.operator.removed_modes:
+            return self.operator, []
+        logger.warning("modes changed by a refresh: added %s, dropped %s, configured ones removed %s", accepted,
+                       [n for n in drop if any(m.name == n for m in self.operator.added_modes)], removed)
+        return self._change(added_modes=added, removed_modes=removed), accepted
 
     def router_poll(self, router: str, inflight: int, state: OperatorState | None = None,
                     waiting: dict[str, int] | None = None) -> OperatorState:

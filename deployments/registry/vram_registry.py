@@ -26,6 +26,7 @@ from typing import Any
 
 from deployments.metrics import RegistryExport
 from deployments.protocol import (
+    AddedMode,
     HeartbeatAnswer,
     HeartbeatReport,
     InflightCounts,
@@ -141,6 +142,11 @@ class VramRegistry:
     async def set_default_mode(self, mode: str) -> OperatorState:
         """Switch the application's default mode."""
         return self.control.set_default_mode(mode)
+
+    async def change_modes(self, add: list[AddedMode], drop: list[str],
+                           removed: list[str]) -> tuple[OperatorState, list[str]]:
+        """A checkpoint refresh's changes to the served modes (see `ControlState.change_modes`)."""
+        return self.control.change_modes(add, drop, removed)
 
     async def router_poll(self, router: str, inflight: int, state: OperatorState | None = None,
                           waiting: dict[str, int] | None = None) -> RouterPollAnswer:

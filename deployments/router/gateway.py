@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -74,12 +74,10 @@ class Gateway:
         self.task_store = task_store
         self.tasks_config = tasks or TasksConfig()
         self.access = access or AccessPolicy()
-        share = fair_share or FairShareConfig()
+        self.fair_share = fair_share or FairShareConfig()
         self.queues: dict[str, FairQueue] = {}
-        for name, mode in self.catalog.modes.items():
-            options = mode.config.deployment_options()
-            self.queues[name] = FairQueue(name, self._capacity(name, options["max_ongoing_requests"]),
-                                          options["max_queued_requests"], share.max_waiting_per_client)
+        for mode in self.catalog.modes.values():
+            self.add_queue(mode)
         self.router_id = uuid.uuid4().hex[:12]
         self.inflight = 0
         self.operator = OperatorState()  # this router's copy of what operators set (see OperatorState)
@@ -88,6 +86,8 @@ class Gateway:
         self._poller: asyncio.Task | None = None
         self._stats: tuple[float, RegistryStats] | None = None  # (when, what) of the last registry stats
         self._stats_call: asyncio.Future[RegistryStats] | None = None
+        # called with each operator state the registry answers (the modes a checkpoint refresh changed)
+        self.on_state: Callable[[OperatorState], Awaitable[None]] | None = None
 
     @property
     def draining(self) -> bool:
@@ -134,6 +134,8 @@ class Gateway:
         # a poll sent before this router's own switch may answer after it: only newer versions count
         if ans.state.version > self.operator.version:
             self.operator = ans.state
+        if self.on_state is not None:
+            await self.on_state(self.operator)
         self.replicas = ans.replicas
         for name, queue in self.queues.items():
             queue.wake()  # a mode that scaled up takes more at once
@@ -178,6 +180,13 @@ class Gateway:
             self.release()
 
     # -- modes and workers -----------------------------------------------------------------------------
+    def add_queue(self, mode: ServedMode) -> None:
+        """The fair queue of `mode` (a mode a checkpoint refresh added gets one too; one that went keeps its)."""
+        if mode.name not in self.queues:
+            options = mode.config.deployment_options()
+            self.queues[mode.name] = FairQueue(mode.name, self._capacity(mode.name, options["max_ongoing_requests"]),
+                                               options["max_queued_requests"], self.fair_share.max_waiting_per_client)
+
     def _capacity(self, mode: str, per_replica: int) -> Callable[[], int]:
         """How many requests of `mode` go on to its replicas at once (a scaled-to-zero mode takes one
         replica's worth, which wakes it)."""

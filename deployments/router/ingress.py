@@ -24,6 +24,7 @@ from deployments.router.gateway import Gateway
 from deployments.router.http_app import install_error_path
 from deployments.router.image_urls import ImageUrls
 from deployments.router.mode_client import ModeClient
+from deployments.router.mode_refresh import ModeRefresher
 from deployments.tasks.client import TaskStoreClient
 from serve_app.api.access_policy import AccessPolicy
 from serve_app.api.adapter_catalog import AdapterCatalog
@@ -35,16 +36,20 @@ from serve_app.config.app_args import (
     TasksConfig,
     WorkerTimeoutsConfig,
 )
+from serve_app.config.deployment_plan import ModeLaunch
 from serve_app.config.modes_file import ModesFile
 
 DESCRIPTION = ("Stable Diffusion from many checkpoints at once: native API, OpenAI images API, AUTOMATIC1111 "
                "sdapi. Errors are JSON in each API's own shape; every response carries `X-Request-Id`.")
 
 
-def create_http_app(gateway: Gateway, http: HttpLimitsConfig | None = None) -> FastAPI:
-    """The Router's FastAPI app over `gateway`; `http` bounds request bodies."""
+def create_http_app(gateway: Gateway, http: HttpLimitsConfig | None = None,
+                    refresher: ModeRefresher | None = None) -> FastAPI:
+    """The Router's FastAPI app over `gateway`; `http` bounds request bodies; `refresher` rescans MODEL_ROOT
+    (None: refresh-checkpoints changes nothing)."""
     app = FastAPI(title="Dream Lab", version=serve_app.__version__, description=DESCRIPTION)
     app.state.gateway = gateway
+    app.state.mode_refresher = refresher
     app.state.image_store = ImageUrls(gateway.task_store)  # OpenAI `response_format: url`
     app.state.a1111_progress = {}  # the A1111 generations running here, for /sdapi/v1/progress
     install_error_path(app, http, policy=lambda: gateway.access)
@@ -74,11 +79,16 @@ class RouterIngress:
     def __init__(self, *, modes: ModesFile, model_root: str, mode_handles: dict[str, Any], registry: Any = None,
                  access: AccessConfig | None = None, fair_share: FairShareConfig | None = None,
                  task_store: Any = None, tasks: TasksConfig | None = None,
-                 http: HttpLimitsConfig | None = None, timeouts: WorkerTimeoutsConfig | None = None) -> None:
+                 http: HttpLimitsConfig | None = None, timeouts: WorkerTimeoutsConfig | None = None,
+                 launch: ModeLaunch | None = None) -> None:
+        """`launch`: how to deploy the modes a checkpoint refresh finds (None: refresh changes nothing)."""
         self.http = http
         self.gateway = build_gateway(modes=modes, model_root=Path(model_root), mode_handles=mode_handles,
                                      registry=registry, access=access, fair_share=fair_share,
                                      task_store=task_store, tasks=tasks, timeouts=timeouts)
+        self.refresher = ModeRefresher(self.gateway, model_root=Path(model_root), launch=launch,
+                                       app=serve.get_replica_context().app_name, registry=registry)
+        self.gateway.on_state = self.refresher.sync  # added modes reach this router with the registry's state
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self.gateway, self.http)
+        return create_http_app(self.gateway, self.http, self.refresher)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -64,9 +64,21 @@ def worker_errors(mode: str, request_id: str = "-") -> Iterator[None]:
 class ModeClient:
     """Typed calls to the mode workers; `handles` maps a mode's name to its deployment's handle."""
 
-    def __init__(self, handles: Mapping[str, Any], timeouts: WorkerTimeoutsConfig | None = None) -> None:
+    def __init__(self, handles: Mapping[str, Any], timeouts: WorkerTimeoutsConfig | None = None,
+                 find: Callable[[str], Any] | None = None) -> None:
+        """`find`: the handle of a mode not in `handles` (one a checkpoint refresh added), or an error."""
         self.handles = dict(handles)
         self.timeouts = timeouts or WorkerTimeoutsConfig()
+        self.find = find
+
+    async def knows(self, mode: str) -> bool:
+        """Whether `mode` has a handle here; one missing is looked up with `find` (off the event loop)."""
+        if mode not in self.handles and self.find is not None:
+            try:
+                self.handles[mode] = await asyncio.to_thread(self.find, mode)
+            except Exception as exc:
+                logger.info("no deployment of mode %s: %s", mode, exc)
+        return mode in self.handles
 
     def _handle(self, mode: str, request: GenerationRequest | None = None) -> Any:
         handle = self.handles[mode]

@@ -30,12 +30,19 @@ from deployments.router.mode_client import ModeClient
 from deployments.tasks.results import ResultStore
 from deployments.tasks.submission import TaskSubmission
 from deployments.tasks.task_db import TaskDatabase, TaskRow, database_url
+from deployments.worker.mode_apps import mode_app_name, mode_handle
 from serve_app.api.http_errors import error_facts
 from serve_app.api.schemas.native import generation_response
 from serve_app.api.schemas.tasks import TaskError, TaskOut, TaskProgress, TaskStatus, WebhookState
 from serve_app.api.webhooks import deliver
 from serve_app.config.app_args import TasksConfig
-from serve_app.core.errors import DreamLabError, QueueFullError, QuotaExceededError, WorkerTimeoutError
+from serve_app.core.errors import (
+    DreamLabError,
+    QueueFullError,
+    QuotaExceededError,
+    UnknownModeError,
+    WorkerTimeoutError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +76,9 @@ def _app_name() -> str:
 class TaskStore:
     def __init__(self, config: TasksConfig, mode_handles: dict[str, Any] | ModeClient, state_dir: str) -> None:
         self.config = config
-        self.workers = mode_handles if isinstance(mode_handles, ModeClient) else ModeClient(mode_handles)
         app = _app_name()
+        self.workers = mode_handles if isinstance(mode_handles, ModeClient) else ModeClient(
+            mode_handles, find=lambda mode: mode_handle(mode, mode_app_name(app, mode), check_exists=True))
         root = Path(state_dir)
         self.results = ResultStore(root / "results" / app)
         self.db = TaskDatabase(database_url(root, config.database_url or os.environ.get(DATABASE_URL_ENV)), app)
@@ -106,7 +114,7 @@ class TaskStore:
                 status=500, type="job_error", message="the server restarted with a version that cannot resume "
                 "this task; submit it again"))
             return
-        if sub.mode not in self.workers.handles:
+        if not await self.workers.knows(sub.mode):
             await self._finish(row.id, TaskStatus.FAILED, error=TaskError(
                 status=503, type="unavailable_error", message=f"mode {sub.mode!r} is no longer served"))
             return
@@ -300,6 +308,8 @@ class TaskStore:
 
     async def _execute(self, sub: TaskSubmission) -> Any:
         started = time.perf_counter()
+        if not await self.workers.knows(sub.mode):  # a mode a refresh added, then took away again
+            raise UnknownModeError(f"mode {sub.mode!r} is no longer served", param="mode")
         if sub.request is None:  # a custom job: no progress to report
             return await self.workers.run_job(sub.mode, sub.kind, sub.payload or {}, sub.request_id)
         result: GenerationResult | None = None

@@ -18,9 +18,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from serve_app.config.app_args import PlacementConfig
+from pydantic import Field
+
+from serve_app.config.app_args import PlacementConfig, RegistryConfig
 from serve_app.config.modes_file import ModeConfig
 from serve_app.core.errors import ConfigError
+from serve_app.core.strict_model import StrictModel
 
 SERVE_DEFAULT_TARGET_ONGOING_REQUESTS = 2.0  # ray.serve's own default
 
@@ -63,3 +66,14 @@ def mode_options(modes: list[ModeConfig], cluster_gpus: float, placement: Placem
 def gpu_fractions(options: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Each mode's `num_gpus` as planned (0 for none)."""
     return {name: float(o.get("ray_actor_options", {}).get("num_gpus") or 0.0) for name, o in options.items()}
+
+
+class ModeLaunch(StrictModel):
+    """What a router needs to deploy a mode that a checkpoint refresh found, the way the builder deploys the
+    configured ones (the same options plan, the same registry)."""
+
+    discover: bool = Field(description="The modes come (also) from discovery: refresh-checkpoints may add modes.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="The application's placement.")
+    cluster_gpus: float = Field(0.0, ge=0, description="GPUs of the cluster at build time.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="The registry settings.")
+    allow_absolute_paths: bool = Field(False, description="As the modes file says.")

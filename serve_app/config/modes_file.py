@@ -321,6 +321,14 @@ def discover_modes(model_root: Path) -> list[ModeConfig]:
     return discover_checkpoints(model_root)[0]
 
 
+def discovers(modes_file: str | Path | None = None) -> bool:
+    """Whether the modes come (also) from discovery: the modes file says `discover: true`, or there is no modes
+    file and no `MODEL`."""
+    if modes_file is not None:
+        return load_modes_file(modes_file).discover
+    return not os.environ.get("MODEL")
+
+
 def modes_from_environment(modes_file: str | Path | None = None,
                            model_root: Path | None = None) -> tuple[ModesFile, Path]:
     """The modes to serve and MODEL_ROOT: from a modes file, else from `MODEL`, else by discovery."""

@@ -21,10 +21,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from deployments.protocol import GenerationResult
-from deployments.router.access_control import CLIENT, require_admin
+from deployments.router.access_control import ADMIN, CLIENT, require_admin
 from deployments.router.gateway import Gateway
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import OffLoopJsonRoute, current_request_id
+from deployments.router.mode_refresh import RefresherDep
 from deployments.router.request_context import current_caller
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.images.png_info import png_info
@@ -225,6 +226,17 @@ async def sdapi_loras(gw: GatewayDep) -> list[A1111Lora]:
 async def sdapi_refresh_loras(gw: GatewayDep) -> list[A1111Lora]:
     await asyncio.to_thread(gw.adapters.refresh)
     return await sdapi_loras(gw)
+
+
+@router.post("/sdapi/v1/refresh-checkpoints", tags=A1111, dependencies=ADMIN, response_model=None,
+             summary="A1111: rescan MODEL_ROOT (discovery): new checkpoints become modes, removed ones go",
+             responses={**error_responses(FrontEnd.A1111, 503),
+                        200: {"content": {"application/json": {"schema": {"type": "null"}}}}})
+async def sdapi_refresh_checkpoints(refresher: RefresherDep) -> None:
+    """An operator action (the admin key, when keys are on); `POST /v1/modes/refresh` answers what changed."""
+    if refresher is not None:
+        await refresher.refresh()
+    return None
 
 
 @router.get("/sdapi/v1/embeddings", tags=A1111, dependencies=CLIENT,

@@ -17,6 +17,7 @@ from deployments.router.access_control import ADMIN, CLIENT
 from deployments.router.gateway import Gateway, Generated
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import OffLoopJsonRoute, current_request_id
+from deployments.router.mode_refresh import RefresherDep
 from deployments.router.registry_view import redacted
 from deployments.router.request_context import current_caller, current_server_id
 from serve_app.api.http_errors import FrontEnd, error_facts, error_responses
@@ -32,6 +33,7 @@ from serve_app.api.schemas.native import (
     JobRequest,
     JobResponse,
     ModeOut,
+    ModesRefreshResponse,
     ModesResponse,
     Txt2ImgJobRequest,
     Txt2ImgRequest,
@@ -201,6 +203,13 @@ async def _modes(gw: Gateway, max_age_s: float = 0.0) -> ModesResponse:
             jobs=[*(["txt2img"] if mode.family.txt2img else []), "img2img", "inpaint", *mode.config.jobs],
             queued=gw.queues[name].waiting(), samplers=family_samplers(mode.family)))
     return ModesResponse(default_mode=gw.current_default, modes=out, problems=gw.catalog.problems)
+
+
+@router.post("/v1/modes/refresh", tags=NATIVE, dependencies=ADMIN,
+             summary="Rescan MODEL_ROOT (discovery): new checkpoints become modes, removed ones go",
+             response_model=ModesRefreshResponse, responses=error_responses(FrontEnd.NATIVE, 503))
+async def refresh_modes(refresher: RefresherDep) -> ModesRefreshResponse:
+    return await refresher.refresh() if refresher is not None else ModesRefreshResponse(discover=False)
 
 
 @router.post("/v1/modes/{name}/load", tags=NATIVE, dependencies=ADMIN, summary="Load a mode (no-op when loaded)",

@@ -248,6 +248,20 @@ class ModesResponse(BaseModel):
         "with the reason (an unsupported family, missing component files, a pickle or corrupt file).")
 
 
+class ModesRefreshResponse(BaseModel):
+    """What a checkpoint refresh (`POST /v1/modes/refresh`, A1111's refresh-checkpoints) changed."""
+
+    discover: bool = Field(description="Whether the modes come from discovery; when false nothing was rescanned.")
+    added: list[str] = Field(default_factory=list, description="Modes added (each its own Serve application; "
+                             "its replicas load on their own).")
+    removed: list[str] = Field(default_factory=list, description="Modes whose checkpoint left MODEL_ROOT: an added "
+                               "one's application is deleted (its replicas drain), a configured one is unloaded "
+                               "and no longer served.")
+    problems: list[CheckpointProblem] = Field(default_factory=list, description="Files under MODEL_ROOT that are "
+                                              "not served, each with the reason (also modes that could not be "
+                                              "placed or deployed).")
+
+
 class HealthResponse(BaseModel):
     status: str = Field(description="`ok`, `ready`, `not_ready`, `draining` or `registry_unreachable`.")
     default_mode: str | None = None
