@@ -7,9 +7,8 @@ read from disk and a pipeline construction; `unload` drops it from either tier (
 Generation is serialised by a lock: one device runs one denoising loop at a time, and the per-request
 scheduler and the request's adapters (LoRAs: `lora_set`, embeddings: `embedding_set`, a VAE: `vae_set`)
 are applied under the same lock. What each job kind calls is built in `job_inputs`; `self_check` (its own
-module) tells a request that failed from a pipeline that broke (the
-mode worker runs it after an unexpected error); it and custom jobs run without LoRAs and with the
-checkpoint's own VAE.
+module) tells a request that failed from a pipeline that broke (the mode worker runs it after an unexpected
+error); it and custom jobs run without LoRAs and with the checkpoint's own VAE.
 """
 
 from __future__ import annotations
@@ -50,12 +49,11 @@ from serve_app.model.generation.job import (
     GenerationResult,
     GenerationTimings,
     LoraUse,
-    Txt2Img,
 )
 from serve_app.model.generation.job_inputs import job_inputs
 from serve_app.model.generation.schedulers import make_scheduler
 from serve_app.model.generation.self_check import self_check as run_self_check
-from serve_app.model.generation.variation_noise import variation_latents
+from serve_app.model.generation.variation_noise import variation_start
 from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspect_checkpoint
 from serve_app.model.inspection.model_hashes import hash_in_background, short_hash
 from serve_app.model.loading.mapped_weights import MappedComponent
@@ -350,11 +348,8 @@ class ModelRunner:
                 generator=[torch.Generator("cpu").manual_seed(s) for s in params.seeds],
                 callback_on_step_end=on_step_end,
             )
-            if params.subseeds and isinstance(params.job, Txt2Img):  # (resolution: a UNet family's txt2img only)
-                shape = (pipe.vae.config.latent_channels, params.height // pipe.vae_scale_factor,
-                         params.width // pipe.vae_scale_factor)
-                call["latents"] = variation_latents(params.seeds, params.subseeds, params.subseed_strength, shape,
-                                                    pipe.unet.dtype)
+            if (latents := variation_start(pipe, params)) is not None:
+                call["latents"] = latents
             if built.pipe is not pipes.inpaint:  # (the inpainting pipelines repeat one image and mask per prompt)
                 inputs = {k: [v] * n if isinstance(v, Image.Image) else v for k, v in inputs.items()}
             call.update(inputs)

@@ -8,7 +8,11 @@ alone would have given."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from serve_app.model.generation.job import GenerationRequest, Txt2Img
 
 
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -32,3 +36,13 @@ def variation_latents(seeds: list[int], subseeds: list[int], strength: float,
         return torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype)
 
     return torch.cat([slerp(strength, noise(seed), noise(subseed)) for seed, subseed in zip(seeds, subseeds)])
+
+
+def variation_start(pipe: Any, params: GenerationRequest) -> torch.Tensor | None:
+    """The starting latents of `params` on `pipe` when it asks for variation seeds (resolution allows them on a
+    UNet family's txt2img only), else None (the pipeline draws its own noise)."""
+    if not params.subseeds or not isinstance(params.job, Txt2Img):
+        return None
+    shape = (pipe.vae.config.latent_channels, params.height // pipe.vae_scale_factor,
+             params.width // pipe.vae_scale_factor)
+    return variation_latents(params.seeds, params.subseeds, params.subseed_strength, shape, pipe.unet.dtype)
