@@ -276,4 +276,5 @@ class Gateway:
 
 
 def _carries_images(body: Txt2ImgRequest) -> bool:
-    return getattr(body, "image", None) is not None
+    """An init image, a ControlNet unit's or an IP-Adapter's image: decoding it is CPU work."""
+    return getattr(body, "image", None) is not None or bool(body.controls) or bool(body.ip_adapters)
