@@ -65,6 +65,9 @@ class _Runner:
     def adapter_bytes(self) -> int:
         return 0
 
+    def host_components(self) -> list:
+        return []  # no mapped component files
+
 
 class _Standing:
     total_bytes = working_bytes = 0
