@@ -185,8 +185,8 @@ class TimingsOut(BaseModel):
     load_s: float | None = Field(None, description="Model load this request waited for.")
     load_tier: Tier | None = Field(None, description="Where that load came from: `disk`, or `ram` (a device copy).")
     replica_start_s: float | None = Field(None, description="Start of the replica, on its first request.")
-    adapter_loads: int = Field(0, description="Adapter files (LoRAs, embeddings, VAEs) read from disk for this "
-                               "request; 0 when the replica held them all.")
+    adapter_loads: int = Field(0, description="Adapter files (LoRAs, embeddings, VAEs, ControlNets, IP-Adapters) "
+                               "read from disk for this request; 0 when the replica held them all.")
     stages: list[StageOut] | None = Field(None, description="Per mode, when several ran it (base -> refiner); "
                                           "the other fields are their sums.")
 

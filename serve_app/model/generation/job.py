@@ -242,7 +242,7 @@ class GenerationTimings:
     load_s: float | None = None
     load_tier: str | None = None  # where that load came from: "disk", or "ram" (a device copy)
     replica_start_s: float | None = None
-    adapter_loads: int = 0  # adapter files (LoRAs, embeddings, VAEs) this request read from disk
+    adapter_loads: int = 0  # adapter files (LoRAs, embeddings, VAEs, ControlNets, IP-Adapters) it read from disk
 
 
 @dataclass
