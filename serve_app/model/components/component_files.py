@@ -17,7 +17,6 @@ Signatures (after any known prefix such as `text_encoders.t5xxl.transformer.`, `
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +26,7 @@ from serve_app.core.errors import ConfigError
 from serve_app.core.strict_model import StrictModel
 from serve_app.model.families import FLOW_FAMILIES, REQUIRED_COMPONENTS, UNET_FAMILIES, Family
 from serve_app.model.inspection.family_detection import detect_family
-from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.safetensors_header import TensorHeader, parameter_count, read_safetensors_header
 
 ComponentKind = Literal["clip_l", "clip_g", "t5xxl", "vae", "transformer", "unet"]
 TEXT_ENCODER_KINDS = ("clip_l", "clip_g", "openclip_h", "t5xxl")
@@ -73,7 +72,7 @@ def inspect_component(path: Path, field: str = "components") -> ComponentFile:
     tensors, metadata = read_safetensors_header(path)
     keys = list(tensors)
     stat = path.stat()
-    common = dict(path=str(path), param_count=sum(math.prod(t.shape) for t in tensors.values()),
+    common = dict(path=str(path), param_count=parameter_count(tensors.values()),
                   param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in tensors.values()),
                   file_bytes=stat.st_size, fingerprint=f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
     if (prefix := _prefix_of(keys, _T5_KEY)) is not None and (shared := _t5_width(tensors, prefix)):

@@ -19,7 +19,7 @@ from typing import Any
 
 from serve_app.core.errors import AdapterFileError
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family
-from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.safetensors_header import TensorHeader, parameter_count, read_safetensors_header
 
 CONTROL_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)  # the families diffusers has ControlNet pipelines for
 METADATA_CONTROLNET_CONFIG = "dreamlab.controlnet_config"  # a single file may carry its diffusers config
@@ -74,13 +74,7 @@ def controlnet_fields(path: Path, tensors: dict[str, TensorHeader], metadata: di
         except ValueError as exc:
             raise AdapterFileError(f"{path}: its {METADATA_CONTROLNET_CONFIG} metadata is not JSON ({exc})",
                                    param="controlnet") from None
-    parameters = 0
-    for t in tensors.values():
-        n = 1
-        for s in t.shape:
-            n *= s
-        parameters += n
-    return dict(format=layout, family=family, parameters=parameters)
+    return dict(format=layout, family=family, parameters=parameter_count(tensors.values()))
 
 
 def read_controlnet_header(path: Path) -> tuple[Path, dict[str, TensorHeader], dict[str, str]]:

@@ -30,7 +30,7 @@ from serve_app.model.control.control_inspect import controlnet_fields, read_cont
 from serve_app.model.control.ipadapter_inspect import clip_vision_fields, ipadapter_fields, read_encoder_header
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM, Family, supported_dims_text
 from serve_app.model.inspection.checkpoint_inspect import PICKLE_SUFFIXES, dominant_dtype, pickle_refusal
-from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.safetensors_header import TensorHeader, parameter_count, read_safetensors_header
 from serve_app.model.inspection.transformer_lora import transformer_lora_family
 
 
@@ -157,7 +157,8 @@ def _vae(path: Path, tensors: dict[str, TensorHeader]) -> dict:
 
 
 _INSPECTORS = {AdapterKind.LORA: _lora, AdapterKind.EMBEDDING: _embedding, AdapterKind.VAE: _vae,
-               AdapterKind.IPADAPTER: lambda p, t: {**ipadapter_fields(p, t), "parameters": _parameters(t)}}
+               AdapterKind.IPADAPTER: lambda p, t: {**ipadapter_fields(p, t),
+                                                    "parameters": parameter_count(t.values())}}
 
 
 def _controlnet(p: Path) -> AdapterInfo:
@@ -176,17 +177,7 @@ def _clip_vision(p: Path) -> AdapterInfo:
     name = p.name if p.is_dir() else p.name[: -len(".safetensors")]
     return AdapterInfo(name=name, kind=AdapterKind.CLIP_VISION, path=str(p.resolve()), tensors=len(tensors),
                        dtype=dominant_dtype(list(tensors.values())), file_bytes=size,
-                       parameters=_parameters(tensors), **clip_vision_fields(p, tensors))
-
-
-def _parameters(tensors: dict[str, TensorHeader]) -> int:
-    total = 0
-    for t in tensors.values():
-        n = 1
-        for s in t.shape:
-            n *= s
-        total += n
-    return total
+                       parameters=parameter_count(tensors.values()), **clip_vision_fields(p, tensors))
 
 
 def inspect_adapter(path: str | Path, kind: AdapterKind) -> AdapterInfo:

@@ -8,7 +8,6 @@ multi-GB file costs one small read. A diffusers folder is inspected from `model_
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from enum import Enum
 from pathlib import Path
@@ -30,7 +29,7 @@ from serve_app.model.families import (
 )
 from serve_app.model.inspection.family_detection import FamilyVerdict, PredictionType, detect_family
 from serve_app.model.inspection.folder_family import FolderFamily, folder_family
-from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
+from serve_app.model.inspection.safetensors_header import TensorHeader, parameter_count, read_safetensors_header
 from serve_app.model.inspection.serving_support import serving_refusal
 from serve_app.model.inspection.single_file_layout import UNET_PREFIX, VAE_PREFIX
 
@@ -89,14 +88,10 @@ def pickle_refusal(path: Path, param: str = "checkpoint") -> PickleCheckpointErr
     )
 
 
-def _numel(t: TensorHeader) -> int:
-    return math.prod(t.shape)
-
-
 def dominant_dtype(tensors: list[TensorHeader]) -> str:
     by_bytes: Counter[str] = Counter()
     for t in tensors:
-        by_bytes[t.dtype] += _numel(t) * _DTYPE_BYTES.get(t.dtype, 4)
+        by_bytes[t.dtype] += t.numel * _DTYPE_BYTES.get(t.dtype, 4)
     if not by_bytes:
         return "unknown"
     top = by_bytes.most_common(1)[0][0]
@@ -136,7 +131,7 @@ def _inspect_single_file(path: Path) -> CheckpointInfo:
         inpainting=verdict.inpainting,
         unet_in_channels=verdict.in_channels,
         dtype=dominant_dtype(denoiser),
-        param_count=sum(_numel(t) for t in tensors.values()),
+        param_count=parameter_count(tensors.values()),
         param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in tensors.values()),
         file_bytes=path.stat().st_size,
         unet_base_channels=verdict.hidden_size,
@@ -204,7 +199,7 @@ def _inspect_folder(path: Path) -> CheckpointInfo:
         inpainting=found.inpainting,
         unet_in_channels=found.in_channels,
         dtype=dominant_dtype(denoiser_headers),
-        param_count=sum(_numel(t) for t in all_headers),
+        param_count=parameter_count(all_headers),
         param_bytes=sum(t.data_offsets[1] - t.data_offsets[0] for t in all_headers),
         file_bytes=file_bytes,
         unet_base_channels=found.hidden_size,

@@ -4,7 +4,9 @@ before anything is parsed, so a multi-GB file (or a hostile one) costs one small
 from __future__ import annotations
 
 import json
+import math
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +20,15 @@ class TensorHeader(StrictModel):
     dtype: str
     shape: list[int]
     data_offsets: tuple[int, int]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def parameter_count(tensors: Iterable[TensorHeader]) -> int:
+    """How many parameters the tensors hold, from their shapes alone."""
+    return sum(t.numel for t in tensors)
 
 
 def read_header_bytes(fh: BinaryIO, file_bytes: int, path: Path) -> bytes:
