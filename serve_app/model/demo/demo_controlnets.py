@@ -19,6 +19,7 @@ import torch
 from serve_app.model.control.control_inspect import METADATA_CONTROLNET_CONFIG
 from serve_app.model.demo.architectures import demo_name, unet_config
 from serve_app.model.families import Family
+from serve_app.model.loading.single_file_writer import encoder_half_module_map
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ def demo_controlnet_names() -> dict[Family, str]:
     return {Family.SD1: f"{demo_name(Family.SD1)}-controlnet", Family.SDXL: f"{demo_name(Family.SDXL)}-controlnet"}
 
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-
-
 def _original_module_map(net: Any) -> dict[str, str]:
     """diffusers module path -> original (ldm ControlNet) module path, the inverse of diffusers'
     `convert_controlnet_checkpoint`."""
@@ -62,21 +59,7 @@ def _original_module_map(net: Any) -> dict[str, str]:
     table["controlnet_cond_embedding.conv_out"] = f"input_hint_block.{2 * (hint_blocks + 1)}"
     for i in range(len(net.controlnet_down_blocks)):
         table[f"controlnet_down_blocks.{i}"] = f"zero_convs.{i}.0"
-    n = 1
-    for i, block in enumerate(net.down_blocks):
-        for j in range(len(block.resnets)):
-            table.update({f"down_blocks.{i}.resnets.{j}.{a}": f"input_blocks.{n}.0.{b}" for a, b in _RESNET.items()})
-            if getattr(block, "attentions", None) is not None:
-                table[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{n}.1"
-            n += 1
-        if block.downsamplers is not None:
-            table[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{n}.0.op"
-            n += 1
-    for j in range(len(net.mid_block.resnets)):
-        table.update({f"mid_block.resnets.{j}.{a}": f"middle_block.{2 * j}.{b}" for a, b in _RESNET.items()})
-    for j in range(len(net.mid_block.attentions)):
-        table[f"mid_block.attentions.{j}"] = f"middle_block.{2 * j + 1}"
-    return table
+    return table | encoder_half_module_map(net)
 
 
 def original_state_dict(net: Any) -> dict[str, torch.Tensor]:

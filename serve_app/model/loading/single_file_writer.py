@@ -83,11 +83,12 @@ def _add_submodules(table: dict[str, str], src: str, dst: str, renames: dict[str
         table[f"{src}.{name}"] = f"{dst}.{ldm}"
 
 
-def _unet_module_map(unet: Any) -> dict[str, str]:
-    """diffusers module path -> original module path for every UNet module holding parameters."""
-    table = dict(_UNET_TOP_LEVEL)
+def encoder_half_module_map(net: Any) -> dict[str, str]:
+    """diffusers module path -> original module path for the down and mid blocks of a UNet, or of a ControlNet
+    (its copy of the UNet's encoder half, named the same way in both layouts)."""
+    table: dict[str, str] = {}
     n = 1
-    for i, block in enumerate(unet.down_blocks):
+    for i, block in enumerate(net.down_blocks):
         attentions = getattr(block, "attentions", None)
         for j in range(len(block.resnets)):
             _add_submodules(table, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{n}.0", _UNET_RESNET)
@@ -97,10 +98,16 @@ def _unet_module_map(unet: Any) -> dict[str, str]:
         if block.downsamplers is not None:
             table[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{n}.0.op"
             n += 1
-    for j in range(len(unet.mid_block.resnets)):
+    for j in range(len(net.mid_block.resnets)):
         _add_submodules(table, f"mid_block.resnets.{j}", f"middle_block.{2 * j}", _UNET_RESNET)
-    for j in range(len(getattr(unet.mid_block, "attentions", ()))):
+    for j in range(len(getattr(net.mid_block, "attentions", ()))):
         table[f"mid_block.attentions.{j}"] = f"middle_block.{2 * j + 1}"
+    return table
+
+
+def _unet_module_map(unet: Any) -> dict[str, str]:
+    """diffusers module path -> original module path for every UNet module holding parameters."""
+    table = dict(_UNET_TOP_LEVEL) | encoder_half_module_map(unet)
     n = 0
     for i, block in enumerate(unet.up_blocks):
         attentions = getattr(block, "attentions", None)
