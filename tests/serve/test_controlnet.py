@@ -14,7 +14,7 @@ import pytest
 import webuiapi
 from PIL import Image, ImageDraw
 
-from tests.unit.runner_helpers import pixels
+from tests.unit.runner_helpers import pixels, png_b64, png_bytes
 
 pytestmark = pytest.mark.serve
 
@@ -28,13 +28,7 @@ def _shape() -> Image.Image:
     return img
 
 
-def _b64(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-SHAPE = _b64(_shape())
+SHAPE = png_b64(_shape())
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +98,11 @@ def test_the_a1111_controlnet_payload_from_webuiapi_works(demo_url, client):
     # (webuiapi fills its mutable default `alwayson_scripts` with the units: later calls pass their own)
     controlled = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
     plain = api.txt2img(alwayson_scripts={}, **args)
-    assert pixels(_png(controlled.image)) != pixels(_png(plain.image))
+    assert pixels(png_bytes(controlled.image)) != pixels(png_bytes(plain.image))
     assert "ControlNet 0" in controlled.info["infotexts"][0]
     off = webuiapi.ControlNetUnit(image=_shape(), module="canny", model="tiny-sd1-controlnet", enabled=False)
     unused = api.txt2img(controlnet_units=[off], alwayson_scripts={}, **args)
-    assert pixels(_png(unused.image)) == pixels(_png(plain.image))
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    assert pixels(png_bytes(unused.image)) == pixels(png_bytes(plain.image))
 
 
 def test_detect_with_canny_returns_an_edge_map(client):
@@ -149,4 +137,4 @@ def test_an_ip_adapter_changes_the_image_natively_and_as_an_a1111_unit(demo_url,
     unit = webuiapi.ControlNetUnit(image=_shape(), module="ip-adapter_clip_sd15", model="tiny-sd1-ipadapter")
     args = dict(prompt="a red fox", seed=5, steps=2, width=SIZE, height=SIZE, sampler_name="Euler")
     a1111 = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
-    assert pixels(_png(a1111.image)) != pixels(_png(api.txt2img(alwayson_scripts={}, **args).image))
+    assert pixels(png_bytes(a1111.image)) != pixels(png_bytes(api.txt2img(alwayson_scripts={}, **args).image))

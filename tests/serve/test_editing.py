@@ -15,6 +15,8 @@ import pytest
 import webuiapi
 from PIL import Image
 
+from tests.unit.runner_helpers import png_b64, png_bytes
+
 pytestmark = pytest.mark.serve
 
 SIZE = 64
@@ -29,16 +31,6 @@ def client(demo_url):
 
 def _picture() -> Image.Image:
     return Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), "RGB")
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _b64(image: Image.Image) -> str:
-    return base64.b64encode(_png(image)).decode()
 
 
 def _mask() -> Image.Image:
@@ -64,7 +56,7 @@ def _check_edit(data: bytes, margin: int) -> None:
 
 
 def test_native_inpaint_repaints_only_the_mask(client):
-    body = {"prompt": "a red fox", "mode": "sd1", "image": _b64(_picture()), "mask": _b64(_mask()), "seed": 3,
+    body = {"prompt": "a red fox", "mode": "sd1", "image": png_b64(_picture()), "mask": png_b64(_mask()), "seed": 3,
             "strength": 0.9, "mask_blur": 2, "num_images": 2}
     r = client.post("/v1/inpaint", json=body)
     assert r.status_code == 200, r.text
@@ -76,11 +68,11 @@ def test_native_inpaint_repaints_only_the_mask(client):
 
 
 @pytest.mark.parametrize(("mask", "text"), [
-    (_b64(Image.new("L", (SIZE, SIZE), 0)), "is empty (all black)"),
+    (png_b64(Image.new("L", (SIZE, SIZE), 0)), "is empty (all black)"),
     (base64.b64encode(b"not an image at all").decode(), "not a decodable"),
 ])
 def test_bad_masks_are_refused_naming_the_field(client, mask, text):
-    r = client.post("/v1/inpaint", json={"prompt": "x", "mode": "sd1", "image": _b64(_picture()), "mask": mask})
+    r = client.post("/v1/inpaint", json={"prompt": "x", "mode": "sd1", "image": png_b64(_picture()), "mask": mask})
     assert r.status_code == 422 and r.json()["error"]["param"] == "mask" and text in r.json()["error"]["message"]
 
 
@@ -88,12 +80,12 @@ def test_openai_images_edit_with_the_real_client(demo_url):
     client = openai.OpenAI(base_url=f"{demo_url}/v1", api_key="not-needed", max_retries=0, timeout=300)
     mask = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), BOX)  # transparent = edit here
-    result = client.images.edit(model="sd1", image=("in.png", _png(_picture()), "image/png"),
-                                mask=("mask.png", _png(mask), "image/png"), prompt="a red fox", n=1, size="64x64",
+    result = client.images.edit(model="sd1", image=("in.png", png_bytes(_picture()), "image/png"),
+                                mask=("mask.png", png_bytes(mask), "image/png"), prompt="a red fox", n=1, size="64x64",
                                 response_format="b64_json", extra_body={"seed": 2, "steps": 2})
     _check_edit(base64.b64decode(result.data[0].b64_json), margin=0)
     with pytest.raises(openai.BadRequestError) as info:  # no mask and an opaque image: nothing to edit
-        client.images.edit(model="sd1", image=("in.png", _png(_picture()), "image/png"), prompt="x")
+        client.images.edit(model="sd1", image=("in.png", png_bytes(_picture()), "image/png"), prompt="x")
     assert info.value.body["param"] == "image" and "no transparent pixel" in info.value.body["message"]
 
 
@@ -103,9 +95,9 @@ def test_a1111_img2img_mask_with_webuiapi(demo_url):
     result = api.img2img(images=[_picture()], mask_image=_mask(), prompt="a red fox", seed=4, width=SIZE,
                          height=SIZE, denoising_strength=0.9, mask_blur=2, inpainting_fill=1,
                          override_settings={"sd_model_checkpoint": "sd1"})
-    _check_edit(_png(result.image), margin=8)
+    _check_edit(png_bytes(result.image), margin=8)
     r = httpx.post(f"{demo_url}/sdapi/v1/img2img", timeout=120, json={
-        "prompt": "x", "init_images": [_b64(_picture())], "mask": _b64(Image.new("L", (SIZE, SIZE)))})
+        "prompt": "x", "init_images": [png_b64(_picture())], "mask": png_b64(Image.new("L", (SIZE, SIZE)))})
     assert r.status_code == 422 and "`mask` is empty" in r.json()["detail"]
 
 
@@ -130,7 +122,7 @@ def test_a1111_hires_fix_extras_and_upscalers_with_webuiapi(demo_url):
     upscaled = api.extra_single_image(image=_picture(), upscaler_1="Lanczos", upscaling_resize=2)
     assert upscaled.image.size == (2 * SIZE, 2 * SIZE)
     r = httpx.post(f"{demo_url}/sdapi/v1/extra-single-image", timeout=60,
-                   json={"image": _b64(_picture()), "upscaler_1": "ESRGAN_4x"})
+                   json={"image": png_b64(_picture()), "upscaler_1": "ESRGAN_4x"})
     assert r.status_code == 422 and "upscaler_1" in r.json()["detail"]
 
 

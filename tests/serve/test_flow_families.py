@@ -16,6 +16,8 @@ import openai
 import pytest
 from PIL import Image
 
+from tests.unit.runner_helpers import png_b64, png_bytes
+
 pytestmark = pytest.mark.serve
 
 SIZE = 64
@@ -26,16 +28,6 @@ FLOW_MODES = ("sd3", "flux", "flux-schnell")
 def client(demo_url):
     with httpx.Client(base_url=demo_url, timeout=300) as c:
         yield c
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _b64(image: Image.Image) -> str:
-    return base64.b64encode(_png(image)).decode()
 
 
 def _picture() -> Image.Image:
@@ -74,9 +66,9 @@ def test_native_txt2img_img2img_and_inpaint(client, mode):
     assert first["family"] == ("sd3" if mode == "sd3" else "flux")
     again = _ok(client.post("/v1/txt2img", json=common))
     assert again["images"][0]["b64"] == first["images"][0]["b64"]  # same seed, same bytes
-    image = _ok(client.post("/v1/img2img", json={**common, "image": _b64(_picture()), "strength": 0.6}))
+    image = _ok(client.post("/v1/img2img", json={**common, "image": png_b64(_picture()), "strength": 0.6}))
     assert _pixels(image["images"][0]["b64"]).shape == (SIZE, SIZE, 3)
-    painted = _ok(client.post("/v1/inpaint", json={**common, "image": _b64(_picture()), "mask": _b64(_mask()),
+    painted = _ok(client.post("/v1/inpaint", json={**common, "image": png_b64(_picture()), "mask": png_b64(_mask()),
                                                     "strength": 0.9, "mask_blur": 0}))
     out, source = _pixels(painted["images"][0]["b64"]).astype(int), np.asarray(_picture()).astype(int)
     keep = np.ones((SIZE, SIZE), bool)
@@ -91,8 +83,8 @@ def test_openai_generations_and_edits(demo_url):
     assert _pixels(made.data[0].b64_json).shape == (SIZE, SIZE, 3)
     mask = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (16, 16, 48, 48))
-    edited = client.images.edit(model="sd3", image=("in.png", _png(_picture()), "image/png"),
-                                mask=("mask.png", _png(mask), "image/png"), prompt="a boat", n=1, size="64x64",
+    edited = client.images.edit(model="sd3", image=("in.png", png_bytes(_picture()), "image/png"),
+                                mask=("mask.png", png_bytes(mask), "image/png"), prompt="a boat", n=1, size="64x64",
                                 response_format="b64_json", extra_body={"seed": 2, "steps": 2})
     assert _pixels(edited.data[0].b64_json).shape == (SIZE, SIZE, 3)
 
@@ -102,8 +94,8 @@ def test_a1111_txt2img_and_img2img_with_a_mask(client):
             "override_settings": {"sd_model_checkpoint": "flux"}}
     made = _ok(client.post("/sdapi/v1/txt2img", json=body))
     assert _pixels(made["images"][0]).shape == (SIZE, SIZE, 3)
-    edited = _ok(client.post("/sdapi/v1/img2img", json={**body, "init_images": [_b64(_picture())],
-                                                         "mask": _b64(_mask()), "denoising_strength": 0.8,
+    edited = _ok(client.post("/sdapi/v1/img2img", json={**body, "init_images": [png_b64(_picture())],
+                                                         "mask": png_b64(_mask()), "denoising_strength": 0.8,
                                                          "override_settings": {"sd_model_checkpoint": "sd3"}}))
     assert _pixels(edited["images"][0]).shape == (SIZE, SIZE, 3)
     r = client.post("/sdapi/v1/txt2img", json={**body, "sampler_name": "DPM++ 2M"})

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
+
+from PIL import Image
 
 from serve_app.api.request_resolution import resolve_request
 from serve_app.api.schemas.native import Txt2ImgRequest
@@ -26,11 +30,18 @@ def txt2img(runner: ModelRunner, **fields) -> GenerationResult:
     return runner.generate(resolve_request(req, runner.mode, runner.family))
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_b64(image: Image.Image) -> str:
+    """`image` as a request sends it: a base64 PNG."""
+    return base64.b64encode(png_bytes(image)).decode()
+
+
 def pixels(data: bytes) -> bytes:
     """An encoded image's pixels: what "changes the image" compares (a PNG's infotext differs whenever the
     request does)."""
-    import io
-
-    from PIL import Image
-
     return Image.open(io.BytesIO(data)).convert("RGB").tobytes()

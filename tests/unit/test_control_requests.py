@@ -5,8 +5,6 @@ errors naming the client's own field."""
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,13 @@ from serve_app.config.modes_file import ModeConfig
 from serve_app.core.errors import RequestValidationError, UnknownAdapterError
 from serve_app.model.demo.demo_controlnets import write_demo_controlnets
 from serve_app.model.families import Family
+from tests.unit.runner_helpers import png_b64
 
 SD1 = ModeConfig(name="sd1", checkpoint="tiny-sd1")
 
 
 def _b64(size: tuple[int, int] = (64, 64)) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", size, "white").save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_b64(Image.new("RGB", size, "white"))
 
 
 IMAGE = _b64()

@@ -22,7 +22,7 @@ from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
 from serve_app.model.generation.job import GenerationRequest, Txt2Img
 from serve_app.model.generation.runner import GenerationCancelledError, ModelRunner, ModelState
-from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, pixels, txt2img
+from tests.unit.runner_helpers import HEIGHT, STEPS, WIDTH, mode_for, pixels, png_b64, txt2img
 
 TXT2IMG_CHECKPOINTS = ["tiny-sd1", "tiny-sd1.safetensors", "tiny-sd2", "tiny-sd2.safetensors",
                        "tiny-sdxl", "tiny-sdxl.safetensors"]
@@ -57,9 +57,7 @@ def _png(data: bytes) -> Image.Image:
 
 
 def _png_b64(width: int, height: int, color=(200, 40, 90)) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_b64(Image.new("RGB", (width, height), color))
 
 
 # -- txt2img: every family, both formats -------------------------------------------------------------------

@@ -5,8 +5,6 @@ the same `X-Request-Id`, and a TaskStore that does not answer is a 504, not a re
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import threading
 from typing import Any
@@ -19,13 +17,12 @@ from deployments.router import http_app
 from deployments.router.ingress import create_http_app
 from deployments.tasks.client import TaskStoreClient
 from serve_app.core.errors import ModeUnavailableError, WorkerTimeoutError
+from tests.unit.runner_helpers import png_b64
 from tests.unit.test_router_gateway import BODY, make_gateway
 
 
 def _png_b64(size: int = 64) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), (200, 30, 30)).save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return png_b64(Image.new("RGB", (size, size), (200, 30, 30)))
 
 
 def test_a_large_json_body_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:

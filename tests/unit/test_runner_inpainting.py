@@ -20,15 +20,9 @@ from serve_app.model.demo.architectures import DEMO_INPAINTING
 from serve_app.model.families import Family
 from serve_app.model.generation.job import Inpaint, Txt2Img
 from serve_app.model.generation.runner import ModelRunner
-from tests.unit.runner_helpers import mode_for
+from tests.unit.runner_helpers import mode_for, png_b64
 
 SIZE = 64
-
-
-def _b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _picture() -> Image.Image:
@@ -49,7 +43,7 @@ def _runner(models: Path, name: str) -> ModelRunner:
 
 
 def _inpaint(runner: ModelRunner, **fields) -> Image.Image:
-    body = InpaintRequest(prompt="a red fox", image=_b64(_picture()), mask=_b64(fields.pop("mask", _mask())),
+    body = InpaintRequest(prompt="a red fox", image=png_b64(_picture()), mask=png_b64(fields.pop("mask", _mask())),
                           seed=3, width=SIZE, height=SIZE, strength=fields.pop("strength", 0.9), **fields)
     result = runner.generate(resolve_request(body, runner.mode, runner.family))
     return Image.open(io.BytesIO(result.images[0].data)).convert("RGB")
@@ -83,7 +77,7 @@ def test_an_inpainting_checkpoint_also_serves_txt2img_and_img2img(demo_models_di
     assert runner.info.inpainting and runner.pipelines().inpainting_only
     txt = runner.generate(resolve_request(Txt2ImgRequest(prompt="x", seed=1, width=SIZE, height=SIZE),
                                           runner.mode, runner.family))
-    img = runner.generate(resolve_request(Img2ImgRequest(prompt="x", seed=1, image=_b64(_picture()), strength=0.5),
+    img = runner.generate(resolve_request(Img2ImgRequest(prompt="x", seed=1, image=png_b64(_picture()), strength=0.5),
                                           runner.mode, runner.family))
     assert (txt.width, txt.height) == (img.width, img.height) == (SIZE, SIZE)
     assert runner.self_check()
@@ -91,7 +85,7 @@ def test_an_inpainting_checkpoint_also_serves_txt2img_and_img2img(demo_models_di
 
 
 def _resolve(**fields) -> Inpaint:
-    body = InpaintRequest(prompt="x", image=_b64(_picture()), **fields)
+    body = InpaintRequest(prompt="x", image=png_b64(_picture()), **fields)
     job = resolve_request(body, mode_for(Path("tiny-sd1")), Family.SD1).job
     assert isinstance(job, Inpaint)
     return job
@@ -99,23 +93,23 @@ def _resolve(**fields) -> Inpaint:
 
 def test_masks_are_checked_resized_inverted_and_read_from_alpha() -> None:
     with pytest.raises(RequestValidationError, match="`mask` is empty .*white marks") as info:
-        _resolve(mask=_b64(_mask((0, 0, 0, 0))))
+        _resolve(mask=png_b64(_mask((0, 0, 0, 0))))
     assert info.value.param == "mask"
     with pytest.raises(RequestValidationError, match="`mask` is not a decodable"):
         _resolve(mask=base64.b64encode(b"GIF89a-not-a-mask").decode())
     with pytest.raises(RequestValidationError, match="`mask` is 4096x4096 pixels"):
-        _resolve(mask=_b64(Image.new("L", (4096, 4096))))
-    small = _resolve(mask=_b64(_mask((4, 4, 12, 12), size=16)))  # resized to the image, nearest neighbour
+        _resolve(mask=png_b64(Image.new("L", (4096, 4096))))
+    small = _resolve(mask=png_b64(_mask((4, 4, 12, 12), size=16)))  # resized to the image, nearest neighbour
     assert small.mask.size == (SIZE, SIZE) and small.mask.getpixel((20, 20)) == 255
     assert small.mask.getpixel((8, 8)) == 0
-    inverted = _resolve(mask=_b64(_mask()), mask_invert=True)
+    inverted = _resolve(mask=png_b64(_mask()), mask_invert=True)
     assert inverted.mask.getpixel((0, 0)) == 255 and inverted.mask.getpixel((32, 32)) == 0
     rgba = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))
     rgba.paste((0, 0, 0, 0), (0, 0, 8, 8))  # transparent = repaint
-    alpha = _resolve(mask=_b64(rgba), mask_alpha=True)
+    alpha = _resolve(mask=png_b64(rgba), mask_alpha=True)
     assert alpha.mask.getpixel((2, 2)) == 255 and alpha.mask.getpixel((30, 30)) == 0
     with pytest.raises(RequestValidationError, match="no transparent pixel"):
-        _resolve(mask=_b64(Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))), mask_alpha=True)
+        _resolve(mask=png_b64(Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 255))), mask_alpha=True)
 
 
 def test_an_inpainting_checkpoint_refuses_hires_before_the_queue_and_in_the_runner(demo_models_dir: Path) -> None:
