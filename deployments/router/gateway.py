@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-# CPU work for one client (a large JSON body, an init image's decode and resize) runs here, not on the event
-# loop that answers everyone else; two threads bound what one replica spends on it at once.
+# CPU work for one client (a large JSON body, an image's decode and resize, png-info, upscaling, ControlNet
+# detect maps) runs here, not on the event loop that answers everyone else; two threads bound what one replica
+# spends on it at once.
 _CPU_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dreamlab-router-cpu")
 
 

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 
 from deployments.protocol import GenerationResult
 from deployments.router.access_control import ADMIN, CLIENT, require_admin
-from deployments.router.gateway import Gateway
+from deployments.router.gateway import Gateway, off_loop
 from deployments.router.gateway_dependency import GatewayDep
 from deployments.router.http_app import OffLoopJsonRoute, current_request_id
 from deployments.router.mode_refresh import RefresherDep
@@ -281,8 +281,8 @@ async def sdapi_extra_single_image(gw: GatewayDep, body: A1111ExtraSingleImage) 
     limits = gw.catalog.modes[gw.current_default].config.limits
     size = (body.upscaling_resize_w, body.upscaling_resize_h) if body.resize_mode == 1 else None
     async with gw.accepting():
-        data = await asyncio.to_thread(upscale_image, body.image, body.upscaler_1,
-                                       None if size else body.upscaling_resize, size, limits)
+        data = await off_loop(upscale_image, body.image, body.upscaler_1, None if size else body.upscaling_resize,
+                              size, limits)
     return A1111ExtraResponse(html_info="", image=png_b64(data))
 
 
@@ -291,7 +291,7 @@ async def sdapi_extra_single_image(gw: GatewayDep, body: A1111ExtraSingleImage) 
              responses=error_responses(FrontEnd.A1111, 413, 422))
 async def sdapi_png_info(gw: GatewayDep, body: A1111PngInfoRequest) -> A1111PngInfoResponse:
     limits = gw.catalog.modes[gw.current_default].config.limits
-    text, fields = await asyncio.to_thread(png_info, body.image, limits)
+    text, fields = await off_loop(png_info, body.image, limits)
     return A1111PngInfoResponse(info=text, items={"parameters": text} if text else {}, parameters=fields)
 
 

@@ -5,16 +5,16 @@ A1111 generation requests (`alwayson_scripts.controlnet.args`, see `serve_app.ap
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
 from fastapi import APIRouter
 
 from deployments.router.access_control import CLIENT
+from deployments.router.gateway import off_loop
 from deployments.router.gateway_dependency import GatewayDep
 from serve_app.api.control_resolution import control_title
 from serve_app.api.http_errors import FrontEnd, error_responses
-from serve_app.api.images.control_detect import DETECT_WORKERS, detect
+from serve_app.api.images.control_detect import detect
 from serve_app.api.schemas.a1111_controlnet import (
     A1111_CONTROLNET_VERSION,
     ControlNetDetectRequest,
@@ -31,7 +31,6 @@ from serve_app.model.inspection.adapter_inspect import AdapterKind
 TAGS: list[str | Enum] = [FrontEnd.A1111.value]
 ERRORS = error_responses(FrontEnd.A1111)
 router = APIRouter()
-_detect_pool = ThreadPoolExecutor(max_workers=DETECT_WORKERS, thread_name_prefix="controlnet-detect")
 
 
 @router.get("/controlnet/version", tags=TAGS, dependencies=CLIENT, summary="A1111 ControlNet: API version",
@@ -65,5 +64,5 @@ async def controlnet_module_list(alias_names: bool = False) -> ControlNetModuleL
 async def controlnet_detect(gw: GatewayDep, body: ControlNetDetectRequest) -> ControlNetDetectResponse:
     limits = gw.catalog.modes[gw.current_default].config.limits
     async with gw.accepting():
-        images = await asyncio.get_running_loop().run_in_executor(_detect_pool, detect, body, limits)
+        images = await off_loop(detect, body, limits)
     return ControlNetDetectResponse(images=images, info="Success")

@@ -1,7 +1,7 @@
 """`/controlnet/detect`: a preprocessor run on clients' images, for them to see (or send back as ready maps).
 
-Blocking work (decode, preprocess, encode); the router runs it on a small pool of its own
-(`DETECT_WORKERS` threads), never on its event loop. An unknown preprocessor is a 422 listing the served ones.
+Blocking work (decode, preprocess, encode); the router runs it on its bounded CPU pool, never on its event
+loop. An unknown preprocessor is a 422 listing the served ones.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from serve_app.core.errors import RequestValidationError
 from serve_app.core.strict_model import quote
 from serve_app.model.control.control_image import prepare_control_image
 from serve_app.model.control.preprocessors import PREPROCESSORS, preprocessor_name
-
-DETECT_WORKERS = 2
 
 
 def check_module(module: str, field: str = "controlnet_module") -> str:
