@@ -62,7 +62,7 @@ class OffLoopJsonRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            return await handler(OffLoopJsonRequest(request.scope, request.receive, request._send))
+            return await handler(OffLoopJsonRequest(request.scope, request.receive))
 
         return route
 

@@ -36,35 +36,29 @@ class TaskStoreClient:
         self.handle = handle
         self.timeout_s = timeout_s
 
+    async def _call(self, what: str, method: str, *args: Any) -> Any:
+        with _store_errors():
+            return await within(getattr(self.handle, method).remote(*args), self.timeout_s, WHO, what)
+
     async def submit(self, sub: TaskSubmission) -> TaskOut:
         """The queued task; a quota's refusal (returned by the store) is raised here."""
-        with _store_errors():
-            out: TaskOut | DreamLabError = await within(self.handle.submit.remote(sub), self.timeout_s, WHO,
-                                                        "task submission")
+        out: TaskOut | DreamLabError = await self._call("task submission", "submit", sub)
         if isinstance(out, DreamLabError):
             raise out
         return out
 
     async def get(self, task_id: str, owner: str) -> TaskOut | None:
-        with _store_errors():
-            out: TaskOut | None = await within(self.handle.get.remote(task_id, owner), self.timeout_s, WHO,
-                                               "task read")
-            return out
+        found: TaskOut | None = await self._call("task read", "get", task_id, owner)
+        return found
 
     async def cancel(self, task_id: str, owner: str) -> TaskOut | None:
-        with _store_errors():
-            out: TaskOut | None = await within(self.handle.cancel.remote(task_id, owner), self.timeout_s, WHO,
-                                               "task cancel")
-            return out
+        found: TaskOut | None = await self._call("task cancel", "cancel", task_id, owner)
+        return found
 
     async def put_image(self, data: bytes, media_type: str) -> str:
-        with _store_errors():
-            key: str = await within(self.handle.put_image.remote(data, media_type), self.timeout_s, WHO,
-                                    "image store")
-            return key
+        key: str = await self._call("image store", "put_image", data, media_type)
+        return key
 
     async def get_image(self, key: str) -> tuple[bytes, str] | None:
-        with _store_errors():
-            found: tuple[bytes, str] | None = await within(self.handle.get_image.remote(key), self.timeout_s, WHO,
-                                                           "image read")
-            return found
+        found: tuple[bytes, str] | None = await self._call("image read", "get_image", key)
+        return found
