@@ -130,3 +130,13 @@ def receiver():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/hook", got
     server.shutdown()
+
+
+def ray_process_pid(title: str) -> int:
+    """The pid of the one Ray worker process whose title (Ray sets `ray::<actor class>`) starts with `title`,
+    e.g. `ray::ProxyActor` or `ray::ServeReplica:<app>:<deployment>`."""
+    import psutil
+
+    (pid,) = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+              if " ".join(p.info["cmdline"] or ()).startswith(title)]
+    return int(pid)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from deployments.router.http_app import MAX_BODY_BYTES
 from serve_app.model.generation.job import MAX_SEED
-from tests.serve.conftest import PORT
+from tests.serve.conftest import PORT, ray_process_pid
 
 pytestmark = pytest.mark.serve
 
@@ -188,21 +188,6 @@ def _status_of(sock: socket.socket) -> int:
     return int(head.split()[1])
 
 
-def _serving_pids() -> dict[str, int]:
-    """The pids of Serve's HTTP proxy and the demo app's router replica (Ray titles its worker processes)."""
-    import psutil
-
-    found: dict[str, int] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        title = " ".join(proc.info["cmdline"] or ())
-        if title.startswith("ray::ProxyActor"):
-            found["proxy"] = proc.info["pid"]
-        elif title.startswith("ray::ServeReplica:dreamlab:Router"):
-            found["router"] = proc.info["pid"]
-    assert set(found) == {"proxy", "router"}, found
-    return found
-
-
 def _rss(pid: int) -> int:
     import psutil
 
@@ -251,7 +236,7 @@ def test_an_endless_body_to_a_route_that_takes_none_is_refused_unread(client):
     before 64 MiB went out, and neither Serve's proxy nor the router replica grew by more than 64 MiB."""
     import threading
 
-    pids = _serving_pids()
+    pids = {"proxy": ray_process_pid("ray::ProxyActor"), "router": ray_process_pid("ray::ServeReplica:dreamlab:Router")}
     before = {name: _rss(pid) for name, pid in pids.items()}
     peak = dict(before)
     sampling = True

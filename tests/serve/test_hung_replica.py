@@ -12,6 +12,8 @@ import time
 import httpx
 import pytest
 
+from tests.serve.conftest import ray_process_pid
+
 pytestmark = pytest.mark.serve
 
 GEN = {"prompt": "stuck", "width": 64, "height": 64, "steps": 2, "seed": 1}
@@ -31,17 +33,9 @@ def hung_app(ray_serve, demo_models_dir, tmp_path_factory):
     serve.delete("hung")
 
 
-def _replica_pid(deployment: str) -> int:
-    import psutil
-
-    (pid,) = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-              if " ".join(p.info["cmdline"] or ()).startswith(f"ray::ServeReplica:hung:{deployment}")]
-    return int(pid)
-
-
 def test_a_stopped_replica_is_a_504_and_frees_its_slot(hung_app):
     assert httpx.post(f"{hung_app}/v1/txt2img", json=GEN, timeout=120).status_code == 200
-    pid = _replica_pid("stuck")
+    pid = ray_process_pid("ray::ServeReplica:hung:stuck")
     os.kill(pid, signal.SIGSTOP)
     try:
         answers = []
