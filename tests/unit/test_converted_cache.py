@@ -32,6 +32,8 @@ from serve_app.model.loading.converted_cache import (
     ConvertedCache,
     resolve_cache_dir,
 )
+from serve_app.model.loading.mapped_folder import SHARED_DIR
+from serve_app.model.loading.mapped_weights import COMPONENTS_DIR
 from serve_app.model.loading.pipeline_loader import load_pipelines
 from tests.unit.runner_helpers import pixels
 
@@ -99,7 +101,9 @@ def reference_image(demo_models_dir: Path) -> bytes:
 
 
 def _entries(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    """The cache's entries (not its stores of shared parts and cast copies)."""
+    stores = (SHARED_DIR, COMPONENTS_DIR)
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in stores) if root.is_dir() else []
 
 
 def _only_entry(root: Path) -> Path:

@@ -82,4 +82,7 @@ def build_diffusers_model(cls_name: str, config_dir: Path, state: dict[str, torc
         state = convert(state)
     with init_empty_weights():
         model = cls.from_config(config)
-    return _assign(model, state, what).to(dtype).eval()
+    model = _assign(model, state, what)
+    if any(p.dtype != dtype for p in model.parameters()):  # (a no-op `.to` still warns about fp32 modules)
+        model = model.to(dtype)
+    return model.eval()

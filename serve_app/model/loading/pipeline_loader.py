@@ -25,6 +25,7 @@ from serve_app.model.inspection.safetensors_header import read_safetensors_heade
 from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CONFIG
 from serve_app.model.loading.converted_cache import CacheKey, ConvertedCache, resolve_cache_dir
 from serve_app.model.loading.family_configs import config_dir
+from serve_app.model.loading.mapped_folder import build_mapped_parts, share_by_content
 from serve_app.model.loading.mapped_weights import MappedComponent, MappedPart, restore_mapping
 from serve_app.model.loading.noise_schedule import apply_noise_schedule, noise_schedule_overrides
 
@@ -136,8 +137,18 @@ def _conversion_dtype(path: Path) -> torch.dtype | None:
     return _STORED_FLOAT_DTYPES[floats.pop()] if len(floats) == 1 else torch.float32
 
 
+def _load_folder(load_cls: Any, folder: Path, family: Family, kwargs: dict[str, Any], mapped: list[MappedPart],
+                 label: str, cache_root: Path | None, shared: dict[str, Path] | None = None) -> Any:
+    """A diffusers folder whose UNet, VAE and text encoders are built on mapped weights (`mapped_folder`)."""
+    parts: list[MappedPart] = []
+    modules = build_mapped_parts(folder, family, kwargs["dtype"], parts, label, cache_root, shared)
+    pipe = load_cls.from_pretrained(str(folder), **kwargs, **modules)
+    mapped.extend(parts)  # (only once the load succeeded: a failed one falls back to another load)
+    return pipe
+
+
 def _load_single_file(load_cls: Any, info: CheckpointInfo, family: Family, kwargs: dict[str, Any],
-                      cache_dir: str | Path | None) -> Any:
+                      cache_dir: str | Path | None, mapped: list[MappedPart]) -> Any:
     """From the conversion cache when it holds this file's conversion, else converted (and cached) now."""
     path = Path(info.path)
     config = _config_dir(info, family)
@@ -153,7 +164,7 @@ def _load_single_file(load_cls: Any, info: CheckpointInfo, family: Family, kwarg
 
     entry = cache.lookup(key)
     if entry is not None:
-        pipe = _load_entry(load_cls, cache, entry, kwargs)
+        pipe = _load_entry(load_cls, cache, entry, info, family, kwargs, mapped)
         if pipe is not None:
             logger.info("%s: loaded from the conversion cache %s", path, entry)
             return pipe
@@ -171,16 +182,19 @@ def _load_single_file(load_cls: Any, info: CheckpointInfo, family: Family, kwarg
     if entry is not None:
         logger.info("%s: converted once into the conversion cache %s in %.2fs", path, entry,
                     time.perf_counter() - started)
-        pipe = _load_entry(load_cls, cache, entry, kwargs)
+        pipe = _load_entry(load_cls, cache, entry, info, family, kwargs, mapped)
         if pipe is not None:
             return pipe
     return convert()
 
 
-def _load_entry(load_cls: Any, cache: ConvertedCache, entry: Path, kwargs: dict[str, Any]) -> Any | None:
-    """Load a cache entry; one that does not load is discarded (None), never trusted."""
+def _load_entry(load_cls: Any, cache: ConvertedCache, entry: Path, info: CheckpointInfo, family: Family,
+                kwargs: dict[str, Any], mapped: list[MappedPart]) -> Any | None:
+    """Load a cache entry, its parts shared with other entries of the same content and mapped; one that does
+    not load is discarded (None), never trusted."""
     try:
-        return load_cls.from_pretrained(str(entry), **kwargs)
+        shared = share_by_content(entry, cache.root)
+        return _load_folder(load_cls, entry, family, kwargs, mapped, info.path, cache.root, shared)
     except (MemoryError, torch.cuda.OutOfMemoryError):  # no room is not a broken entry: keep it
         raise
     except Exception as exc:  # any failure of a derived copy: rebuild it from the checkpoint
@@ -231,9 +245,10 @@ def load_pipelines(info: CheckpointInfo, family: Family, dtype: torch.dtype, dev
 
         pipe = load_flow_pipeline(load_cls, info, family, dtype, mapped)
     elif info.format is CheckpointFormat.SINGLE_FILE:
-        pipe = _load_single_file(load_cls, info, family, kwargs, cache_dir)
+        pipe = _load_single_file(load_cls, info, family, kwargs, cache_dir, mapped)
     else:
-        pipe = load_cls.from_pretrained(info.path, **kwargs)
+        pipe = _load_folder(load_cls, Path(info.path), family, kwargs, mapped, info.path,
+                            resolve_cache_dir(Path(info.path), cache_dir))
     if device.type != "cpu":  # weights load on the CPU; .to() there is a no-op that only warns
         pipe = pipe.to(device)
     if not family.flow:  # (flow matching has no prediction type nor betas to rescale)
