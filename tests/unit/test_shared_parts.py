@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from serve_app.api.request_resolution import resolve_request
 from serve_app.api.schemas.native import Txt2ImgRequest
 from serve_app.config.modes_file import ModeConfig, ModeDefaults
+from serve_app.model.demo.demo_models import write_fine_tune
 from serve_app.model.generation.runner import ModelRunner
 from serve_app.model.loading import mapped_folder
 from serve_app.model.loading.mapped_folder import PARTS_RECORD, SHARED_DIR
@@ -26,22 +25,7 @@ from serve_app.model.loading.pipeline_loader import load_pipelines
 from tests.unit.runner_helpers import pixels
 
 SDXL_FILE = "tiny-sdxl.safetensors"
-UNET_PREFIX = "model.diffusion_model."
 VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def _fine_tune(source: Path, target: Path, seed: int) -> Path:
-    """`source` with its UNet weights nudged (its VAE and text encoders kept), like a fine-tune of it."""
-    generator = torch.Generator().manual_seed(seed)
-    with safe_open(str(source), framework="pt") as fh:
-        metadata = fh.metadata()
-        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    for key, tensor in state.items():
-        if key.startswith(UNET_PREFIX) and tensor.is_floating_point():
-            noise = torch.randn(tensor.shape, generator=generator) * 0.05
-            state[key] = (tensor.float() + noise).to(tensor.dtype)
-    save_file(state, str(target), metadata=metadata)
-    return target
 
 
 def _runner(path: Path, cache: Path | str) -> ModelRunner:
@@ -60,7 +44,7 @@ def _image(runner: ModelRunner) -> bytes:
 def fine_tunes(demo_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     folder = tmp_path_factory.mktemp("fine-tunes")
     base = shutil.copy2(demo_models_dir / SDXL_FILE, folder / "base.safetensors")
-    return folder / "cache", [Path(base), _fine_tune(Path(base), folder / "tuned.safetensors", seed=1)]
+    return folder / "cache", [Path(base), write_fine_tune(Path(base), folder / "tuned.safetensors", seed=1)]
 
 
 @pytest.fixture(scope="module")

@@ -62,3 +62,22 @@ def demo_models_present(directory: str | Path) -> bool:
         (out / demo_name(f)).is_dir() and (out / f"{demo_name(f)}.safetensors").is_file() for f in UNET_FAMILIES
     )
 
+
+def write_fine_tune(source: Path, target: Path, seed: int, unet_prefix: str = "model.diffusion_model.") -> Path:
+    """`source` (an all-in-one single file) with its UNet weights nudged and its VAE and text encoders kept, as a
+    fine-tune of a base model is: what sharing parts by content (`mapped_folder`) is measured and tested on."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    with safe_open(str(source), framework="pt") as fh:
+        metadata = fh.metadata()
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a safe_open handle is not a mapping)
+    for key, tensor in state.items():
+        if key.startswith(unet_prefix) and tensor.is_floating_point():
+            noise = torch.randn(tensor.shape, generator=generator) * 0.05
+            state[key] = (tensor.float() + noise).to(tensor.dtype)
+    save_file(state, str(target), metadata=metadata)
+    return target
+
