@@ -20,13 +20,11 @@ from serve_app.model.control.preprocessors import PREPROCESSORS, preprocessor_na
 from serve_app.model.families import Family
 from serve_app.model.generation.job import ControlUse, IpAdapterUse
 from serve_app.model.inspection.adapter_inspect import AdapterInfo, AdapterKind
-from serve_app.model.inspection.model_hashes import cached_sha256
 
 # native unit field -> the A1111 ControlNet extension's (for errors of translated requests)
 A1111_UNIT_FIELDS = {"model": "model", "image": "image", "weight": "weight", "start": "guidance_start",
                      "end": "guidance_end", "mode": "control_mode", "resize": "resize_mode",
                      "preprocessor": "module", "processor_res": "processor_res"}
-CONTROL_HASH_DIGITS = 8  # the extension's titles: `name [first 8 hex digits of the SHA-256]`
 Decode = Callable[[str, str, ModeLimits], Image.Image]
 
 
@@ -36,12 +34,6 @@ def control_model_name(requested: str) -> str:
     for suffix in (".safetensors", ".pth", ".ckpt", ".bin"):
         name = name.removesuffix(suffix)
     return name
-
-
-def control_title(net: AdapterInfo) -> str:
-    """A1111's title of a ControlNet: `name [hash]` once a replica has hashed the file, else the name."""
-    sha = cached_sha256(net.path)
-    return f"{net.name} [{sha[:CONTROL_HASH_DIGITS]}]" if sha else net.name
 
 
 def resolve_controls(units: Sequence[ControlUnit], adapters: AdapterCatalog, mode: ModeConfig, family: Family,
@@ -74,7 +66,7 @@ def resolve_controls(units: Sequence[ControlUnit], adapters: AdapterCatalog, mod
             name=net.name, path=net.path, file_bytes=net.file_bytes, parameters=net.parameters or 0, image=image,
             preprocessor=preprocessor, weight=unit.weight, start=unit.start, end=unit.end, mode=unit.mode,
             resize=unit.resize, processor_res=unit.processor_res, threshold_a=unit.threshold_a,
-            threshold_b=unit.threshold_b, title=control_title(net)))
+            threshold_b=unit.threshold_b))
     return used
 
 

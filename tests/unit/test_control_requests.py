@@ -190,3 +190,21 @@ def test_the_infotext_records_each_unit_as_a1111_writes_it(ip_catalog: AdapterCa
     fields = parse_infotext(text)
     assert fields["ControlNet 1"] == "Module: ip-adapter, Model: tiny-sd1-ipadapter, Weight: 1"
     assert fields["ControlNet 0"].startswith("Module: canny")
+
+
+def test_the_infotext_writes_the_pixel_perfect_resolution_and_the_hash_once_known(ip_catalog: AdapterCatalog) -> None:
+    """A1111 writes the resolution pixel perfect computed (not 512), and the title `name [hash]` the replica
+    has once it loaded (so hashed) the ControlNet: no request needs the router to have seen the hash first."""
+    from serve_app.model.generation.infotext import generation_infotext, parse_infotext
+    from serve_app.model.inspection.model_hashes import compute_sha256, hash_in_background
+
+    def unit_text(resize: str) -> str:
+        request = _resolve(ip_catalog, Txt2ImgRequest(prompt="x", width=768, height=512, controls=[
+            {"model": "tiny-sd1-controlnet", "image": _b64((300, 100)), "resize": resize}]))
+        return parse_infotext(generation_infotext(request, 1, "sd1", None, "v"))["ControlNet 0"]
+
+    # 300x100 to 768x512: covering scales it by 5.12 (its shorter side 512), fitting inside by 2.56 (256)
+    assert "Processor Res: 512" in unit_text("crop") and "Processor Res: 256" in unit_text("fill")
+    path = next(a.path for a in ip_catalog.adapters if a.name == "tiny-sd1-controlnet")
+    hash_in_background(path).result(timeout=60)  # what the replica does when it loads the ControlNet
+    assert f"Model: tiny-sd1-controlnet [{compute_sha256(Path(path))[:8]}]," in unit_text("crop")

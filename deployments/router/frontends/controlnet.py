@@ -12,7 +12,6 @@ from fastapi import APIRouter
 from deployments.router.access_control import CLIENT
 from deployments.router.gateway import off_loop
 from deployments.router.gateway_dependency import GatewayDep
-from serve_app.api.control_resolution import control_title
 from serve_app.api.http_errors import FrontEnd, error_responses
 from serve_app.api.images.control_detect import detect
 from serve_app.api.schemas.a1111_controlnet import (
@@ -27,6 +26,7 @@ from serve_app.api.schemas.a1111_controlnet import (
 )
 from serve_app.model.control.preprocessors import PREPROCESSORS
 from serve_app.model.inspection.adapter_inspect import AdapterKind
+from serve_app.model.inspection.model_hashes import control_title
 
 TAGS: list[str | Enum] = [FrontEnd.A1111.value]
 ERRORS = error_responses(FrontEnd.A1111)
@@ -45,7 +45,7 @@ async def controlnet_model_list(gw: GatewayDep, update: bool = False) -> Control
     if update:
         await asyncio.to_thread(gw.adapters.refresh)
     nets = gw.adapters.of_kind(AdapterKind.CONTROLNET)
-    titles = await asyncio.to_thread(lambda: [control_title(n) for n in nets])  # (reads the hash cache)
+    titles = await asyncio.to_thread(lambda: [control_title(n.name, n.path) for n in nets])  # (reads the hash cache)
     return ControlNetModelList(model_list=titles)
 
 

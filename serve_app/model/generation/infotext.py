@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from serve_app.model.control.control_image import pixel_perfect_resolution
 from serve_app.model.generation.a1111_samplers import a1111_names
+from serve_app.model.inspection.model_hashes import control_title
 
 if TYPE_CHECKING:
     from serve_app.model.generation.job import ControlUse, GenerationRequest
@@ -106,7 +108,8 @@ def generation_infotext(params: GenerationRequest, seed: int, model: str, model_
         "Denoising strength (hires)": hires.strength if hires else None,
         "Lora weights": ", ".join(f"{lora.name}: {lora.weight:g}" for lora in params.loras) or None,
         "VAE": params.vae.name if params.vae else None,
-        **{f"ControlNet {i}": control_unit_text(c) for i, c in enumerate(params.controls)},
+        **{f"ControlNet {i}": control_unit_text(c, (params.width, params.height))
+           for i, c in enumerate(params.controls)},
         **{f"ControlNet {len(params.controls) + i}": f"Module: ip-adapter, Model: {ip.name}, Weight: {ip.weight:g}"
            for i, ip in enumerate(params.ip_adapters)},  # (the A1111 extension runs IP-Adapters as its units)
         "Version": version,
@@ -118,10 +121,12 @@ _A1111_CONTROL_MODE = {"balanced": "Balanced", "prompt": "My prompt is more impo
                        "control": "ControlNet is more important"}
 
 
-def control_unit_text(c: ControlUse) -> str:
-    """One ControlNet unit as the A1111 extension writes it into the infotext (JSON-quoted there as a whole)."""
-    fields = {"Module": c.preprocessor, "Model": c.title or c.name, "Weight": f"{c.weight:g}",
-              "Resize Mode": _A1111_RESIZE[c.resize], "Processor Res": c.processor_res or 512,
+def control_unit_text(c: ControlUse, size: tuple[int, int]) -> str:
+    """One ControlNet unit of a generation of `size` as the A1111 extension writes it into the infotext
+    (JSON-quoted there as a whole): its model titled with its hash (the replica hashed it when it loaded it)."""
+    resolution = c.processor_res or pixel_perfect_resolution(c.image.size, size, c.resize)
+    fields = {"Module": c.preprocessor, "Model": control_title(c.name, c.path), "Weight": f"{c.weight:g}",
+              "Resize Mode": _A1111_RESIZE[c.resize], "Processor Res": resolution,
               "Threshold A": c.threshold_a, "Threshold B": c.threshold_b, "Guidance Start": f"{c.start:g}",
               "Guidance End": f"{c.end:g}", "Pixel Perfect": c.processor_res is None,
               "Control Mode": _A1111_CONTROL_MODE[c.mode]}

@@ -74,7 +74,6 @@ class ControlUse:
     processor_res: int | None = None  # None: "pixel perfect" (at the output's scale)
     threshold_a: float | None = None
     threshold_b: float | None = None
-    title: str = ""  # A1111's `name [hash]`, for the infotext
 
     @property
     def file_key(self) -> str:

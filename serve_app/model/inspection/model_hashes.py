@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 HASHES_FILE = "hashes.json"
 CHECKPOINT_SHORT = 10
 LORA_SHORT = 12
+CONTROL_SHORT = 8  # the ControlNet extension's titles: `name [first 8 hex digits]`
 _BLOCK = 1024 * 1024
 _lock = threading.Lock()  # one writer of a hashes.json at a time within a process
 
@@ -61,6 +62,13 @@ def cached_sha256(path: str | Path) -> str | None:
         return None
     entry = _read_cache(cache).get(str(path))
     return entry.get("sha256") if isinstance(entry, dict) and entry.get("version") == version else None
+
+
+def control_title(name: str, path: str | Path) -> str:
+    """A1111's title of a ControlNet: `name [hash]` once the file has been hashed (a replica hashes each one it
+    loads), else the name."""
+    sha = cached_sha256(path)
+    return f"{name} [{sha[:CONTROL_SHORT]}]" if sha else name
 
 
 def _file_sha256(path: Path) -> str:
