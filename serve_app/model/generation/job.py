@@ -75,6 +75,7 @@ class ControlUse:
     threshold_a: float | None = None
     threshold_b: float | None = None
     title: str = ""  # A1111's `name [hash]`, for the infotext
+    union_mode: int | None = None  # a FLUX Union ControlNet's control type (its mode index)
 
     @property
     def file_key(self) -> str:
