@@ -11,7 +11,7 @@ from PIL import Image
 
 from serve_app.core.errors import RequestValidationError
 from serve_app.model.families import Family
-from serve_app.model.generation.job import ControlUse
+from serve_app.model.generation.job import GenerationRequest
 
 # (the family's ControlNet kind, the job's pipeline) -> diffusers' ControlNet pipeline for it. SD3 has no ControlNet
 # img2img, and its inpainting one is for an inpainting ControlNet (it reads the image and the mask, no strength):
@@ -48,11 +48,16 @@ def _sharing(cls: Any, pipe: Any, controlnet: Any) -> Any:
     return cls(**kwargs, controlnet=controlnet)
 
 
-def controlled_pipeline(pipes: Any, pipe: Any, models: list[Any], controls: list[ControlUse],
+def controlled_pipeline(pipes: Any, pipe: Any, models: list[Any], params: GenerationRequest,
                         images: list[Image.Image], inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(the ControlNet pipeline for `pipe`, one of `pipes`' pipelines; its control arguments). SD3's inpainting
-    ControlNet pipeline takes the job's mask as `control_mask` instead of its image inputs: they leave `inputs`."""
+    """(the ControlNet pipeline for `pipe`, one of `pipes`' pipelines; the control arguments of `params`' units).
+    SD3's inpainting ControlNet pipeline takes the job's mask as `control_mask` instead of its image inputs: they
+    leave `inputs`. Call right before the generation: SD3's ControlNet pipelines draw the control image's VAE
+    latents from torch's global generator (not the request's), which is seeded here from the request's seed."""
     import diffusers
+    import torch
+
+    controls = params.controls
 
     role = "txt2img" if pipe is pipes.txt2img else "img2img" if pipe is pipes.img2img else "inpaint"
     kind = control_kind(pipes.family)
@@ -72,9 +77,11 @@ def controlled_pipeline(pipes: Any, pipe: Any, models: list[Any], controls: list
         "control_guidance_start": [c.start for c in controls],
         "control_guidance_end": [c.end for c in controls],
     }
-    if kind == "flux" and any(c.union_mode is not None for c in controls):
+    if kind == "flux" and (not one or controls[0].union_mode is not None):  # (a list for several: -1 for none)
         modes = [c.union_mode for c in controls]
         call["control_mode"] = modes[0] if one else modes
+    if kind == "sd3":
+        torch.manual_seed(params.seeds[0])
     if kind == "sd3" and role == "inpaint":
         call["control_mask"] = inputs["mask_image"]
         for name in _SD3_INPAINT_DROPS:
