@@ -9,7 +9,8 @@ Layouts:
 
 The family is read from the tensors, never the name: a cross-attention `to_k` matrix takes the text context
 as input, so its input width is the family's cross-attention dim (768 SD1, 1024 SD2, 2048 SDXL), as for
-LoRAs; a transformer ControlNet's latent, text and pooled-prompt widths (`flow_control_inspect`). No model is loaded here (the router inspects; it never imports torch).
+LoRAs; a transformer ControlNet's latent, text and pooled-prompt widths (`flow_control_inspect`). No model is
+loaded here (the router inspects; it never imports torch).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def controlnet_layout(keys: list[str]) -> str:
     lora = any("lora" in k for k in keys[:50])
     hint = " (a Control-LoRA or other LoRA-style file: not served)" if lora else ""
     raise AdapterFileError(f"not a ControlNet: no controlnet_cond_embedding.* (diffusers), input_hint_block.* "
-                           f"(original), controlnet_x_embedder.* (FLUX) or pos_embed_input.* (SD3) keys{hint}; it starts with {sorted(keys)[:3]}", param="controlnet")
+                           f"(original), controlnet_x_embedder.* (FLUX) or pos_embed_input.* (SD3) keys{hint}; "
+                           f"it starts with {sorted(keys)[:3]}", param="controlnet")
 
 
 def controlnet_fields(path: Path, tensors: dict[str, TensorHeader], metadata: dict[str, str]) -> dict[str, Any]:

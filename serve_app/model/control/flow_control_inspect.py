@@ -115,10 +115,12 @@ def flow_controlnet_config(family: Family, tensors: dict[str, TensorHeader]) -> 
     return dict(sample_size=128, patch_size=proj[2], in_channels=_LATENT_CHANNELS, out_channels=_LATENT_CHANNELS,
                 num_layers=layers, attention_head_dim=head, num_attention_heads=inner // head,
                 joint_attention_dim=context[1] if context else None,
-                caption_projection_dim=context[0] if context else inner, pooled_projection_dim=tensors[_POOLED].shape[1],
+                caption_projection_dim=context[0] if context else inner,
+                pooled_projection_dim=tensors[_POOLED].shape[1],
                 pos_embed_max_size=round((grid[1]) ** 0.5) if grid else None,
                 extra_conditioning_channels=proj[1] - _LATENT_CHANNELS,
-                dual_attention_layers=[i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in tensors],
+                dual_attention_layers=[i for i in range(layers)
+                                       if f"transformer_blocks.{i}.attn2.to_q.weight" in tensors],
                 qk_norm=("layer_norm" if "transformer_blocks.0.attn.norm_q.bias" in tensors else "rms_norm")
                 if "transformer_blocks.0.attn.norm_q.weight" in tensors else None,
                 pos_embed_type="sincos" if use_pos_embed else None, use_pos_embed=use_pos_embed,

@@ -37,17 +37,19 @@ def demo_flow_controlnet(family: Family, num_mode: int | None = None, extra_chan
     if family is Family.FLUX:
         from diffusers import FluxControlNetModel
 
-        flux = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                                   num_attention_heads=2, joint_attention_dim=4096, pooled_projection_dim=768,
-                                   guidance_embeds=True, axes_dims_rope=[4, 6, 6], num_mode=num_mode)
+        flux: Any = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=4096,
+                                        pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[4, 6, 6],
+                                        num_mode=num_mode)
         _randomise([*flux.controlnet_blocks, *flux.controlnet_single_blocks, flux.controlnet_x_embedder])
         return flux
     from diffusers import SD3ControlNetModel
 
-    sd3 = SD3ControlNetModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=4096,
-                             caption_projection_dim=32, pooled_projection_dim=768 + 1280, pos_embed_max_size=32,
-                             extra_conditioning_channels=extra_channels, dual_attention_layers=(0,), qk_norm="rms_norm")
+    sd3: Any = SD3ControlNetModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=4096,
+                                  caption_projection_dim=32, pooled_projection_dim=768 + 1280, pos_embed_max_size=32,
+                                  extra_conditioning_channels=extra_channels, dual_attention_layers=(0,),
+                                  qk_norm="rms_norm")
     _randomise([*sd3.controlnet_blocks, sd3.pos_embed_input])
     return sd3
 
