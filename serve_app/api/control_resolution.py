@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from PIL import Image
 
@@ -78,14 +79,14 @@ def resolve_controls(units: Sequence[ControlUnit], adapters: AdapterCatalog, mod
                                          f"{made_for}; mode {mode.name!r} is {family.value}", param=where(i, "model"))
         if family.flow:
             check_flow_unit(unit, net, len(units), family, job, variant, full_res, mode.name,
-                            lambda part, i=i: where(i, part))
+                            partial(where, i))
         image = decode(unit.image, where(i, "image"), mode.limits)
         used.append(ControlUse(
             name=net.name, path=net.path, file_bytes=net.file_bytes, parameters=net.parameters or 0, image=image,
             preprocessor=preprocessor, weight=unit.weight, start=unit.start, end=unit.end, mode=unit.mode,
             resize=unit.resize, processor_res=unit.processor_res, threshold_a=unit.threshold_a,
             threshold_b=unit.threshold_b, title=control_title(net),
-            union_mode=union_mode(unit, net, preprocessor, lambda part, i=i: where(i, part))))
+            union_mode=union_mode(unit, net, preprocessor, partial(where, i))))
     return used
 
 
