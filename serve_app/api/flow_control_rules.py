@@ -20,10 +20,10 @@ from collections.abc import Callable
 from serve_app.api.schemas.controlnet import ControlUnit
 from serve_app.core.errors import RequestValidationError
 from serve_app.core.strict_model import quote
+from serve_app.model.control.flow_control_inspect import FLUX_UNION_TYPES
 from serve_app.model.families import Family
 from serve_app.model.inspection.adapter_inspect import AdapterInfo
 
-FLUX_UNION_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "lq")  # the Union ControlNets' mode order
 _TYPE_ALIASES = {"openpose": "pose", "grey": "gray", "low quality": "lq", "low_quality": "lq"}
 _TYPE_OF_PREPROCESSOR = {"canny": "canny", "tile_resample": "tile", "blur_gaussian": "blur"}
 

@@ -31,6 +31,7 @@ _FLUX_PACKED = _LATENT_CHANNELS * 4  # FLUX packs 2x2 latent patches into one to
 _T5_WIDTH = 4096
 _POOLED_WIDTH = {Family.FLUX: 768, Family.SD3: 768 + 1280}
 _FLUX_ROPE_128 = [16, 56, 56]  # FLUX.1's rotary axes for its 128-wide heads
+FLUX_UNION_TYPES = ("canny", "tile", "depth", "blur", "pose", "gray", "lq")  # InstantX / Shakker-Labs Union modes
 
 
 def flow_controlnet_architecture(keys: list[str]) -> Family | None:

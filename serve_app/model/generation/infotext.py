@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from serve_app.model.control.flow_control_inspect import FLUX_UNION_TYPES
 from serve_app.model.generation.a1111_samplers import a1111_names
 
 if TYPE_CHECKING:
@@ -124,5 +125,6 @@ def control_unit_text(c: ControlUse) -> str:
               "Resize Mode": _A1111_RESIZE[c.resize], "Processor Res": c.processor_res or 512,
               "Threshold A": c.threshold_a, "Threshold B": c.threshold_b, "Guidance Start": f"{c.start:g}",
               "Guidance End": f"{c.end:g}", "Pixel Perfect": c.processor_res is None,
-              "Control Mode": _A1111_CONTROL_MODE[c.mode]}
+              "Control Mode": _A1111_CONTROL_MODE[c.mode],
+              "Union Control Type": FLUX_UNION_TYPES[c.union_mode] if c.union_mode is not None else None}
     return ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
