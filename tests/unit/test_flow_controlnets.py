@@ -215,6 +215,10 @@ def test_a_controlnet_changes_the_image_deterministically_per_seed(
             two = image([unit, {**unit, "preprocessor": "invert", "weight": 0.5}])
             assert two not in (plain, one) and image([unit], seed=4) != one
             assert image([]) == plain  # nothing stays applied
+            hires = Txt2ImgRequest(prompt="a fox", seed=3, controls=[unit], hires={"scale": 2, "steps": 2,
+                                                                                     "upscaler": "lanczos"})
+            result = runner.generate(resolve_request(hires, runner.mode, runner.family, adapters=catalog))
+            assert (result.width, result.height) == (128, 96)  # (the second pass runs without the units)
     assert runner.controls.loads == 1  # loaded once, kept in the byte-bounded cache
 
 
