@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from PIL import Image
 
 from serve_app.api.adapter_catalog import AdapterCatalog
+from serve_app.api.flow_control_rules import check_flow_unit, check_flux_true_cfg, union_mode
 from serve_app.api.schemas.controlnet import ControlUnit, IpAdapterUnit
 from serve_app.config.modes_file import ModeConfig, ModeLimits
 from serve_app.core.errors import RequestValidationError, UnknownAdapterError
@@ -24,7 +26,8 @@ from serve_app.model.inspection.adapter_inspect import AdapterInfo, AdapterKind
 # native unit field -> the A1111 ControlNet extension's (for errors of translated requests)
 A1111_UNIT_FIELDS = {"model": "model", "image": "image", "weight": "weight", "start": "guidance_start",
                      "end": "guidance_end", "mode": "control_mode", "resize": "resize_mode",
-                     "preprocessor": "module", "processor_res": "processor_res"}
+                     "preprocessor": "module", "processor_res": "processor_res",
+                     "control_type": "union_control_type"}
 Decode = Callable[[str, str, ModeLimits], Image.Image]
 
 
@@ -37,10 +40,15 @@ def control_model_name(requested: str) -> str:
 
 
 def resolve_controls(units: Sequence[ControlUnit], adapters: AdapterCatalog, mode: ModeConfig, family: Family,
-                     decode: Decode, name: Callable[[str], str] = lambda f: f) -> list[ControlUse]:
-    """The ControlNet units of a request, checked (see the module docstring); `name` gives the client's own name
-    of a native field (A1111's units are `alwayson_scripts.controlnet.args`)."""
+                     decode: Decode, name: Callable[[str], str] = lambda f: f, *, job: str = "txt2img",
+                     variant: str = "", full_res: bool = False, true_cfg_scale: float | None = None,
+                     ) -> list[ControlUse]:
+    """The ControlNet units of a `job` (txt2img, img2img, inpaint), checked (see the module docstring; SD3 / FLUX:
+    `flow_control_rules`); `name` gives the client's own name of a native field (A1111's units are
+    `alwayson_scripts.controlnet.args`)."""
     prefix = name("controls")
+    if family is Family.FLUX and units:
+        check_flux_true_cfg(true_cfg_scale, job, name("true_cfg_scale"))
 
     def where(i: int, part: str) -> str:
         return f"{prefix}[{i}].{part if prefix == 'controls' else A1111_UNIT_FIELDS.get(part, part)}"
@@ -61,12 +69,15 @@ def resolve_controls(units: Sequence[ControlUnit], adapters: AdapterCatalog, mod
             made_for = net.family.value if net.family else "another family"
             raise RequestValidationError(f"`{where(i, 'model')}`: ControlNet {quote(net.name)} is made for "
                                          f"{made_for}; mode {mode.name!r} is {family.value}", param=where(i, "model"))
+        if family.flow:
+            check_flow_unit(unit, net, len(units), family, job, variant, full_res, mode.name,
+                            partial(where, i))
         image = decode(unit.image, where(i, "image"), mode.limits)
         used.append(ControlUse(
             name=net.name, path=net.path, file_bytes=net.file_bytes, parameters=net.parameters or 0, image=image,
             preprocessor=preprocessor, weight=unit.weight, start=unit.start, end=unit.end, mode=unit.mode,
             resize=unit.resize, processor_res=unit.processor_res, threshold_a=unit.threshold_a,
-            threshold_b=unit.threshold_b))
+            threshold_b=unit.threshold_b, union_mode=union_mode(unit, net, preprocessor, partial(where, i))))
     return used
 
 

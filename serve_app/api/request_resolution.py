@@ -141,7 +141,8 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     def name(field: str) -> str:  # the client's own name of a native field
         return names.get(field, field)
 
-    family.check_job("inpaint" if is_inpaint else "img2img" if is_img2img else "txt2img", mode.name)
+    job_kind = "inpaint" if is_inpaint else "img2img" if is_img2img else "txt2img"
+    family.check_job(job_kind, mode.name)
     if req.hires is not None:
         if is_img2img:
             raise _invalid(name("hires"), "set", "applies to txt2img only")
@@ -184,7 +185,9 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
     ip_units += req.ip_adapters
     if ip_units and req.hires is not None:
         raise _invalid(name("ip_adapters"), ip_units[0].model, "does not go with a hires fix (`hires`)")
-    controls = resolve_controls(units, adapters, mode, family, decode_image, name) if units else []
+    controls = resolve_controls(units, adapters, mode, family, decode_image, name, job=job_kind, variant=variant,
+                                full_res=bool(getattr(req, "inpaint_full_res", False)),
+                                true_cfg_scale=req.true_cfg_scale) if units else []
     ips = resolve_ip_adapters(ip_units, adapters, mode, family, decode_image, name) if ip_units else []
     job: Job
     if isinstance(req, Img2ImgRequest):

@@ -1,7 +1,7 @@
 """ControlNet through the demo application: native `controls` (one and two units change the image and are
 deterministic per seed), the A1111 extension's payload from the real `webuiapi` client (`ControlNetUnit`), its
 routes (`/controlnet/detect` with canny returns an edge map, model and module lists), and a ControlNet of
-another family refused with a 422 naming both."""
+another family refused with a 422 naming both; the same for the FLUX mode and its transformer ControlNet."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def test_controlnets_are_listed_as_adapters_with_their_family(client):
     assert nets["tiny-sd1-controlnet"]["family"] == "sd1" and nets["tiny-sd1-controlnet"]["format"] == "diffusers"
     assert nets["tiny-sdxl-controlnet"]["family"] == "sdxl"
     assert nets["tiny-sd1-controlnet"]["path"] == "controlnet/tiny-sd1-controlnet"
+    assert (nets["tiny-flux-controlnet"]["family"], nets["tiny-sd3-controlnet"]["family"]) == ("flux", "sd3")
+    assert nets["tiny-sd3-controlnet"]["path"] == "controlnet/tiny-sd3-controlnet.safetensors"
+    assert body["problems"] == []
 
 
 def test_one_and_two_units_change_the_image_and_are_deterministic(client):
@@ -138,3 +141,38 @@ def test_an_ip_adapter_changes_the_image_natively_and_as_an_a1111_unit(demo_url,
     args = dict(prompt="a red fox", seed=5, steps=2, width=SIZE, height=SIZE, sampler_name="Euler")
     a1111 = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
     assert pixels(png_bytes(a1111.image)) != pixels(png_bytes(api.txt2img(alwayson_scripts={}, **args).image))
+
+
+FLUX = {**REQ, "mode": "flux", "seed": 6}
+FLUX_UNIT = {"model": "tiny-flux-controlnet", "image": SHAPE, "preprocessor": "canny"}
+
+
+def test_a_flux_controlnet_changes_the_image_natively_and_as_an_a1111_unit(demo_url, client):
+    plain = _image(client, **FLUX)
+    one = _image(client, **FLUX, controls=[FLUX_UNIT])
+    two = _image(client, **FLUX, controls=[FLUX_UNIT, {**FLUX_UNIT, "preprocessor": "invert", "weight": 0.5}])
+    assert len({plain, one, two}) == 3
+    assert _image(client, **FLUX, controls=[FLUX_UNIT]) == one and _image(client, **FLUX) == plain
+    api = webuiapi.WebUIApi(baseurl=f"{demo_url}/sdapi/v1")
+    api.util_set_model("flux")
+    unit = webuiapi.ControlNetUnit(image=_shape(), module="canny", model="tiny-flux-controlnet", weight=1.0,
+                                   threshold_a=100, threshold_b=200, pixel_perfect=True)
+    args = dict(prompt="a red fox", seed=6, steps=2, width=SIZE, height=SIZE, sampler_name="Euler", cfg_scale=3.5)
+    controlled = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **args)
+    plain_a1111 = api.txt2img(alwayson_scripts={}, **args)
+    assert pixels(png_bytes(controlled.image)) != pixels(png_bytes(plain_a1111.image))
+    assert "Model: tiny-flux-controlnet" in controlled.info["infotexts"][0]
+
+
+def test_flow_controlnets_of_another_family_or_mode_are_refused(client):
+    for mode, model, other in (("flux", "tiny-sd1-controlnet", "sd1"), ("sd3", "tiny-flux-controlnet", "flux"),
+                               ("sd1", "tiny-flux-controlnet", "flux")):
+        r = client.post("/v1/txt2img", json={**REQ, "mode": mode, "controls": [{**FLUX_UNIT, "model": model}]})
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["param"] == "controls[0].model" and other in err["message"] and mode in err["message"]
+    r = client.post("/v1/txt2img", json={**FLUX, "controls": [{**FLUX_UNIT, "mode": "control"}]})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "controls[0].mode", r.text
+    r = client.post("/v1/img2img", json={**REQ, "mode": "sd3", "image": SHAPE,
+                                         "controls": [{**FLUX_UNIT, "model": "tiny-sd3-controlnet"}]})
+    assert r.status_code == 422 and "img2img" in r.json()["error"]["message"], r.text

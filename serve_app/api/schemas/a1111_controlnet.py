@@ -5,7 +5,8 @@
 A unit is used when it is enabled (the default) and names a model; one with model `None` steers nothing
 (the extension runs only its preprocessor) and is skipped. A unit without an image takes the img2img init
 image, as the extension does. `pixel_perfect` runs the preprocessor at the output's scale (native
-`processor_res` none); `threshold_a`/`threshold_b` of -1 mean the preprocessor's defaults.
+`processor_res` none); `threshold_a`/`threshold_b` of -1 mean the preprocessor's defaults; `union_control_type`
+is a Union ControlNet's control (native `control_type`; "Unknown": from the preprocessor).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def _image(unit: dict[str, Any], init_image: str | None) -> str | None:
     return image or init_image
 
 
+def _union_type(value: Any) -> Any:
+    """The extension's `union_control_type` ("Unknown" / None: not said)."""
+    return None if value is None or (isinstance(value, str) and value.strip().lower() in ("", "unknown")) else value
+
+
 def _unit(i: int, unit: object, init_image: str | None) -> ControlUnit | None:
     where = f"{UNITS_FIELD}[{i}]"
     if not isinstance(unit, dict):
@@ -76,7 +82,8 @@ def _unit(i: int, unit: object, init_image: str | None) -> ControlUnit | None:
                   resize=_choice(_RESIZE_MODES, unit.get("resize_mode", 1), f"{where}.resize_mode"),
                   preprocessor=unit.get("module") or "none",
                   processor_res=None if unit.get("pixel_perfect") else number("processor_res"),
-                  threshold_a=number("threshold_a"), threshold_b=number("threshold_b"))
+                  threshold_a=number("threshold_a"), threshold_b=number("threshold_b"),
+                  control_type=_union_type(unit.get("union_control_type")))
     try:
         return ControlUnit(**fields)
     except ValidationError as exc:  # named as the client sent it

@@ -38,6 +38,10 @@ class ControlUnit(StrictModel):
                                       "100; threshold/scribble_xdog: the level; blur_gaussian: sigma; "
                                       "tile_resample: down sampling rate); its default when left out.")
     threshold_b: float | None = Field(None, description="Its second number (canny: high threshold, 200).")
+    control_type: str | None = Field(None, max_length=32, description="A FLUX Union ControlNet's control: canny, "
+                                     "tile, depth, blur, pose, gray, lq (its `control_modes` first ones); left out: "
+                                     "from the preprocessor (canny, tile_resample, blur_gaussian). Other ControlNets "
+                                     "take none.")
 
     @model_validator(mode="after")
     def _starts_before_it_ends(self) -> ControlUnit:

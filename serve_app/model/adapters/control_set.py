@@ -5,9 +5,10 @@ load: `missing_bytes`).
 
 Loading, offline: a diffusers folder with `from_pretrained`; a single file's tensors (diffusers keys, or the
 original ldm keys converted by diffusers' own `convert_controlnet_checkpoint`) into a model built from its
-config (the file's `dreamlab.controlnet_config` metadata, else the family's, `control_configs`).
+config (the file's `dreamlab.controlnet_config` metadata, else the family's, `control_configs`; a FLUX / SD3
+ControlNet's read from its tensors, `flow_control_inspect`), as diffusers' class of its family.
 
-Each loaded model carries a forward hook that applies its unit's control mode (see `apply_mode`); the runner
+Each loaded UNet ControlNet carries a forward hook that applies its unit's control mode (see `apply_mode`); the runner
 calls this under its generation lock, so one request's modes never mix with another's.
 """
 
@@ -29,6 +30,8 @@ from serve_app.model.control.control_inspect import (
     controlnet_layout,
     read_controlnet_header,
 )
+from serve_app.model.control.flow_control_inspect import flow_controlnet_config
+from serve_app.model.families import Family
 from serve_app.model.generation.job import ControlMode, ControlUse
 from serve_app.model.inspection.model_hashes import hash_in_background
 
@@ -71,26 +74,34 @@ def _mode_hook(module: torch.nn.Module, args: Any, kwargs: Any, output: Any) -> 
     return (down, mid) if isinstance(output, tuple) else type(output)(down, mid)
 
 
+_MODEL_CLASSES = {Family.FLUX: "FluxControlNetModel", Family.SD3: "SD3ControlNetModel"}  # else ControlNetModel
+
+
 def load_controlnet(control: ControlUse, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     """The ControlNet of `control` on `device` in `dtype` (see the module docstring); offline."""
-    from diffusers import ControlNetModel
+    import diffusers
     from safetensors.torch import load_file
 
     path = Path(control.path)
     weights, tensors, metadata = read_controlnet_header(path)
+    family = controlnet_fields(path, tensors, metadata)["family"]
+    cls = getattr(diffusers, _MODEL_CLASSES.get(family, "ControlNetModel"))
     if path.is_dir():
         variant = "fp16" if weights.name.endswith(".fp16.safetensors") else None
-        model = ControlNetModel.from_pretrained(str(path), variant=variant, local_files_only=True)
+        model = cls.from_pretrained(str(path), variant=variant, local_files_only=True)
     else:
-        family = controlnet_fields(path, tensors, metadata)["family"]
-        config = json.loads(metadata[METADATA_CONTROLNET_CONFIG]) if METADATA_CONTROLNET_CONFIG in metadata \
-            else dict(CONTROLNET_CONFIGS[family])
+        if METADATA_CONTROLNET_CONFIG in metadata:
+            config = json.loads(metadata[METADATA_CONTROLNET_CONFIG])
+        elif family.flow:
+            config = flow_controlnet_config(family, tensors)
+        else:
+            config = dict(CONTROLNET_CONFIGS[family])
         state = load_file(str(path))
         if controlnet_layout(list(tensors)) == "original":
             from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
             state = convert_controlnet_checkpoint(state, config)
-        model = ControlNetModel.from_config(config)
+        model = cls.from_config(config)
         model.load_state_dict(state, strict=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -137,7 +148,8 @@ class ControlSet:
         except Exception as exc:  # a file diffusers cannot load fails this request, not the replica
             raise AdapterFileError(f"ControlNet {control.name!r} cannot be loaded: {type(exc).__name__}: "
                                    f"{str(exc)[:200]}", param="controls") from exc
-        model.register_forward_hook(_mode_hook, with_kwargs=True)
+        if type(model).__name__ not in _MODEL_CLASSES.values():  # (transformer ControlNets: balanced only)
+            model.register_forward_hook(_mode_hook, with_kwargs=True)
         hash_in_background(control.path)  # A1111's `name [hash]` titles (`/controlnet/model_list`, infotexts)
         self.loaded[key] = (control, model)
         self.loads += 1

@@ -9,17 +9,32 @@ from typing import Any
 
 from PIL import Image
 
-from serve_app.model.generation.job import ControlUse
+from serve_app.core.errors import RequestValidationError
+from serve_app.model.families import Family
+from serve_app.model.generation.job import GenerationRequest
 
-# (sdxl?, the job's pipeline) -> diffusers' ControlNet pipeline for it
-_CONTROL_PIPELINES: dict[tuple[bool, str], str] = {
-    (False, "txt2img"): "StableDiffusionControlNetPipeline",
-    (False, "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
-    (False, "inpaint"): "StableDiffusionControlNetInpaintPipeline",
-    (True, "txt2img"): "StableDiffusionXLControlNetPipeline",
-    (True, "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
-    (True, "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+# (the family's ControlNet kind, the job's pipeline) -> diffusers' ControlNet pipeline for it. SD3 has no ControlNet
+# img2img, and its inpainting one is for an inpainting ControlNet (it reads the image and the mask, no strength):
+# the router refuses the rest before the queue (`flow_control_rules`).
+_CONTROL_PIPELINES: dict[tuple[str, str], str] = {
+    ("sd", "txt2img"): "StableDiffusionControlNetPipeline",
+    ("sd", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionControlNetInpaintPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    ("sdxl", "inpaint"): "StableDiffusionXLControlNetInpaintPipeline",
+    ("flux", "txt2img"): "FluxControlNetPipeline",
+    ("flux", "img2img"): "FluxControlNetImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxControlNetInpaintPipeline",
+    ("sd3", "txt2img"): "StableDiffusion3ControlNetPipeline",
+    ("sd3", "inpaint"): "StableDiffusion3ControlNetInpaintingPipeline",
 }
+_MULTI = {"flux": "FluxMultiControlNetModel", "sd3": "SD3MultiControlNetModel"}  # else MultiControlNetModel
+_SD3_INPAINT_DROPS = ("image", "mask_image", "strength", "padding_mask_crop")
+
+
+def control_kind(family: Family) -> str:
+    return family.value if family in (Family.FLUX, Family.SD3) else "sdxl" if family.is_sdxl else "sd"
 
 
 def _sharing(cls: Any, pipe: Any, controlnet: Any) -> Any:
@@ -33,23 +48,42 @@ def _sharing(cls: Any, pipe: Any, controlnet: Any) -> Any:
     return cls(**kwargs, controlnet=controlnet)
 
 
-def controlled_pipeline(pipes: Any, pipe: Any, models: list[Any], controls: list[ControlUse],
-                        images: list[Image.Image]) -> tuple[Any, dict[str, Any]]:
-    """(the ControlNet pipeline for `pipe`, one of `pipes`' pipelines; its control arguments)."""
+def controlled_pipeline(pipes: Any, pipe: Any, models: list[Any], params: GenerationRequest,
+                        images: list[Image.Image], inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(the ControlNet pipeline for `pipe`, one of `pipes`' pipelines; the control arguments of `params`' units).
+    SD3's inpainting ControlNet pipeline takes the job's mask as `control_mask` instead of its image inputs: they
+    leave `inputs`. Call right before the generation: SD3's ControlNet pipelines draw the control image's VAE
+    latents from torch's global generator (not the request's), which is seeded here from the request's seed."""
     import diffusers
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+    import torch
+
+    controls = params.controls
 
     role = "txt2img" if pipe is pipes.txt2img else "img2img" if pipe is pipes.img2img else "inpaint"
-    cls = getattr(diffusers, _CONTROL_PIPELINES[(pipes.family.is_sdxl, role)])
+    kind = control_kind(pipes.family)
+    if (kind, role) not in _CONTROL_PIPELINES:
+        raise RequestValidationError(f"`controls`: {pipes.family.value} has no ControlNet {role} pipeline",
+                                     param="controls")
+    cls = getattr(diffusers, _CONTROL_PIPELINES[(kind, role)])
     one = len(models) == 1
-    controlnet = models[0] if one else MultiControlNetModel(models)
+    controlnet = models[0] if one else getattr(diffusers, _MULTI.get(kind, "MultiControlNetModel"))(models)
     built = _sharing(cls, pipe, controlnet)
     built.set_progress_bar_config(disable=True)
     weights = [c.weight for c in controls]
+    image_arg = "image" if role == "txt2img" and kind in ("sd", "sdxl") else "control_image"
     call: dict[str, Any] = {
-        "image" if role == "txt2img" else "control_image": images[0] if one else images,
+        image_arg: images[0] if one else images,
         "controlnet_conditioning_scale": weights[0] if one else weights,
         "control_guidance_start": [c.start for c in controls],
         "control_guidance_end": [c.end for c in controls],
     }
+    if kind == "flux" and (not one or controls[0].union_mode is not None):  # (a list for several: -1 for none)
+        modes = [c.union_mode for c in controls]
+        call["control_mode"] = modes[0] if one else modes
+    if kind == "sd3":
+        torch.manual_seed(params.seeds[0])
+    if kind == "sd3" and role == "inpaint":
+        call["control_mask"] = inputs["mask_image"]
+        for name in _SD3_INPAINT_DROPS:
+            inputs.pop(name, None)
     return built, call

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.core.errors import AdapterFileError
-from serve_app.model.control.control_inspect import CONTROL_FAMILIES
+from serve_app.model.control.control_inspect import UNET_CONTROL_FAMILIES
 from serve_app.model.families import FAMILY_BY_CROSS_ATTENTION_DIM
 from serve_app.model.inspection.safetensors_header import TensorHeader, read_safetensors_header
 
@@ -34,7 +34,7 @@ def ipadapter_fields(path: Path, tensors: dict[str, TensorHeader]) -> dict[str, 
         raise AdapterFileError(f"{path}: an IP-Adapter without to_k_ip matrices", param="ip_adapters")
     dim = to_k[0].shape[1]
     family = FAMILY_BY_CROSS_ATTENTION_DIM.get(dim)
-    if family not in CONTROL_FAMILIES:
+    if family not in UNET_CONTROL_FAMILIES:
         raise AdapterFileError(f"{path}: an IP-Adapter for cross-attention dim {dim}; served: 768 (sd1), 1024 (sd2), "
                                "2048 (sdxl)", param="ip_adapters")
     if "image_proj.proj.weight" in tensors and "image_proj.norm.weight" in tensors:

@@ -4,7 +4,8 @@ trained) with their zero convolutions made random, so they do change an image.
 
 Written under MODEL_ROOT's `controlnet/`: SD1's as a diffusers folder and, the same weights, as one file in
 the original (A1111, `control_model.*`) key layout; SDXL's as one file in the diffusers key layout. The single
-files carry their config in their metadata (`dreamlab.controlnet_config`).
+files carry their config in their metadata (`dreamlab.controlnet_config`). The FLUX and SD3 ones are written
+with them (`flow_demo_controlnets`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from serve_app.model.control.control_inspect import METADATA_CONTROLNET_CONFIG
 from serve_app.model.demo.architectures import demo_name, unet_config
+from serve_app.model.demo.flow_demo_controlnets import flow_demo_controlnets_present, write_flow_demo_controlnets
 from serve_app.model.families import Family
 from serve_app.model.loading.single_file_writer import encoder_half_module_map
 
@@ -82,7 +84,8 @@ def demo_controlnet_paths(model_root: str | Path) -> tuple[Path, Path, Path]:
 
 def demo_controlnets_present(model_root: str | Path) -> bool:
     sd1, original, sdxl = demo_controlnet_paths(model_root)
-    return (sd1 / "config.json").is_file() and original.is_file() and sdxl.is_file()
+    return (sd1 / "config.json").is_file() and original.is_file() and sdxl.is_file() and \
+        flow_demo_controlnets_present(model_root)
 
 
 def _config(net: Any) -> str:
@@ -104,4 +107,4 @@ def write_demo_controlnets(model_root: str | Path) -> list[Path]:
         state = {k: v.contiguous() for k, v in cast(torch.nn.Module, net).state_dict().items()}
         save_file(state, str(sdxl), metadata={METADATA_CONTROLNET_CONFIG: _config(net)})
         logger.info("demo ControlNet %s written", sdxl)
-    return [sd1, original, sdxl]
+    return [sd1, original, sdxl, *write_flow_demo_controlnets(model_root)]

@@ -13,6 +13,8 @@ from PIL import Image
 from serve_app.model.generation.job import LATENT_UPSCALERS, HiresPass
 
 VAE_SCALE = 8  # pixels per latent of every supported family
+CONTROL_ARGS = ("control_image", "control_mode", "control_mask", "controlnet_conditioning_scale",
+                "control_guidance_start", "control_guidance_end")  # the second pass runs without ControlNets
 
 
 def second_pass_steps(hires: HiresPass) -> int:
@@ -32,7 +34,7 @@ def upscale(first: Any, hires: HiresPass) -> Any:
 
 def second_pass(pipe: Any, first: Any, hires: HiresPass, call: dict[str, Any]) -> list[Image.Image]:
     """Denoise the upscaled first pass again with `pipe` (img2img); `call` holds the first pass's arguments."""
-    call = {k: v for k, v in call.items() if k not in ("width", "height", "output_type")}
+    call = {k: v for k, v in call.items() if k not in ("width", "height", "output_type", *CONTROL_ARGS)}
     call.update(image=upscale(first, hires), strength=hires.strength, num_inference_steps=hires.steps)
     if "height" in inspect.signature(pipe.__call__).parameters:  # SD3 / FLUX img2img: the size is not the image's
         call.update(width=hires.width, height=hires.height)

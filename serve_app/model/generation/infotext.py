@@ -19,6 +19,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from serve_app.model.control.control_image import pixel_perfect_resolution
+from serve_app.model.control.flow_control_inspect import FLUX_UNION_TYPES
 from serve_app.model.generation.a1111_samplers import a1111_names
 from serve_app.model.inspection.model_hashes import control_title
 
@@ -129,5 +130,6 @@ def control_unit_text(c: ControlUse, size: tuple[int, int]) -> str:
               "Resize Mode": _A1111_RESIZE[c.resize], "Processor Res": resolution,
               "Threshold A": c.threshold_a, "Threshold B": c.threshold_b, "Guidance Start": f"{c.start:g}",
               "Guidance End": f"{c.end:g}", "Pixel Perfect": c.processor_res is None,
-              "Control Mode": _A1111_CONTROL_MODE[c.mode]}
+              "Control Mode": _A1111_CONTROL_MODE[c.mode],
+              "Union Control Type": FLUX_UNION_TYPES[c.union_mode] if c.union_mode is not None else None}
     return ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)

@@ -74,6 +74,7 @@ class ControlUse:
     processor_res: int | None = None  # None: "pixel perfect" (at the output's scale)
     threshold_a: float | None = None
     threshold_b: float | None = None
+    union_mode: int | None = None  # a FLUX Union ControlNet's control type (its mode index)
 
     @property
     def file_key(self) -> str:

@@ -326,7 +326,7 @@ class ModelRunner:
                 before = self.controls.loads
                 models = self.controls.models(params.controls, cfg=params.guidance_scale > 1)
                 adapter_loads += self.controls.loads - before
-                pipe, control_call = controlled_pipeline(pipes, pipe, models, params.controls, control_images)
+                pipe, control_call = controlled_pipeline(pipes, pipe, models, params, control_images, inputs)
             pipe.scheduler = self.scheduler(params.scheduler)
             n = len(params.seeds)
 

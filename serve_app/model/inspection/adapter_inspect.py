@@ -79,6 +79,10 @@ class AdapterInfo(StrictModel):
                                   "encoder: its projection dim.")
     hidden_dim: int | None = Field(None, description="IP-Adapter: the encoder hidden width it takes (plus); image "
                                    "encoder: its hidden size.")
+    control_modes: int | None = Field(None, description="FLUX Union ControlNet: how many control types it takes "
+                                      "(a unit's `control_type`).")
+    conditioning_channels: int | None = Field(None, description="SD3 ControlNet: latent channels it reads besides "
+                                              "the image's (1: an inpainting ControlNet, which reads the mask).")
     dtype: str
     tensors: int
     file_bytes: int
