@@ -175,7 +175,7 @@ def test_union_control_types_come_from_the_unit_or_its_preprocessor(catalog: Ada
     from serve_app.model.generation.infotext import control_unit_text
 
     unit = resolve_request(a1111.to_native("flux"), FLUX, Family.FLUX, adapters=catalog).controls[0]
-    assert control_unit_text(unit).endswith("Control Mode: Balanced, Union Control Type: pose")
+    assert control_unit_text(unit, (64, 64)).endswith("Control Mode: Balanced, Union Control Type: pose")
     bad = A1111Txt2ImgRequest(prompt="x", alwayson_scripts={"controlnet": {"args": [
         {"model": "flux-union", "image": IMAGE, "union_control_type": "Segmentation"}]}})
     err = _refused(catalog, bad.to_native("flux"), FLUX, Family.FLUX)
