@@ -149,6 +149,8 @@ def flow_load_times(demo: Path, runs: int) -> None:
     for name, checkpoint, components in (
             ("sd3", "tiny-sd3", None), ("flux", "tiny-flux", ModeComponents(text_encoders=shared)),
             ("flux-schnell", "tiny-flux-schnell.safetensors",
+             ModeComponents(text_encoders=shared, vae="components/tiny-flux-ae.safetensors")),
+            ("flux-fill", "tiny-flux-fill.safetensors",  # BFL's original layout: converted on every load
              ModeComponents(text_encoders=shared, vae="components/tiny-flux-ae.safetensors"))):
         mode = ModeConfig(name=name, checkpoint=checkpoint, components=components)
         runner = ModelRunner(mode, demo / checkpoint, device=torch.device("cpu"),

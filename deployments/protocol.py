@@ -31,6 +31,16 @@ class Message(BaseModel):
 
 
 # -- mode worker -> registry ---------------------------------------------------------------------------
+class HostComponent(Message):
+    """A component file whose weights a replica holds mapped in host memory: every replica of the node that
+    maps the same file shares one copy (the page cache's), so the registry books it once per node."""
+
+    identity: str = Field(description="The mapped file (device, inode, size, mtime) and the key prefix used.")
+    path: str = Field(description="The component's file, as the mode names it.")
+    kind: str = Field(description="clip_l, clip_g, t5xxl, vae, transformer or unet.")
+    host_bytes: int = Field(description="Bytes of the weights held in the mapping.")
+
+
 class Registration(Message):
     """A load finished: what the model really holds on its device."""
 
@@ -41,16 +51,8 @@ class Registration(Message):
     estimate_bytes: int = Field(description="The estimate the reservation was made with.")
     measured_bytes: int = Field(description="What the load itself took.")
     epoch: int = Field(description="Counts the replica's loads and unloads: a stale report cannot undo a newer one.")
-
-
-class HostComponent(Message):
-    """A component file whose weights a replica holds mapped in host memory: every replica of the node that
-    maps the same file shares one copy (the page cache's), so the registry books it once per node."""
-
-    identity: str = Field(description="The mapped file (device, inode, size, mtime) and the key prefix used.")
-    path: str = Field(description="The component's file, as the mode names it.")
-    kind: str = Field(description="clip_l, clip_g, t5xxl, vae, transformer or unet.")
-    host_bytes: int = Field(description="Bytes of the weights held in the mapping.")
+    components: list[HostComponent] = Field(default_factory=list, description="The component files the model maps "
+                                            "in host memory (on a CPU device, its weights are those mappings).")
 
 
 class Offloaded(Message):

@@ -6,7 +6,8 @@ decides whether a reservation fits and which idle models are evicted for it (lea
 
 Memory is accounted and reconciled with the driver on every heartbeat (see `device_lines`): `used` is the
 sum of the footprints the workers measured (`torch.cuda.memory_allocated` deltas on CUDA, parameter bytes on
-the CPU); each replica's CUDA context and allocator cache are lines of their own, and what the driver
+the CPU, where the mapped component files a model reports are counted once per device, not once per model);
+each replica's CUDA context and allocator cache are lines of their own, and what the driver
 (`mem_get_info`) sees beyond the replicas' processes is `unaccounted`. Decisions take the larger of the ledger
 and the driver. A device is a physical GPU (its UUID), so replicas that share a card share its ledger. When
 room is short, replicas holding allocator cache are told to return it (`empty_cache`) before any idle model is
@@ -80,14 +81,27 @@ class VramLedger:
             entry.reported_used_bytes = reported_used
         return entry
 
-    def _used(self, device: str) -> int:
-        return sum(m.footprint_bytes for m in self.models.values() if m.device == device)
+    def _models_bytes(self, device: str, exclude: frozenset[str] = frozenset()) -> int:
+        """What the models on `device` (but those of the replicas in `exclude`) hold: their footprints; on a
+        CPU device each mapped component file once (there a model's weights are its node's mapping of the
+        file, shared by every replica mapping it), not once per model."""
+        models = [m for m in self.models.values() if m.device == device and m.replica not in exclude]
+        shared: dict[str, int] = {}
+        total = 0
+        for model in models:
+            files = self.ram.device_components(model.replica)
+            total += max(0, model.footprint_bytes - sum(c.host_bytes for c in files))
+            shared.update((c.identity, c.host_bytes) for c in files)
+        return total + sum(shared.values())
+
+    def _freed(self, device: str, replicas: set[str]) -> int:
+        """What unloading the models of `replicas` from `device` frees (a file still mapped by another stays)."""
+        return self._models_bytes(device) - self._models_bytes(device, exclude=frozenset(replicas))
 
     def _lines(self, device: str) -> DeviceLines:
         processes = [ReplicaProcess(rid, seen.mode, seen.process) for rid, seen in self.replicas.items()
                      if seen.device == device and seen.process is not None]
-        return device_lines((m.footprint_bytes for m in self.models.values() if m.device == device), processes,
-                            self.devices[device].reported_used_bytes)
+        return device_lines([self._models_bytes(device)], processes, self.devices[device].reported_used_bytes)
 
     def _reserved(self, device: str, exclude: str | None = None) -> int:
         return sum(r.bytes for key, r in self.reservations.items() if r.device == device and key != exclude)
@@ -192,7 +206,8 @@ class VramLedger:
         on_device = [m for m in self.models.values() if m.device == device and m.replica != replica]
         evicting = [m for m in on_device if m.state is EntryState.EVICTING]
         caches = {line.replica: line.cache_bytes for line in lines.lines if line.cache_bytes > 0}
-        pending = sum(m.footprint_bytes for m in evicting) + sum(caches.values())  # caches go before any model
+        going = {m.replica for m in evicting}
+        pending = self._freed(device, going) + sum(caches.values())  # caches go before any model
         idle = sorted((m for m in on_device if m.state is EntryState.READY and m.inflight == 0),
                       key=lambda m: m.last_use)
         victims: list[ModelStats] = []
@@ -200,10 +215,12 @@ class VramLedger:
             if free + pending >= nbytes:
                 break
             victims.append(model)
-            pending += model.footprint_bytes
+            going.add(model.replica)
+            pending = self._freed(device, going) + sum(caches.values())
         busy = [m for m in on_device if m.state is EntryState.READY and m.inflight > 0]
         if free + pending < nbytes:
-            later = sum(m.footprint_bytes for m in busy) + self._reserved(device, exclude=key)
+            later = (self._freed(device, going | {m.replica for m in busy}) - self._freed(device, going)
+                     + self._reserved(device, exclude=key))
             if free + pending + later < nbytes:
                 return answer(ReserveStatus.NO_FIT)
             # Fits once busy models (and loads in progress) go idle: evict what is idle now, poll again.
@@ -229,6 +246,7 @@ class VramLedger:
         self._device(reg.device)
         self.reservations.pop(reg.replica, None)
         self.ram.drop(reg.replica)
+        self.ram.hold(reg.replica, reg.mode, reg.device, Tier.VRAM, reg.components)
         self.models[reg.replica] = ModelStats(
             mode=reg.mode, replica=reg.replica, device=reg.device, footprint_bytes=reg.footprint_bytes,
             estimate_bytes=reg.estimate_bytes, measured_bytes=reg.measured_bytes, state=EntryState.READY,

@@ -63,6 +63,12 @@ class RamTier:
         holding = self.holdings.get(replica)
         return holding.components if holding is not None else []
 
+    def device_components(self, replica: str) -> list[HostComponent]:
+        """The component files `replica` maps while its model is on a CPU device: there its weights *are* the
+        node's mapping of each file, one copy however many replicas map it (the device's ledger counts it once)."""
+        holding = self.holdings.get(replica)
+        return holding.components if holding is not None and holding.on_cpu_device else []
+
     def _booked(self, node: str, promised: Iterable[Promise], exclude: frozenset[str] = frozenset()
                 ) -> dict[str, HostComponent]:
         """The component files booked on `node`: used by a RAM-tier model (not dropping, not in `exclude`) or by

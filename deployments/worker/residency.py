@@ -129,7 +129,7 @@ class Residency:
                 await self.registry.register(Registration(
                     replica=self.replica_id, mode=self.mode, device=self.device_id,
                     footprint_bytes=self.accounted_bytes(), estimate_bytes=self.standing.total_bytes,
-                    measured_bytes=self.measured_bytes, epoch=self.epoch))
+                    measured_bytes=self.measured_bytes, epoch=self.epoch, components=self.host_components()))
             loaded = time.perf_counter() - started, self.runner.loaded_from or Tier.DISK
             metrics.model_loaded(self.mode, loaded[1].value, loaded[0])
             return loaded

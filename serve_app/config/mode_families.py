@@ -3,7 +3,9 @@ the family's request defaults filled in where the modes file leaves them unset, 
 cannot use refused (a config error naming the mode, the setting and the family).
 
 Family defaults (only for fields a mode's `defaults:` does not set; never past its limits):
-- FLUX.1 dev / fill: 1024x1024, 28 steps, guidance 3.5 (embedded guidance, not CFG);
+- FLUX.1 dev: 1024x1024, 28 steps, guidance 3.5 (embedded guidance, not CFG);
+- FLUX.1 Fill: 1024x1024, 28 steps, guidance 30 (the embedded guidance it was distilled at: BFL's and
+  diffusers' examples use 30; 3.5 gives washed-out fills);
 - FLUX.1 schnell: 1024x1024, 4 steps, guidance 0 (timestep-distilled: no guidance at all);
 - SD3 / 3.5: 1024x1024, 28 steps, CFG 4.5.
 """
@@ -23,6 +25,7 @@ from serve_app.model.inspection.checkpoint_inspect import CheckpointInfo, inspec
 _FLOW_SIZE = 1024
 FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {
     "flux-schnell": {"width": _FLOW_SIZE, "height": _FLOW_SIZE, "steps": 4, "guidance_scale": 0.0},
+    "flux-fill": {"width": _FLOW_SIZE, "height": _FLOW_SIZE, "steps": 28, "guidance_scale": 30.0},
     Family.FLUX.value: {"width": _FLOW_SIZE, "height": _FLOW_SIZE, "steps": 28, "guidance_scale": 3.5},
     Family.SD3.value: {"width": _FLOW_SIZE, "height": _FLOW_SIZE, "steps": 28, "guidance_scale": 4.5},
 }

@@ -37,7 +37,7 @@ def test_random_seed_is_reported(api):
 
 def test_models_and_switching_the_default(api, demo_url):
     titles = api.util_get_model_names()
-    assert sorted(titles) == ["flux", "flux-schnell", "sd1", "sd2", "sd3", "sdxl", "sdxl-refiner"]
+    assert sorted(titles) == ["flux", "flux-fill", "flux-schnell", "sd1", "sd2", "sd3", "sdxl", "sdxl-refiner"]
     models = api.get_sd_models()
     assert {"title", "model_name", "hash", "filename"} <= set(models[0])
     assert api.util_get_current_model() == "sd1"

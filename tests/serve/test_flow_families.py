@@ -1,7 +1,8 @@
 """SD3 and FLUX.1 served like any mode: the demo's `sd3` (diffusers folder), `flux` (FLUX.1 dev folder with
 shared text-encoder files) and `flux-schnell` (a transformer-only file plus component files) generate over the
-native, OpenAI and A1111 APIs (txt2img, img2img, inpaint), with a FLUX LoRA; what a family cannot use is a 422
-naming both. The modes scale from zero in configs/demo.yaml: the first request of each pays its load."""
+native, OpenAI and A1111 APIs (txt2img, img2img, inpaint), with a FLUX LoRA; `flux-fill` (FLUX.1 Fill, a
+transformer-only file in BFL's original layout) inpaints; what a family cannot use is a 422 naming both. The
+modes scale from zero in configs/demo.yaml: the first request of each pays its load."""
 
 from __future__ import annotations
 
@@ -74,6 +75,21 @@ def test_native_txt2img_img2img_and_inpaint(client, mode):
     keep = np.ones((SIZE, SIZE), bool)
     keep[8:56, 8:56] = False
     assert np.abs(out - source)[keep].max() == 0  # the unmasked pixels come back exactly
+
+
+def test_flux_fill_inpaints_over_the_native_api(client):
+    mode = next(m for m in _ok(client.get("/v1/modes"))["modes"] if m["name"] == "flux-fill")
+    assert mode["family"] == "flux" and mode["defaults"]["guidance_scale"] == 30  # Fill's embedded guidance
+    body = {"prompt": "a boat", "mode": "flux-fill", "seed": 8, "steps": 2, "width": SIZE, "height": SIZE,
+            "image": png_b64(_picture()), "mask": png_b64(_mask()), "mask_blur": 0}
+    painted = _ok(client.post("/v1/inpaint", json=body))
+    assert painted["mode"] == "flux-fill" and painted["family"] == "flux"
+    out, source = _pixels(painted["images"][0]["b64"]).astype(int), np.asarray(_picture()).astype(int)
+    inside = np.asarray(_mask()) == 255
+    assert np.abs(out - source)[~inside].max() == 0  # composited back through the mask
+    assert np.abs(out - source)[inside].mean() > 10  # the masked square is filled anew
+    r = client.post("/v1/inpaint", json={**body, "inpaint_full_res": True})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "inpaint_full_res", r.text
 
 
 def test_openai_generations_and_edits(demo_url):

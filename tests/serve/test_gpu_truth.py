@@ -50,5 +50,5 @@ def test_readiness_stays_while_the_default_mode_is_evicted(demo_url):
 
 def test_the_registry_says_which_modes_share_a_card(demo_url):
     placement = {p["mode"]: p for p in httpx.get(f"{demo_url}/v1/registry", timeout=30).json()["placement"]}
-    assert set(placement) == {"sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell"}
+    assert set(placement) == {"sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell", "flux-fill"}
     assert all(p["num_gpus"] == 0 and p["shares_card_with"] == [] for p in placement.values())  # the demo: CPU

@@ -128,7 +128,7 @@ def test_modes_registry_health_and_docs(client):
     assert modes["default_mode"] == "sd1"
     assert {m: by_name[m]["family"] for m in by_name} == {
         "sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "sdxl-refiner": "sdxl-refiner", "sd3": "sd3", "flux": "flux",
-        "flux-schnell": "flux"}
+        "flux-schnell": "flux", "flux-fill": "flux"}
     assert by_name["sd1"]["state"] == "ready" and by_name["sd1"]["measured_bytes"] > 0
     assert all(m["estimated_bytes"] > 0 for m in by_name.values())
     reg = client.get("/v1/registry").json()

@@ -60,7 +60,7 @@ def test_an_image_url_outlives_the_router_replica_that_made_it(client, demo_url)
 
 def test_models_lists_the_modes(client):
     ids = {m.id for m in client.models.list()}
-    assert ids == {"sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell"}
+    assert ids == {"sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux", "flux-schnell", "flux-fill"}
     assert client.models.retrieve("sd1").id == "sd1"
 
 

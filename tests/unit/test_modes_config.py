@@ -207,10 +207,11 @@ def test_discovery_finds_every_demo_checkpoint(monkeypatch: pytest.MonkeyPatch, 
     names = [m.name for m in modes.modes]
     assert len(set(names)) == len(names) == 11  # folder and file of a family both stay servable
     assert "tiny-sd1" in names
-    # the transformer-only FLUX file cannot be served alone: listed with what it lacks, the rest served
-    (problem,) = modes.problems
-    assert problem.path == "tiny-flux-schnell.safetensors" and problem.variant == "flux-schnell"
-    assert "T5-XXL" in problem.message and "components:" in problem.message
+    # the transformer-only FLUX files cannot be served alone: listed with what they lack, the rest served
+    problems = {p.path: p for p in modes.problems}
+    assert sorted(problems) == ["tiny-flux-fill.safetensors", "tiny-flux-schnell.safetensors"]
+    assert {p.variant for p in problems.values()} == {"flux-fill", "flux-schnell"}
+    assert all("T5-XXL" in p.message and "components:" in p.message for p in problems.values())
     # the discovered set is a valid modes file (unique names, checkpoints inside the root)
     reparsed = ModesFile.model_validate(modes.model_dump())
     for m in reparsed.modes:

@@ -1,14 +1,25 @@
 """Shared component files in the RAM tier: a file that several modes map is booked once per node, with the
 modes that use it; it stays booked while one of them is still in the RAM tier and is released with the last;
-an eviction whose files are already held needs only the model's own bytes; a CPU device's models list it."""
+an eviction whose files are already held needs only the model's own bytes; a CPU device's models list it, and
+the CPU device's ledger counts it once however many of its models map it."""
 
 from __future__ import annotations
 
 import pytest
 
-from deployments.protocol import HostComponent, ModelState, Offloaded, Tier
+from deployments.protocol import HostComponent, ModelState, Offloaded, Registration, Tier
 from deployments.registry.vram_registry import VramRegistry
-from tests.unit.registry_fakes import DEV, FakeClock, GiB, anyio_backend, clock, load, make_registry, report
+from tests.unit.registry_fakes import (
+    DEV,
+    FakeClock,
+    GiB,
+    anyio_backend,
+    clock,
+    device_stats,
+    load,
+    make_registry,
+    report,
+)
 
 __all__ = ["anyio_backend", "clock"]  # the fixtures, used by name
 pytestmark = pytest.mark.anyio
@@ -96,3 +107,41 @@ async def test_models_on_a_cpu_device_list_the_files_they_share(clock: FakeClock
     await reg.heartbeat("ra", gone)
     node = next(n for n in (await reg.stats()).nodes if n.node == "node-a")
     assert [c.modes for c in node.components] == [["flux-schnell"]]
+
+
+async def test_two_cpu_modes_sharing_a_mapped_t5_book_it_once_on_the_cpu_device(clock: FakeClock) -> None:
+    """On a CPU device a model's weights are its node's mapping of each component file: two modes mapping the
+    same T5 hold one copy, so the device's ledger counts it once (from the registration on, before a beat)."""
+    reg = make_registry(clock, budget_gib=10)
+    cpu = "node-a:cpu"
+    for replica, mode, own in (("ra", "flux", GiB), ("rb", "flux-schnell", 2 * GiB)):
+        assert (await reg.reserve(replica, mode, cpu, own + T5.host_bytes)).status == "granted"
+        await reg.register(Registration(replica=replica, mode=mode, device=cpu, footprint_bytes=own + T5.host_bytes,
+                                        estimate_bytes=own + T5.host_bytes, measured_bytes=own + T5.host_bytes,
+                                        epoch=1, components=[T5]))
+    device = await device_stats(reg, cpu)
+    assert device.used_bytes == GiB + 2 * GiB + T5.host_bytes  # not 2 x the T5
+    assert [m.footprint_bytes for m in device.models] == [3 * GiB, 4 * GiB]  # each model still shows its own
+    assert device.free_bytes == 10 * GiB - device.used_bytes
+    # heartbeats keep it so; a third mode mapping another file adds that file
+    await reg.heartbeat("ra", report("flux", 3 * GiB, device=cpu).model_copy(update={"components": [T5]}))
+    await reg.heartbeat("rc", report("sd3", GiB + CLIP.host_bytes, device=cpu).model_copy(
+        update={"components": [CLIP]}))
+    assert (await device_stats(reg, cpu)).used_bytes == 4 * GiB + T5.host_bytes + CLIP.host_bytes
+    # flux unloads: the T5 stays counted for flux-schnell, only flux's own GiB is freed
+    await reg.unregister("ra", epoch=2)
+    assert (await device_stats(reg, cpu)).used_bytes == 3 * GiB + T5.host_bytes + CLIP.host_bytes
+
+
+async def test_evicting_one_cpu_sharer_frees_only_its_own_bytes(clock: FakeClock) -> None:
+    # 10 GiB CPU device: a (2 own) and b (2 own) share the T5 (2): 6 GiB used, 4 free. A load of 7 needs 3
+    # more: evicting b alone frees 2 (the T5 stays for a), so a goes too (then the T5 is freed with it)
+    reg = make_registry(clock, budget_gib=10)
+    cpu = "node-a:cpu"
+    for replica, mode, last_use in (("rb", "b", 1.0), ("ra", "a", 2.0)):
+        await reg.heartbeat(replica, report(mode, 4 * GiB, device=cpu, last_use=last_use).model_copy(
+            update={"components": [T5]}))
+    assert (await device_stats(reg, cpu)).used_bytes == 6 * GiB
+    answer = await reg.reserve("rc", "c", cpu, 7 * GiB)
+    assert answer.status == "evicting" and answer.evicting == ["b", "a"]
+    assert (await reg.reserve("rd", "d", cpu, 11 * GiB)).status == "no_fit"

@@ -3,8 +3,7 @@ StableDiffusion3Pipeline) with the real text-context widths (T5-XXL 4096, CLIP-L
 latent channels) and tiny depths, tokenizers built locally (the byte-level CLIP one; a character-level
 Unigram T5 tokenizer made with the `tokenizers` library). Nothing comes from a hub.
 
-They make a 64x64 image in about a second on a CPU. Dream Lab does not serve these families yet: the
-pipelines are what detection and, later, serving are tested against.
+They make a 64x64 image in about a second on a CPU.
 """
 
 from __future__ import annotations
@@ -59,18 +58,29 @@ def _vae_16ch(scaling: float, shift: float) -> Any:
                          scaling_factor=scaling, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False)
 
 
-def build_tiny_flux_pipeline(guidance: bool = True, seed: int = 5) -> Any:
-    """A tiny FLUX.1 pipeline: dev (guidance embedder) or schnell (none)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+# FLUX.1 Fill's transformer input per packed latent pixel: 64 noisy-latent + 64 masked-image-latent + 256 mask
+# channels (the 8x8 pixel mask of each of the 2x2 latent pixels a token packs); it outputs the 64 latent ones
+FLUX_LATENT_WIDTH, FLUX_FILL_INPUT_WIDTH = 64, 64 + 64 + 256
+
+
+def build_tiny_flux_pipeline(guidance: bool = True, seed: int = 5, fill: bool = False) -> Any:
+    """A tiny FLUX.1 pipeline: dev (guidance embedder) or schnell (none); `fill`: FLUX.1 Fill (FluxFillPipeline,
+    the inpainting transformer, with guidance)."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     tokenizer_2 = character_t5_tokenizer()
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+    widths = {"in_channels": FLUX_FILL_INPUT_WIDTH, "out_channels": FLUX_LATENT_WIDTH} if fill else {
+        "in_channels": FLUX_LATENT_WIDTH}
+    transformer = FluxTransformer2DModel(patch_size=1, **widths, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=T5_WIDTH,
-                                         pooled_projection_dim=768, guidance_embeds=guidance, axes_dims_rope=(4, 6, 6))
-    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae_16ch(0.3611, 0.1159),
-                        text_encoder=_clip(768, projection=False), tokenizer=byte_level_clip_tokenizer(),
-                        text_encoder_2=_t5_encoder(len(tokenizer_2)), tokenizer_2=tokenizer_2, transformer=transformer)
+                                         pooled_projection_dim=768, guidance_embeds=guidance or fill,
+                                         axes_dims_rope=(4, 6, 6))
+    pipeline = diffusers.FluxFillPipeline if fill else diffusers.FluxPipeline
+    return pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae_16ch(0.3611, 0.1159),
+                    text_encoder=_clip(768, projection=False), tokenizer=byte_level_clip_tokenizer(),
+                    text_encoder_2=_t5_encoder(len(tokenizer_2)), tokenizer_2=tokenizer_2, transformer=transformer)
 
 
 def build_tiny_sd3_pipeline(seed: int = 6) -> Any:

@@ -7,6 +7,9 @@
   `clip_l`), `tiny-t5xxl.safetensors` (transformers T5 layout, `shared.weight`, as `t5xxl_fp16`) and
   `tiny-flux-ae.safetensors` (the original LDM layout of BFL's `ae.safetensors`); each carries its config
   (and tokenizer) in its metadata. Two demo modes share the text-encoder files;
+- `tiny-flux-fill.safetensors`: a transformer-only FLUX.1 Fill file (input width 384: latents, masked-image
+  latents and the packed mask) in Black Forest Labs' original key layout (`double_blocks`, `img_in`, ...), as
+  `flux1-fill-dev.safetensors` is shipped; its mode takes all three component files above;
 - `loras/tiny-flux-lora.safetensors`: a FLUX LoRA in the diffusers/PEFT layout (every attention projection).
 """
 
@@ -26,6 +29,7 @@ from serve_app.model.inspection.single_file_layout import METADATA_DIFFUSERS_CON
 logger = logging.getLogger(__name__)
 
 FLUX_FOLDER, SD3_FOLDER, FLUX_SPLIT = "tiny-flux", "tiny-sd3", "tiny-flux-schnell.safetensors"
+FLUX_FILL = "tiny-flux-fill.safetensors"
 COMPONENTS = "components"
 CLIP_L_FILE, T5_FILE = "tiny-flux-clip-l.safetensors", "tiny-t5xxl.safetensors"
 FLUX_AE_FILE = "tiny-flux-ae.safetensors"
@@ -65,11 +69,6 @@ def write_flux_split(out: Path) -> list[Path]:
     parts = out / COMPONENTS
     clip, t5, ae, single = parts / CLIP_L_FILE, parts / T5_FILE, parts / FLUX_AE_FILE, out / FLUX_SPLIT
 
-    def save_transformer(folder: Path) -> None:
-        pipe.save_config(folder)
-        pipe.transformer.save_config(folder / "transformer")
-        pipe.scheduler.save_config(folder / "scheduler")
-
     if not clip.is_file():
         _text_encoder_file(pipe.text_encoder, pipe.tokenizer, clip, key_prefix="text_model.")
     if not t5.is_file():
@@ -77,8 +76,33 @@ def write_flux_split(out: Path) -> list[Path]:
     if not ae.is_file():
         _save(ae, _vae_to_original(pipe.vae), _config_files(lambda f: pipe.vae.save_config(f / "component")))
     if not single.is_file():
-        _save(single, pipe.transformer.state_dict(), _config_files(save_transformer))
+        _transformer_file(pipe, single)
     return [single, clip, t5, ae]
+
+
+def _transformer_file(pipe: Any, path: Path, original: bool = False) -> None:
+    """`pipe`'s transformer alone (BFL's key layout when `original`), the pipeline's configs embedded."""
+    from serve_app.model.demo.flux_original_layout import flux_to_original
+
+    def save_configs(folder: Path) -> None:
+        pipe.save_config(folder)
+        pipe.transformer.save_config(folder / "transformer")
+        pipe.scheduler.save_config(folder / "scheduler")
+
+    state = pipe.transformer.state_dict()
+    _save(path, flux_to_original(state) if original else state, _config_files(save_configs))
+
+
+def write_flux_fill(out: Path) -> Path:
+    """The transformer-only FLUX.1 Fill file in BFL's layout (as `flux1-fill-dev.safetensors` is shipped); its
+    modes take the text encoders and VAE of the schnell file (`write_flux_split`)."""
+    from serve_app.model.demo.flow_architectures import build_tiny_flux_pipeline
+
+    path = out / FLUX_FILL
+    if not path.is_file():
+        _transformer_file(build_tiny_flux_pipeline(fill=True, seed=8), path, original=True)
+        logger.info("demo checkpoint %s written", path)
+    return path
 
 
 def flux_lora(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -109,7 +133,7 @@ def write_flow_demo_models(out: Path) -> list[Path]:
             build().save_pretrained(folder, safe_serialization=True)
             logger.info("demo checkpoint %s written", folder)
         written.append(folder)
-    written += write_flux_split(out)
+    written += [*write_flux_split(out), write_flux_fill(out)]
     lora = out / "loras" / f"{FLUX_LORA}.safetensors"
     if not lora.is_file():
         lora.parent.mkdir(parents=True, exist_ok=True)
@@ -118,5 +142,5 @@ def write_flow_demo_models(out: Path) -> list[Path]:
 
 
 def flow_demo_models_present(out: Path) -> bool:
-    return all(p.exists() for p in (out / FLUX_FOLDER, out / SD3_FOLDER, out / FLUX_SPLIT,
+    return all(p.exists() for p in (out / FLUX_FOLDER, out / SD3_FOLDER, out / FLUX_SPLIT, out / FLUX_FILL,
                                     out / COMPONENTS / T5_FILE, out / "loras" / f"{FLUX_LORA}.safetensors"))

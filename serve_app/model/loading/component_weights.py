@@ -68,16 +68,19 @@ def _materialize_buffers(model: torch.nn.Module) -> None:
 def build_diffusers_model(cls_name: str, config_dir: Path, state: dict[str, torch.Tensor], original: bool,
                           dtype: torch.dtype, what: str) -> Any:
     """A diffusers model (AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel) from `config_dir`,
-    its `state` converted from the original layout when `original`."""
+    its `state` converted from the original layout when `original`
+    (a FLUX transformer at its own width: see `flux_original`)."""
     import diffusers
     from accelerate import init_empty_weights
     from diffusers.loaders import single_file_utils as sfu
+
+    from serve_app.model.loading.flux_original import convert_flux_original
 
     cls = getattr(diffusers, cls_name)
     config = cls.load_config(str(config_dir))
     if original:
         convert: Any = {"AutoencoderKL": lambda s: sfu.convert_ldm_vae_checkpoint(s, config),
-                   "FluxTransformer2DModel": sfu.convert_flux_transformer_checkpoint_to_diffusers,
+                   "FluxTransformer2DModel": convert_flux_original,
                    "SD3Transformer2DModel": sfu.convert_sd3_transformer_checkpoint_to_diffusers}[cls_name]
         state = convert(state)
     with init_empty_weights():

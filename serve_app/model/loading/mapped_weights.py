@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from serve_app.model.inspection.safetensors_header import read_safetensors_header
+from serve_app.model.loading.cast_copy_pruning import cast_copy_metadata, prune_cast_copies
 from serve_app.model.loading.converted_cache import resolve_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -94,13 +95,14 @@ def _write_converted(path: Path, prefix: str, dtype: torch.dtype, target: Path) 
             metadata = fh.metadata()
             state = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous()
                      for k in fh.keys() if k.startswith(prefix) for t in (fh.get_tensor(k),)}  # noqa: SIM118
-        save_file(state, str(temp), metadata=metadata)
+        save_file(state, str(temp), metadata=cast_copy_metadata(metadata, path, dtype))  # its source: for pruning
         del state
         try:
             os.link(temp, target)  # fails when another replica published first: everyone maps that one
         except FileExistsError:
             pass
         logger.info("component weights: %s (%s) cast to %s once, in %s", path.name, prefix or "all", dtype, target)
+        prune_cast_copies(path, dtype, target)  # the copies of older versions of `path` (cast_copy_pruning)
         return True
     except OSError as exc:
         logger.warning("component weights: cannot write %s (%s): %s is loaded with a private cast", target, exc,
