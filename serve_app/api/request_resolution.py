@@ -119,9 +119,9 @@ def _check_text(field: str, text: str, limit: int) -> None:
                                     f"index {exc.start})") from None
 
 
-def _check_size(field: str, value: int, limit: int, from_image: bool = False) -> None:
-    if value < 8 or value % 8:
-        raise _invalid(field, value, "must be a positive multiple of 8")
+def _check_size(field: str, value: int, limit: int, multiple: int, from_image: bool = False) -> None:
+    if value < multiple or value % multiple:
+        raise _invalid(field, value, f"must be a positive multiple of {multiple} for this mode")
     if value > limit:
         source = f" (taken from the init image: send `{field}` to resize it)" if from_image else ""
         raise _invalid(field, value, f"must be at most {limit} for this mode{source}")
@@ -154,14 +154,17 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         _check_text(name("negative_prompt"), req.negative_prompt, lim.max_prompt_chars)
     init_image = decode_image(req.image, name("image"), lim) if isinstance(req, Img2ImgRequest) else None
     if init_image is not None:
-        default_w, default_h = max(8, init_image.width // 8 * 8), max(8, init_image.height // 8 * 8)
+        step = family.size_multiple
+        default_w, default_h = max(step, init_image.width // step * step), max(step, init_image.height // step * step)
     else:
         default_w, default_h = d.width, d.height
     # `is None`, not `or`: an explicit 0 is a bad value to report, not a request for the default
     width = default_w if req.width is None else req.width
     height = default_h if req.height is None else req.height
-    _check_size(name("width"), width, lim.max_width, from_image=init_image is not None and req.width is None)
-    _check_size(name("height"), height, lim.max_height, from_image=init_image is not None and req.height is None)
+    _check_size(name("width"), width, lim.max_width, family.size_multiple,
+                from_image=init_image is not None and req.width is None)
+    _check_size(name("height"), height, lim.max_height, family.size_multiple,
+                from_image=init_image is not None and req.height is None)
     steps = d.steps if req.steps is None else req.steps
     if not 1 <= steps <= lim.max_steps:
         raise _invalid(name("steps"), steps, f"must be between 1 and {lim.max_steps}")
@@ -194,7 +197,9 @@ def resolve_request(req: Txt2ImgRequest, mode: ModeConfig, family: Family, reque
         assert init_image is not None
         job = _image_job(req, init_image, (width, height), d.strength, seed, lim, name)
     else:
-        job = Txt2Img(hires=_hires(req.hires, width, height, steps, lim, name) if req.hires is not None else None)
+        hires = None if req.hires is None else _hires(req.hires, width, height, steps, lim, name,
+                                                      family.size_multiple)
+        job = Txt2Img(hires=hires)
     return GenerationRequest(
         job=job,
         prompt=req.prompt,
@@ -277,20 +282,21 @@ def resolve_refiner_base(req: Txt2ImgRequest, base: ServedMode, refiner: ServedM
 
 
 def _hires(h: HiresFix, width: int, height: int, steps: int, lim: ModeLimits,
-           name: Callable[[str], str]) -> HiresPass:
-    """The hires pass's final size (`width`/`height`, else `scale` times the first pass's, to a multiple of 8)."""
+           name: Callable[[str], str], step: int) -> HiresPass:
+    """The hires pass's final size (`width`/`height`, else `scale` times the first pass's, to a multiple of
+    `step`: 8, or 16 for the transformer families)."""
     if h.width is None and h.height is None:
         field = name("hires.scale")
-        target = (round(width * h.scale / 8) * 8, round(height * h.scale / 8) * 8)
+        target = (round(width * h.scale / step) * step, round(height * h.scale / step) * step)
     elif h.width is not None:
         field = name("hires.width")
-        target = (h.width, h.height or round(h.width * height / width / 8) * 8)
+        target = (h.width, h.height or round(h.width * height / width / step) * step)
     else:
         assert h.height is not None
         field = name("hires.height")
-        target = (round(h.height * width / height / 8) * 8, h.height)
-    if any(v % 8 or v < 8 for v in target):
-        raise _invalid(field, h.width or h.height, "must make a positive multiple of 8")
+        target = (round(h.height * width / height / step) * step, h.height)
+    if any(v % step or v < step for v in target):
+        raise _invalid(field, h.width or h.height, f"must make a positive multiple of {step} for this mode")
     if target[0] > lim.max_width or target[1] > lim.max_height:
         raise _invalid(field, h.width or h.height or h.scale, f"makes {target[0]}x{target[1]}, past this mode's "
                        f"largest size {lim.max_width}x{lim.max_height}")

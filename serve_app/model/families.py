@@ -31,6 +31,11 @@ class Family(str, Enum):
         return self in FLOW_FAMILIES
 
     @property
+    def size_multiple(self) -> int:
+        """What image sides must be a multiple of: the VAE's 8, times the transformer's 2x2 patches (SD3, FLUX)."""
+        return 16 if self.flow else 8
+
+    @property
     def denoiser(self) -> str:
         """The pipeline attribute of the denoiser: a UNet, or a (MMDiT / FLUX) transformer."""
         return "unet" if self in UNET_FAMILIES else "transformer"

@@ -70,3 +70,17 @@ def test_a1111_second_pass_checkpoint_and_refiner_fields() -> None:
     native = A1111Txt2ImgRequest(prompt="x", refiner_checkpoint="sdxl-refiner [0a1b2c3d4e]",
                                  refiner_switch_at=0.7).to_native("sdxl")
     assert (native.refiner.mode, native.refiner.switch_at) == ("sdxl-refiner", 0.7)
+
+
+@pytest.mark.parametrize("family", [Family.SD3, Family.FLUX])
+def test_transformer_families_take_sizes_in_multiples_of_16(family: Family) -> None:
+    """SD3 and FLUX pack latents in 2x2 patches: a side that is not a multiple of 16 is a 422 naming the field
+    (SD3's pipeline raised in the replica, FLUX's silently made another size); a hires size rounds to 16."""
+    mode = mode_for(Path("tiny-flux"))
+    with pytest.raises(RequestValidationError, match="`height` must be a positive multiple of 16") as info:
+        resolve_request(Txt2ImgRequest(prompt="x", width=64, height=56), mode, family)
+    assert info.value.param == "height"
+    hires = resolve_request(Txt2ImgRequest(prompt="x", width=64, height=48, hires=HiresFix(scale=1.5, upscaler="lanczos")), mode,
+                            family).hires
+    assert (hires.width, hires.height) == (96, 64)  # 72 rounds to 64, not the 72 a UNet family takes
+    assert resolve_request(Txt2ImgRequest(prompt="x", width=64, height=56), mode, Family.SD1).height == 56

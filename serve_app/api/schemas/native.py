@@ -29,7 +29,8 @@ class HiresFix(StrictModel):
     """A second, larger pass (A1111's hires fix): the image is upscaled and denoised again by `strength`."""
 
     scale: float = Field(2.0, gt=1, le=8, description="Upscale factor (ignored when width/height are given).")
-    width: int | None = Field(None, description="Final width (a multiple of 8 within the mode's limit).")
+    width: int | None = Field(None, description="Final width (a multiple of 8, 16 for SD3 and FLUX, within the "
+                                                "mode's limit).")
     height: int | None = Field(None, description="Final height; a missing one follows the first pass's aspect.")
     upscaler: Upscaler = Field("latent", description="latent / latent_nearest (in latent space), lanczos / nearest "
                                "(in pixels).")
@@ -51,8 +52,10 @@ class Txt2ImgRequest(StrictModel):
     negative_prompt: str | None = Field(None, description="What to avoid.")
     mode: str | None = Field(None, max_length=128,
                              description="Mode name or alias; the default mode when left out.")
-    width: int | None = Field(None, description="Width in pixels, a multiple of 8 within the mode's limit.")
-    height: int | None = Field(None, description="Height in pixels, a multiple of 8 within the mode's limit.")
+    width: int | None = Field(None, description="Width in pixels, a multiple of 8 (16 for SD3 and FLUX) within "
+                                                "the mode's limit.")
+    height: int | None = Field(None, description="Height in pixels, a multiple of 8 (16 for SD3 and FLUX) within "
+                                                 "the mode's limit.")
     steps: int | None = Field(None, description="Denoising steps.")
     guidance_scale: float | None = Field(None, description="Classifier-free guidance scale (0-50); on FLUX the "
                                          "embedded (distilled) guidance, which takes no negative prompt.")
