@@ -4,7 +4,8 @@ On the tiny demo models, in process: the cost of applying an already loaded LoRA
 inference time with the set vs without it; target <= 5%), the time to load a LoRA from disk vs the mode's
 own load (target <= 0.2x), and that a LoRA at weight 0 gives the same image as none (same seed). ControlNets:
 a load from disk vs the mode's load, and the per-step cost of one and two units vs none (the fastest inference
-time of the runs / steps, the ControlNets already loaded; the control image's preprocessing is outside it).
+time of the runs / steps, the ControlNets already loaded; the control image's preprocessing is outside it),
+for SD 1.x, SDXL, SD3 and FLUX.
 """
 
 from __future__ import annotations
@@ -86,7 +87,32 @@ def main() -> int:
         ok &= zero_same
         bench_controlnets(runner, root, params, mode_load, args.runs)
         runner.unload()
+    for mode_name in ("sd3", "flux"):  # ControlNets of the transformer families, on the demo's modes
+        runner = _demo_runner(root, mode_name)
+        runner.load()
+        runner.unload()
+        started = time.perf_counter()
+        runner.load()
+        mode_load = time.perf_counter() - started
+        params = resolve_request(Txt2ImgRequest(prompt="a red fox", seed=3, steps=args.steps, width=64, height=64),
+                                 runner.mode, runner.family)
+        bench_controlnets(runner, root, params, mode_load, args.runs)
+        runner.unload()
     return 0 if ok else 1
+
+
+def _demo_runner(root: Path, name: str):
+    """The runner of the demo's mode `name` (with its component files) over the demo models in `root`."""
+    import torch
+
+    from serve_app.config.mode_families import component_paths
+    from serve_app.config.modes_file import load_modes_file
+    from serve_app.model.generation.runner import ModelRunner
+
+    modes = load_modes_file(Path(__file__).resolve().parents[1] / "configs" / "demo_modes.yaml").modes
+    mode = next(m for m in modes if m.name == name)
+    return ModelRunner(mode, root / mode.checkpoint, components=component_paths(mode, root),
+                       device=torch.device("cpu"))
 
 
 def bench_controlnets(runner, root: Path, params, mode_load: float, runs: int) -> None:
