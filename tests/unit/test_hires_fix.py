@@ -80,7 +80,7 @@ def test_transformer_families_take_sizes_in_multiples_of_16(family: Family) -> N
     with pytest.raises(RequestValidationError, match="`height` must be a positive multiple of 16") as info:
         resolve_request(Txt2ImgRequest(prompt="x", width=64, height=56), mode, family)
     assert info.value.param == "height"
-    hires = resolve_request(Txt2ImgRequest(prompt="x", width=64, height=48, hires=HiresFix(scale=1.5, upscaler="lanczos")), mode,
-                            family).hires
+    body = Txt2ImgRequest(prompt="x", width=64, height=48, hires=HiresFix(scale=1.5, upscaler="lanczos"))
+    hires = resolve_request(body, mode, family).hires
     assert (hires.width, hires.height) == (96, 64)  # 72 rounds to 64, not the 72 a UNet family takes
     assert resolve_request(Txt2ImgRequest(prompt="x", width=64, height=56), mode, Family.SD1).height == 56

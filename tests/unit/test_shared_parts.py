@@ -21,6 +21,7 @@ from serve_app.model.demo.demo_models import write_fine_tune
 from serve_app.model.generation.runner import ModelRunner
 from serve_app.model.loading import mapped_folder
 from serve_app.model.loading.mapped_folder import PARTS_RECORD, SHARED_DIR
+from serve_app.model.loading.mapped_weights import COMPONENTS_DIR
 from serve_app.model.loading.pipeline_loader import load_pipelines
 from tests.unit.runner_helpers import pixels
 
@@ -133,5 +134,29 @@ def test_a_damaged_store_file_is_replaced_not_linked(fine_tunes: tuple[Path, lis
         entry = next(p for p in cache.iterdir() if p.name.startswith("tuned-"))
         assert os.path.samefile(store_vae, entry / "vae" / VAE_WEIGHTS)
         assert _image(second)  # it generates: its VAE is its own intact file, now the store's
+    finally:
+        second.unload()
+
+
+def test_a_part_no_checkpoint_uses_any_more_leaves_with_its_cast_copies(fine_tunes: tuple[Path, list[Path]],
+                                                                         tmp_path: Path) -> None:
+    _, files = fine_tunes
+    cache = tmp_path / "cache"
+    tuned = Path(shutil.copy2(files[1], tmp_path / "tuned.safetensors"))
+    first = _runner(tuned, cache)
+    first.load()  # fp32 on the CPU: each fp16 part is mapped from its fp32 cast copy
+    old_unet = _identities(first)["unet"]
+    first.unload()
+    casts_before = sorted((cache / COMPONENTS_DIR).iterdir())
+    assert len(casts_before) == 4
+
+    write_fine_tune(files[0], tuned, seed=2)  # the file is replaced by another fine-tune: its old UNet is unused
+    second = _runner(tuned, cache)
+    second.load()
+    try:
+        assert _identities(second)["unet"] != old_unet
+        assert len(list((cache / SHARED_DIR).glob("*.safetensors"))) == 4  # the old UNet's store file is gone
+        casts = sorted((cache / COMPONENTS_DIR).iterdir())
+        assert len(casts) == 4 and len(set(casts) & set(casts_before)) == 3  # and its cast copy with it
     finally:
         second.unload()

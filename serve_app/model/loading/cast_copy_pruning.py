@@ -92,3 +92,24 @@ def prune_cast_copies(source: Path, dtype: torch.dtype, published: Path, now: fl
             _remove(path, f"a cast of an older version of {source}")
             removed.append(path)
     return removed
+
+
+def prune_copies_of(source: Path, folder: Path) -> list[Path]:
+    """Remove every cast copy in `folder` of `source`, a file that is gone for good (a shared part no checkpoint
+    links any more, `mapped_folder`); the paths removed."""
+    resolved = str(source.resolve())
+    stem = source.name.removesuffix(".safetensors")[:48] + "-"
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(stem) and p.suffix == ".safetensors"]
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            _, metadata = read_safetensors_header(path)
+        except Exception:  # unreadable: not ours to judge
+            continue
+        if metadata.get(SOURCE_KEY) == resolved:
+            _remove(path, f"a cast of {source.name}, which no checkpoint uses any more")
+            removed.append(path)
+    return removed

@@ -13,7 +13,7 @@ tensors (same tensors, names and dtype: same bytes). The fingerprint is kept in 
 the part file is hard-linked to `<cache>/shared/<fingerprint>.safetensors`: every entry holding that content
 links the one inode, so the page cache holds it once however many modes use it, and its identity (device and
 inode, `mapped_weights`) makes the registry book it once per node. A store file no entry links any more is
-removed. Where hard links cannot be made the part is simply not shared.
+removed, with its cast copies. Where hard links cannot be made the part is simply not shared.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from serve_app.model.families import Family
+from serve_app.model.loading.cast_copy_pruning import prune_copies_of
 from serve_app.model.loading.component_weights import build_diffusers_model, build_text_encoder
 from serve_app.model.loading.converted_cache import CACHE_OFF
-from serve_app.model.loading.mapped_weights import MappedPart, mapped_part, read_mapped
+from serve_app.model.loading.mapped_weights import COMPONENTS_DIR, MappedPart, mapped_part, read_mapped
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _remove_orphans(store: Path) -> None:
     for path in files:
         try:
             if path.stat().st_nlink == 1:
+                prune_copies_of(path, store.parent / COMPONENTS_DIR)  # (resolved while the file still exists)
                 path.unlink()
                 logger.info("shared parts: removed %s (no checkpoint uses it any more)", path.name)
         except OSError:
