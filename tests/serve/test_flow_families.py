@@ -53,6 +53,8 @@ def _ok(r: httpx.Response) -> dict:
 def test_modes_list_the_flow_families_with_their_samplers_and_defaults(client):
     modes = {m["name"]: m for m in _ok(client.get("/v1/modes"))["modes"]}
     assert {n: modes[n]["family"] for n in FLOW_MODES} == {"sd3": "sd3", "flux": "flux", "flux-schnell": "flux"}
+    assert [modes[n]["variant"] for n in ("flux", "flux-schnell", "flux-fill")] == [
+        "flux-dev", "flux-schnell", "flux-fill"]  # told from the tensors (guidance embedder, input width)
     for name in FLOW_MODES:
         assert list(modes[name]["samplers"]) == ["euler"]  # flow matching only
     assert (modes["flux-schnell"]["defaults"]["steps"], modes["flux-schnell"]["defaults"]["guidance_scale"]) == (4, 0)

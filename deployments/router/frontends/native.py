@@ -194,7 +194,8 @@ async def _modes(gw: Gateway, max_age_s: float = 0.0) -> ModesResponse:
                  else ModelState.FAILED if ModelState.FAILED in states else ModelState.COLD)
         tier = Tier.VRAM if serving else Tier.RAM if name in in_ram else Tier.DISK
         out.append(ModeOut(
-            name=name, family=mode.family.value, checkpoint=mode.config.checkpoint, format=mode.info.format.value,
+            name=name, family=mode.family.value, variant=mode.info.variant, checkpoint=mode.config.checkpoint,
+            format=mode.info.format.value,
             aliases=mode.config.aliases, default=name == gw.current_default, state=state, tier=tier,
             replicas=sum(r.mode == name for r in stats.replicas.values()), loaded_replicas=len(loaded),
             measured_bytes=max((m.measured_bytes for m in loaded), default=None),

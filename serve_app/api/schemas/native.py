@@ -216,6 +216,8 @@ class JobResponse(BaseModel):
 class ModeOut(BaseModel):
     name: str
     family: str
+    variant: str = Field("", description="The finer kind its tensors tell: sd2-v, sdxl-inpaint, sdxl-vpred, "
+                         "sd3.5-large, flux-dev, flux-schnell, flux-fill, ...")
     checkpoint: str = Field(description="Relative to MODEL_ROOT.")
     format: str = Field(description="`diffusers` folder or `single-file`.")
     aliases: list[str]
