@@ -126,7 +126,8 @@ class ModeWorker:
         started = time.perf_counter()
         first, self._first_request = self._first_request, False
         use = ModelUse(what=request.kind, request_id=request.request_id, check_pipeline=True,
-                       needed=estimate_vram(self.runner.info, self._dtype, *request.output_size, len(request.seeds)),
+                       needed=estimate_vram(self.runner.info, self._dtype, *request.output_size, len(request.seeds),
+                                            control_units=len(request.controls)),
                        adapters=functools.partial(self.runner.adapter_bytes_to_load, request))
         result, loaded = await self._with_model(use, self.runner.generate, request, progress, cancelled)
         result.timings.job_s = round(time.perf_counter() - started, 4)

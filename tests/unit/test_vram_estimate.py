@@ -115,3 +115,17 @@ def test_weights_term_matches_a_real_load(demo_models_dir: Path, checkpoint: str
         assert abs(held - expected) <= 0.001 * expected, (held, expected)
     finally:
         runner.unload()
+
+
+def test_each_controlnet_unit_adds_its_share_of_the_denoising_stage(sdxl_info: CheckpointInfo) -> None:
+    """A unit runs a ControlNet (the denoiser's encoder half) on the same latents: half the denoiser's
+    activations more per unit, in the denoising stage only (the VAE decode is unchanged)."""
+    wide_unet = sdxl_info.model_copy(update={"unet_base_channels": 320, "vae_decoder_channels": 1})
+    plain = estimate_vram(wide_unet, "fp16", 512, 512).working_bytes
+    for units in (1, 2):
+        with_units = estimate_vram(wide_unet, "fp16", 512, 512, control_units=units)
+        assert with_units.working_bytes == plain * (1 + ve.CONTROLNET_ACTIVATION_SHARE * units)
+        assert with_units.weights_bytes == estimate_vram(wide_unet, "fp16", 512, 512).weights_bytes
+    wide_vae = sdxl_info.model_copy(update={"unet_base_channels": 1, "vae_decoder_channels": 128})
+    assert (estimate_vram(wide_vae, "fp16", 512, 512, control_units=2).working_bytes
+            == estimate_vram(wide_vae, "fp16", 512, 512).working_bytes)  # the decode is still the peak

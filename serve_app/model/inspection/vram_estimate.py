@@ -13,7 +13,12 @@ SD3 and FLUX (transformer denoisers) replace `unet_act` by the transformer's:
     tokens   = (H/16) * (W/16) + TEXT_TOKENS      # 2x2 patches of the 1/8 latents, plus the T5 tokens
     dit_act  = batch * cfg * tokens * width * TRANSFORMER_ACTIVATION_FACTOR * bytes_per(dtype)
 
-with cfg 2 for SD3 (classifier-free guidance) and 1 for FLUX (embedded guidance). The weights include every
+with cfg 2 for SD3 (classifier-free guidance) and 1 for FLUX (embedded guidance).
+
+Each ControlNet unit of a request adds `CONTROLNET_ACTIVATION_SHARE` of the denoiser's activations to the
+denoising stage: a ControlNet is a copy of the denoiser's encoder half (or of a few of its transformer blocks)
+run on the same latents at every step, and its residuals live until the denoiser has added them. (Its
+weights are reserved apart, as an adapter's.) The weights include every
 component the mode loads, its component files too: a T5-XXL encoder alone is 4.76 B parameters, ~9.5 GB in
 fp16. fp8 files are counted in the dtype they will have on the device (they are upcast on load).
 
@@ -40,6 +45,7 @@ UNET_ACTIVATION_FACTOR = 24
 VAE_ACTIVATION_FACTOR = 4
 ALLOCATOR_SLACK = 64 * 1024 * 1024
 TRANSFORMER_ACTIVATION_FACTOR = 16
+CONTROLNET_ACTIVATION_SHARE = 0.5
 TEXT_TOKENS = {Family.SD3: 333, Family.FLUX: 512}  # SD3: 77 CLIP + 256 T5; FLUX: 512 T5
 DEFAULT_RESOLUTION: dict[Family, int] = {Family.SD1: 512, Family.SD2: 768, Family.SDXL: 1024, Family.SDXL_REFINER: 1024,
                                          Family.SD3: 1024, Family.FLUX: 1024}
@@ -61,8 +67,10 @@ def estimate_vram(
     width: int | None = None,
     height: int | None = None,
     batch_size: int = 1,
+    control_units: int = 0,
 ) -> VramEstimate:
-    """Estimate the bytes a load of `info` takes on a GPU (see the module docstring for the formula)."""
+    """Estimate the bytes a load of `info` takes on a GPU, working memory for a generation of that size and
+    batch with `control_units` ControlNet units included (see the module docstring for the formula)."""
     side = DEFAULT_RESOLUTION[info.family]
     width, height = width or side, height or side
     per = BYTES_PER_DTYPE[dtype]
@@ -74,6 +82,7 @@ def estimate_vram(
     else:
         latents = (height // 8) * (width // 8)
         unet_act = batch_size * 2 * latents * info.unet_base_channels * UNET_ACTIVATION_FACTOR * per
+    unet_act = round(unet_act * (1 + CONTROLNET_ACTIVATION_SHARE * control_units))
     vae_act = batch_size * height * width * info.vae_decoder_channels * VAE_ACTIVATION_FACTOR * per
     working = max(unet_act, vae_act)
     return VramEstimate(
