@@ -20,7 +20,7 @@ def test_the_hash_is_the_files_sha256_and_is_kept_per_version(tmp_path: Path, mo
     assert compute_sha256(model) == expected
     assert (tmp_path / ".dreamlab-cache" / "hashes.json").is_file()
     reads = []
-    monkeypatch.setattr(model_hashes, "_file_sha256", lambda p: reads.append(p) or "never")
+    monkeypatch.setattr(model_hashes, "sha256_file", lambda p: reads.append(p) or "never")
     assert cached_sha256(model) == expected and compute_sha256(model) == expected and reads == []
     model.write_bytes(b"y" * 10)  # a new version of the file
     os.utime(model, ns=(1, 1))

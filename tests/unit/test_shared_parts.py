@@ -100,8 +100,8 @@ def test_fingerprints_are_computed_once_per_file_version(fine_tunes: tuple[Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     cache, files = fine_tunes
     hashed: list[Path] = []
-    real = mapped_folder._sha256
-    monkeypatch.setattr(mapped_folder, "_sha256", lambda path: hashed.append(path) or real(path))
+    real = mapped_folder.sha256_file
+    monkeypatch.setattr(mapped_folder, "sha256_file", lambda path: hashed.append(path) or real(path))
     again = _runner(files[1], cache)
     again.load()
     assert hashed == [] and _identities(again) == _identities(loaded[1])

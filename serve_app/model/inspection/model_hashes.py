@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-from serve_app.model.loading.converted_cache import resolve_cache_dir
+from serve_app.model.loading.converted_cache import resolve_cache_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,6 @@ HASHES_FILE = "hashes.json"
 CHECKPOINT_SHORT = 10
 LORA_SHORT = 12
 CONTROL_SHORT = 8  # the ControlNet extension's titles: `name [first 8 hex digits]`
-_BLOCK = 1024 * 1024
 _lock = threading.Lock()  # one writer of a hashes.json at a time within a process
 
 
@@ -71,14 +70,6 @@ def control_title(name: str, path: str | Path) -> str:
     return f"{name} [{sha[:CONTROL_SHORT]}]" if sha else name
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def compute_sha256(path: str | Path) -> str:
     """Hash the file (or a diffusers folder) and remember it for this version; blocking: run it off-loop."""
     path = Path(path).resolve()
@@ -88,10 +79,10 @@ def compute_sha256(path: str | Path) -> str:
     version = _version(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        lines = "".join(f"{p.relative_to(path)}\t{_file_sha256(p)}\n" for p in files)
+        lines = "".join(f"{p.relative_to(path)}\t{sha256_file(p)}\n" for p in files)
         sha = hashlib.sha256(lines.encode()).hexdigest()
     else:
-        sha = _file_sha256(path)
+        sha = sha256_file(path)
     cache = _cache_file(path)
     if cache is not None and _version(path) == version:  # not rewritten while it was read
         with _lock:

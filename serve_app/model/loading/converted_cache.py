@@ -69,7 +69,8 @@ def _package_version(name: str) -> str:
         return "none"
 
 
-def _sha256_file(path: Path, limit: int | None = None) -> str:
+def sha256_file(path: Path, limit: int | None = None) -> str:
+    """The SHA-256 of the file (of its first `limit` bytes), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     remaining = limit
     with path.open("rb") as fh:
@@ -90,9 +91,9 @@ def _file_record(path: Path) -> dict[str, Any]:
             with path.open("rb") as fh:
                 header = read_header_bytes(fh, size, path)
         except CorruptCheckpointError:  # garbage: a bounded prefix still changes when the file does
-            return {"bytes": size, "header_sha256": _sha256_file(path, 64 * 1024)}
+            return {"bytes": size, "header_sha256": sha256_file(path, 64 * 1024)}
         return {"bytes": size, "header_sha256": hashlib.sha256(header).hexdigest()}
-    return {"bytes": size, "sha256": _sha256_file(path)}
+    return {"bytes": size, "sha256": sha256_file(path)}
 
 
 @lru_cache(maxsize=32)
@@ -100,7 +101,7 @@ def _folder_digest(folder: str, signature: tuple[tuple[str, int, int], ...]) -> 
     digest = hashlib.sha256()
     for rel, _, _ in signature:
         digest.update(rel.encode() + b"\0")
-        digest.update(_sha256_file(Path(folder) / rel).encode())
+        digest.update(sha256_file(Path(folder) / rel).encode())
     return digest.hexdigest()
 
 

@@ -18,7 +18,6 @@ removed, with its cast copies. Where hard links cannot be made the part is simpl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import torch
 from serve_app.model.families import Family
 from serve_app.model.loading.cast_copy_pruning import prune_copies_of
 from serve_app.model.loading.component_weights import build_diffusers_model, build_text_encoder
-from serve_app.model.loading.converted_cache import CACHE_OFF
+from serve_app.model.loading.converted_cache import CACHE_OFF, sha256_file
 from serve_app.model.loading.mapped_weights import COMPONENTS_DIR, MappedPart, mapped_part, read_mapped
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ SHARED_DIR = "shared"
 PARTS_RECORD = "dreamlab-parts.json"
 _WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
             "text_encoder": "model.safetensors", "text_encoder_2": "model.safetensors"}
-_CHUNK = 8 * 1024 * 1024
 
 
 def part_files(folder: Path) -> dict[str, Path]:
@@ -81,14 +79,6 @@ def build_mapped_parts(folder: Path, family: Family, dtype: torch.dtype, mapped:
     return built
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprints(entry: Path) -> dict[str, str]:
     """sha256 of each part file of `entry`: from its record when the file still has the recorded size, else
     computed now (once per entry: the record is written back when the entry is writable)."""
@@ -105,7 +95,7 @@ def fingerprints(entry: Path) -> dict[str, str]:
         if isinstance(known, dict) and known.get("bytes") == size and isinstance(known.get("sha256"), str):
             found[attr] = known["sha256"]
             continue
-        found[attr] = _sha256(path)
+        found[attr] = sha256_file(path)
         record = {**(record if isinstance(record, dict) else {}), attr: {"sha256": found[attr], "bytes": size}}
         changed = True
     if changed:
@@ -136,7 +126,7 @@ def share_by_content(entry: Path, root: Path) -> dict[str, Path]:
             if not os.path.samefile(path, target):
                 # checked once per entry (later loads find the link): a damaged store file is replaced by this
                 # entry's, never linked into it
-                intact = target.stat().st_size == path.stat().st_size and _sha256(target) == digest
+                intact = target.stat().st_size == path.stat().st_size and sha256_file(target) == digest
                 replaced, into = (target, path) if intact else (path, target)
                 temp = into.with_name(f".link-{uuid.uuid4().hex[:8]}")
                 os.link(replaced, temp)
