@@ -108,7 +108,28 @@ def demo_url(ray_serve, demo_models_dir):
     client._wait_for_application_running(app["name"], timeout_s=300)
     default = yaml.safe_load(Path(app["args"]["modes_file"]).read_text())["default_mode"]
     wait_ready(BASE_URL, mode=default)
+    _DEMO_DEFAULT.append(default)
     yield BASE_URL
+
+
+_DEMO_DEFAULT: list[str] = []  # the demo app's configured default mode, once it runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _demo_default_mode_kept(request):
+    """A module that switches the shared demo app's default mode must switch it back: later modules' requests
+    rely on it (a leaked switch once broke five tests far from its cause). It is restored, and the module named."""
+    yield
+    if not _DEMO_DEFAULT:
+        return
+    try:
+        now = httpx.get(f"{BASE_URL}/v1/modes", timeout=30).json().get("default_mode")
+    except (httpx.HTTPError, ValueError):
+        return  # the demo app is not up (a module shut Serve down): nothing to keep
+    if now != _DEMO_DEFAULT[0]:
+        httpx.post(f"{BASE_URL}/sdapi/v1/options", json={"sd_model_checkpoint": _DEMO_DEFAULT[0]}, timeout=60)
+        pytest.fail(f"{request.module.__name__} left the demo app's default mode at {now!r} "
+                    f"(restored to {_DEMO_DEFAULT[0]!r})")
 
 
 @pytest.fixture
