@@ -24,8 +24,14 @@ from typing import Any
 BACKLOG_METRIC = "dreamlab_backlog"
 
 
-def backlog_of(aggregated: dict[str, dict[Any, float]] | None) -> float:
-    """The mode's backlog: every replica reports the whole mode's, so the largest (freshest) counts."""
+def backlog_of(aggregated: dict[str, dict[Any, float]] | None, raw: dict[str, dict[Any, list[Any]]] | None = None
+               ) -> float:
+    """The mode's backlog now: the latest sample any replica reported (each reports the whole mode's), from
+    Serve's raw time series; else the largest of Serve's averages over its look-back window (30 s by default:
+    an average would still show a backlog long drained, and a new one only slowly)."""
+    samples = [s for series in (raw or {}).get(BACKLOG_METRIC, {}).values() for s in series]
+    if samples:
+        return float(max(samples, key=lambda s: s.timestamp).value)
     per_replica = (aggregated or {}).get(BACKLOG_METRIC, {})
     return max(per_replica.values(), default=0.0)
 
@@ -39,5 +45,5 @@ class BacklogPolicy:
         if ctx.current_num_replicas == 0:
             return ctx.target_num_replicas, {}
         target = ctx.config.get_target_ongoing_requests()
-        waiting = math.floor(backlog_of(ctx.aggregated_metrics) / target)
+        waiting = math.floor(backlog_of(ctx.aggregated_metrics, getattr(ctx, "raw_metrics", None)) / target)
         return ctx.total_num_requests / target + waiting, {}

@@ -100,3 +100,27 @@ def test_the_policy_alone_answers_what_the_backlog_asks() -> None:
     assert BacklogPolicy()(ctx) == (1 + 32, {})
     ctx.current_num_replicas = 0  # scaled to zero: Serve's cold-start path wakes it on the queued request
     assert BacklogPolicy()(ctx) == (1, {})
+
+
+def test_the_latest_backlog_sample_counts_not_the_look_back_average() -> None:
+    """Serve averages a custom metric over `look_back_period_s` (30 s by default): a drained backlog would keep
+    replicas up and a new one would show slowly. The latest sample of any replica is the mode's backlog now."""
+    from ray.serve._private.common import TimeStampedValue
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.current_num_replicas, self.target_num_replicas = 1, 1
+            self.total_num_requests = 2.0
+            self.aggregated_metrics = {BACKLOG_METRIC: {"r1": 30.0, "r2": 30.0}}  # the window's average
+            self.raw_metrics = {BACKLOG_METRIC: {
+                "r1": [TimeStampedValue(1.0, 60.0), TimeStampedValue(2.0, 64.0)],
+                "r2": [TimeStampedValue(3.0, 0.0)]}}  # drained: the freshest sample, from another replica
+            self.config = AutoscalingConfig(target_ongoing_requests=2)
+
+    ctx = Ctx()
+    assert BacklogPolicy()(ctx) == (1, {})
+    ctx.raw_metrics[BACKLOG_METRIC]["r2"] = [TimeStampedValue(1.5, 10.0)]  # r1's 64 at t=2 is the latest
+    assert BacklogPolicy()(ctx) == (1 + 32, {})
+    ctx.raw_metrics = {}  # no series (older Serve): the averages
+    assert BacklogPolicy()(ctx) == (1 + 15, {})
+
