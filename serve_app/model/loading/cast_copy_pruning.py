@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -44,11 +45,22 @@ def cast_copy_metadata(metadata: dict[str, str] | None, source: Path, dtype: tor
             DTYPE_KEY: str(dtype).removeprefix("torch.")}
 
 
-def _stale_copy(copy: Path, source: str, version: str, dtype: str) -> bool:
+def copy_stem(source: Path) -> str:
+    """What the names of `source`'s cast copies start with (`<stem>-<dtype>-<digest>.safetensors`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", source.name.removesuffix(".safetensors"))[:48]
+
+
+def _record(copy: Path) -> dict[str, str]:
+    """A cast copy's record of its source (its metadata); empty when unreadable (half-removed, not safetensors):
+    such a file is not ours to judge."""
     try:
-        _, metadata = read_safetensors_header(copy)
-    except Exception:  # unreadable (half-removed, not safetensors): not ours to judge
-        return False
+        return read_safetensors_header(copy)[1]
+    except Exception:
+        return {}
+
+
+def _stale_copy(copy: Path, source: str, version: str, dtype: str) -> bool:
+    metadata = _record(copy)
     return (metadata.get(SOURCE_KEY) == source and metadata.get(DTYPE_KEY) == dtype
             and metadata.get(VERSION_KEY) not in (None, version))
 
@@ -98,18 +110,14 @@ def prune_copies_of(source: Path, folder: Path) -> list[Path]:
     """Remove every cast copy in `folder` of `source`, a file that is gone for good (a shared part no checkpoint
     links any more, `mapped_folder`); the paths removed."""
     resolved = str(source.resolve())
-    stem = source.name.removesuffix(".safetensors")[:48] + "-"
+    stem = copy_stem(source) + "-"
     removed: list[Path] = []
     try:
         candidates = [p for p in folder.iterdir() if p.name.startswith(stem) and p.suffix == ".safetensors"]
     except OSError:
         return removed
     for path in candidates:
-        try:
-            _, metadata = read_safetensors_header(path)
-        except Exception:  # unreadable: not ours to judge
-            continue
-        if metadata.get(SOURCE_KEY) == resolved:
+        if _record(path).get(SOURCE_KEY) == resolved:
             _remove(path, f"a cast of {source.name}, which no checkpoint uses any more")
             removed.append(path)
     return removed

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from serve_app.model.inspection.safetensors_header import read_safetensors_header
-from serve_app.model.loading.cast_copy_pruning import cast_copy_metadata, prune_cast_copies
+from serve_app.model.loading.cast_copy_pruning import cast_copy_metadata, copy_stem, prune_cast_copies
 from serve_app.model.loading.converted_cache import resolve_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def _converted_path(path: Path, prefix: str, dtype: torch.dtype, cache_dir: str 
         return None
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{prefix}|{dtype}|{CONVERSION_VERSION}"
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name.removesuffix(".safetensors"))[:48]
+    stem = copy_stem(path)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return root / COMPONENTS_DIR / f"{stem}-{_STORED_NAME[dtype].lower()}-{digest}.safetensors"
 
