@@ -87,16 +87,17 @@ def fingerprints(entry: Path) -> dict[str, str]:
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
+    record = record if isinstance(record, dict) else {}
     found: dict[str, str] = {}
     changed = False
     for attr, path in part_files(entry).items():
         size = path.stat().st_size
-        known = record.get(attr) if isinstance(record, dict) else None
+        known = record.get(attr)
         if isinstance(known, dict) and known.get("bytes") == size and isinstance(known.get("sha256"), str):
             found[attr] = known["sha256"]
             continue
         found[attr] = sha256_file(path)
-        record = {**(record if isinstance(record, dict) else {}), attr: {"sha256": found[attr], "bytes": size}}
+        record[attr] = {"sha256": found[attr], "bytes": size}
         changed = True
     if changed:
         temp = entry / f".{PARTS_RECORD}-{uuid.uuid4().hex[:8]}"
