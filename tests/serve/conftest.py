@@ -47,6 +47,11 @@ def wait_ready(url: str, timeout_s: float = 240, mode: str | None = None) -> Non
     raise TimeoutError(f"{probe} not ready: {last!r} {getattr(last, 'text', '')}")
 
 
+def bearer(key: str) -> dict[str, str]:
+    """The header of a request made with API key `key`."""
+    return {"Authorization": f"Bearer {key}"}
+
+
 def loaded_at_start(modes: dict[str, Any]) -> str | None:
     """The default mode of a modes mapping when its replicas load it on start (else None: nothing to wait
     for; a discovery app's default is known only to the app)."""

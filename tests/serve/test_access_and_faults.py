@@ -13,14 +13,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.serve.conftest import bearer
+
 pytestmark = pytest.mark.serve
 
 CLIENT_KEYS = [f"client-key-{i}" for i in range(6)]
 ADMIN_KEY = "admin-key-0"
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def test_each_front_end_refuses_without_a_key_in_its_own_shape(secure):
     native = httpx.post(f"{secure}/v1/txt2img", json={"prompt": "x"})
     assert native.status_code == 401 and native.json()["error"]["type"] == "authentication_error"
     assert native.headers["www-authenticate"].startswith("Bearer")
-    openai = httpx.post(f"{secure}/v1/images/generations", json={"prompt": "x"}, headers=_auth("wrong"))
+    openai = httpx.post(f"{secure}/v1/images/generations", json={"prompt": "x"}, headers=bearer("wrong"))
     assert openai.status_code == 401 and openai.json()["error"]["code"] == "invalid_api_key"
     a1111 = httpx.post(f"{secure}/sdapi/v1/txt2img", json={"prompt": "x"})
     assert a1111.status_code == 401 and a1111.json()["error"] == "authentication_error" and a1111.json()["detail"]
@@ -78,17 +76,17 @@ def test_openai_and_a1111_clients_authenticate_their_own_way(secure):
 
 
 def test_operator_actions_need_the_admin_key(secure):
-    client = _auth(CLIENT_KEYS[0])
+    client = bearer(CLIENT_KEYS[0])
     assert httpx.post(f"{secure}/v1/modes/other/unload").status_code == 401
     forbidden = httpx.post(f"{secure}/v1/modes/other/unload", headers=client)
     assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
-    assert httpx.post(f"{secure}/v1/modes/other/unload", headers=_auth(ADMIN_KEY)).json()["status"] == "unloaded"
-    assert httpx.post(f"{secure}/v1/modes/other/load", headers=_auth(ADMIN_KEY)).json()["status"] == "loaded"
+    assert httpx.post(f"{secure}/v1/modes/other/unload", headers=bearer(ADMIN_KEY)).json()["status"] == "unloaded"
+    assert httpx.post(f"{secure}/v1/modes/other/load", headers=bearer(ADMIN_KEY)).json()["status"] == "loaded"
     switch = httpx.post(f"{secure}/sdapi/v1/options", json={"sd_model_checkpoint": "other"}, headers=client)
     assert switch.status_code == 403 and switch.json()["error"] == "permission_error"
     # the img2img-only refiner cannot become the default: every txt2img without a mode would fail
     refiner = httpx.post(f"{secure}/sdapi/v1/options", json={"sd_model_checkpoint": "refine"},
-                         headers=_auth(ADMIN_KEY))
+                         headers=bearer(ADMIN_KEY))
     assert refiner.status_code == 422 and refiner.json()["param"] == "sd_model_checkpoint"
     assert httpx.get(f"{secure}/sdapi/v1/options", headers=client).json()["sd_model_checkpoint"] == "fast"
 
@@ -98,7 +96,7 @@ def test_a_burst_of_large_requests_does_not_starve_another_client(secure):
     finished: list[str] = []
 
     def send(key: str, body: dict, label: str) -> int:
-        r = httpx.post(f"{secure}/v1/txt2img", json=body, headers=_auth(key), timeout=300)
+        r = httpx.post(f"{secure}/v1/txt2img", json=body, headers=bearer(key), timeout=300)
         finished.append(label)
         return r.status_code
 
@@ -120,7 +118,7 @@ def test_1000_tasks_from_one_client_leave_another_clients_task_accepted_and_run_
                                             "height": 128}}
     statuses: dict[int, int] = {}
     accepted: list[str] = []
-    with httpx.Client(base_url=secure, headers=_auth(CLIENT_KEYS[0]), timeout=60) as first:
+    with httpx.Client(base_url=secure, headers=bearer(CLIENT_KEYS[0]), timeout=60) as first:
         try:
             for _ in range(1000):
                 r = first.post("/v1/tasks", json=flood)
@@ -129,7 +127,7 @@ def test_1000_tasks_from_one_client_leave_another_clients_task_accepted_and_run_
                     accepted.append(r.json()["id"])
             finished = [first.get(f"/v1/tasks/{i}").json()["status"] for i in accepted].count("succeeded")
             assert set(statuses) == {202, 429} and statuses[202] <= 16 + finished, (statuses, finished)
-            with httpx.Client(base_url=secure, headers=_auth(CLIENT_KEYS[1]), timeout=60) as second:
+            with httpx.Client(base_url=secure, headers=bearer(CLIENT_KEYS[1]), timeout=60) as second:
                 mine = second.post("/v1/tasks", json={"kind": "txt2img", "request": {
                     "prompt": "mine", "mode": "fast", "steps": 2}})
                 assert mine.status_code == 202, mine.text
@@ -153,12 +151,12 @@ def test_default_mode_survives_a_registry_restart_then_a_router_restart(secure):
     import ray
 
     switched = httpx.post(f"{secure}/sdapi/v1/options", json={"sd_model_checkpoint": "other"},
-                          headers=_auth(ADMIN_KEY))
+                          headers=bearer(ADMIN_KEY))
     assert switched.status_code == 200, switched.text
 
     def default() -> str | None:
         try:
-            return httpx.get(f"{secure}/v1/modes", headers=_auth(CLIENT_KEYS[0]), timeout=10).json()["default_mode"]
+            return httpx.get(f"{secure}/v1/modes", headers=bearer(CLIENT_KEYS[0]), timeout=10).json()["default_mode"]
         except (httpx.HTTPError, ValueError, KeyError):
             return None
 
@@ -172,7 +170,7 @@ def test_default_mode_survives_a_registry_restart_then_a_router_restart(secure):
     # Serve replaces the registry; the router's next poll (every 0.2 s) gives it the state back
     def registry_answers() -> bool:
         try:
-            return httpx.get(f"{secure}/v1/registry", headers=_auth(CLIENT_KEYS[0]), timeout=15).status_code == 200
+            return httpx.get(f"{secure}/v1/registry", headers=bearer(CLIENT_KEYS[0]), timeout=15).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -185,6 +183,6 @@ def test_default_mode_survives_a_registry_restart_then_a_router_restart(secure):
     while time.monotonic() < deadline and default() != "other":
         time.sleep(0.5)
     assert default() == "other"
-    r = httpx.post(f"{secure}/v1/txt2img", json={"prompt": "x", "seed": 1}, headers=_auth(CLIENT_KEYS[0]),
+    r = httpx.post(f"{secure}/v1/txt2img", json={"prompt": "x", "seed": 1}, headers=bearer(CLIENT_KEYS[0]),
                    timeout=300)
     assert r.status_code == 200 and r.json()["mode"] == "other"

@@ -11,17 +11,13 @@ import httpx
 import pytest
 import webuiapi
 
-from tests.serve.conftest import wait_ready
+from tests.serve.conftest import bearer, wait_ready
 
 pytestmark = pytest.mark.serve
 
 APP = "refresh"
 ADMIN_KEY = "refresh-admin-key"
 CLIENT_KEY = "refresh-client-key"
-
-
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +41,12 @@ def refreshing(ray_serve, demo_models_dir, tmp_path_factory):
 
 
 def _modes(url: str) -> dict:
-    return httpx.get(f"{url}/v1/modes", headers=_auth(CLIENT_KEY), timeout=30).json()
+    return httpx.get(f"{url}/v1/modes", headers=bearer(CLIENT_KEY), timeout=30).json()
 
 
 def _replicas_of(url: str, mode: str) -> set[str]:
     """The replica ids of `mode` the registry knows (the admin key sees real ids)."""
-    stats = httpx.get(f"{url}/v1/registry", headers=_auth(ADMIN_KEY), timeout=30).json()
+    stats = httpx.get(f"{url}/v1/registry", headers=bearer(ADMIN_KEY), timeout=30).json()
     return {rid for rid, seen in stats["replicas"].items() if seen["mode"] == mode}
 
 
@@ -65,7 +61,7 @@ def test_a_checkpoint_copied_in_is_served_and_goes_when_removed(refreshing):
     assert configured
 
     # a client key may not refresh; the admin key may, and A1111's answer is null
-    assert httpx.post(f"{url}/sdapi/v1/refresh-checkpoints", headers=_auth(CLIENT_KEY)).status_code == 403
+    assert httpx.post(f"{url}/sdapi/v1/refresh-checkpoints", headers=bearer(CLIENT_KEY)).status_code == 403
     shutil.copy(demo / "tiny-sd2.safetensors", root / "tiny-sd2.safetensors")
     admin = webuiapi.WebUIApi(baseurl=f"{url}/sdapi/v1")
     admin.set_auth("", ADMIN_KEY)
@@ -86,15 +82,15 @@ def test_a_checkpoint_copied_in_is_served_and_goes_when_removed(refreshing):
     print(f"refresh-checkpoints answered in {refresh_s:.2f} s; the added mode's first image {first_image_s:.2f} s")
 
     # a second refresh with nothing new changes nothing
-    again = httpx.post(f"{url}/v1/modes/refresh", headers=_auth(ADMIN_KEY), timeout=120).json()
+    again = httpx.post(f"{url}/v1/modes/refresh", headers=bearer(ADMIN_KEY), timeout=120).json()
     assert again == {"discover": True, "added": [], "removed": [], "problems": []}
 
     (root / "tiny-sd2.safetensors").unlink()
-    gone = httpx.post(f"{url}/v1/modes/refresh", headers=_auth(ADMIN_KEY), timeout=120).json()
+    gone = httpx.post(f"{url}/v1/modes/refresh", headers=bearer(ADMIN_KEY), timeout=120).json()
     assert gone["removed"] == ["tiny-sd2"] and gone["added"] == []
     assert [m["model_name"] for m in api.get_sd_models()] == ["tiny-sd1"]
     assert [m["name"] for m in _modes(url)["modes"]] == ["tiny-sd1"]
-    missing = httpx.post(f"{url}/sdapi/v1/txt2img", headers=_auth(CLIENT_KEY), timeout=60,
+    missing = httpx.post(f"{url}/sdapi/v1/txt2img", headers=bearer(CLIENT_KEY), timeout=60,
                          json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
                                "override_settings": {"sd_model_checkpoint": "tiny-sd2"}})
     assert missing.status_code == 404, missing.text
@@ -103,7 +99,7 @@ def test_a_checkpoint_copied_in_is_served_and_goes_when_removed(refreshing):
         time.sleep(0.5)
     assert f"{APP}--tiny-sd2" not in serve.status().applications
     # the configured mode still serves
-    done = httpx.post(f"{url}/v1/txt2img", headers=_auth(CLIENT_KEY), timeout=120,
+    done = httpx.post(f"{url}/v1/txt2img", headers=bearer(CLIENT_KEY), timeout=120,
                       json={"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 1})
     assert done.status_code == 200 and done.json()["mode"] == "tiny-sd1"
     assert _replicas_of(url, "tiny-sd1") == configured  # adding and removing a mode restarted no replica
